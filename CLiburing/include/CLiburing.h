@@ -1,0 +1,83 @@
+// CLiburing: the thin C face of liburing for Swift.
+//
+// Swift calls liburing's `static inline` helpers (io_uring_get_sqe, io_uring_prep_*, io_uring_buf_ring_*)
+// directly through the Clang importer. This header only adds:
+//  - constants that newer kernels have and liburing 2.3 (Debian 12) lacks, each to be used only after a
+//    runtime probe (io_uring_params.features or the opcode probe) says the kernel has it;
+//  - named constants for macros Swift cannot import (those built from enum bit positions);
+//  - tiny accessors for sqe fields that live in anonymous unions.
+#ifndef RINGSIDE_CLIBURING_H
+#define RINGSIDE_CLIBURING_H
+
+// System headers first, with the default feature macros the Swift Glibc module was built with:
+// liburing.h defines _XOPEN_SOURCE, which would otherwise give types like fd_set a second,
+// incompatible definition in this module.
+#include <stdint.h>
+#include <sys/select.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/stat.h>
+#include <sys/mman.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <time.h>
+#include <liburing.h>
+
+// ---- Feature bits newer than liburing 2.3 (io_uring_params.features). Probe before use. ----
+enum {
+    /// 6.3: io_uring_register() accepts a registered ring fd.
+    RS_IORING_FEAT_REG_REG_RING = (1U << 13),
+    /// 6.10: recv/send bundles.
+    RS_IORING_FEAT_RECVSEND_BUNDLE = (1U << 14),
+    /// 6.12: min-timeout waits.
+    RS_IORING_FEAT_MIN_TIMEOUT = (1U << 15),
+};
+
+// ---- sqe flags (liburing defines them from enum bit positions, which Swift cannot import). ----
+enum {
+    RS_IOSQE_FIXED_FILE = IOSQE_FIXED_FILE,
+    RS_IOSQE_IO_LINK = IOSQE_IO_LINK,
+    RS_IOSQE_ASYNC = IOSQE_ASYNC,
+    RS_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT,
+    RS_IOSQE_CQE_SKIP_SUCCESS = IOSQE_CQE_SKIP_SUCCESS,
+};
+
+/// Selects provided-buffer group `bgid` for this sqe (the field sits in an anonymous union).
+static inline void rs_sqe_set_buf_group(struct io_uring_sqe *sqe, uint16_t bgid) {
+    sqe->buf_group = bgid;
+}
+
+/// Ring-level state the kernel publishes in the SQ ring flags.
+static inline unsigned rs_sq_flags(const struct io_uring *ring) {
+    return IO_URING_READ_ONCE(*ring->sq.kflags);
+}
+
+/// The kernel's count of completions it had to drop (only non-zero without IORING_FEAT_NODROP or
+/// when the overflow list could not be allocated).
+static inline unsigned rs_cq_overflow_count(const struct io_uring *ring) {
+    return IO_URING_READ_ONCE(*ring->cq.koverflow);
+}
+
+/// Raw io_uring_setup(2), so setup failures can be classified (ENOSYS, EPERM, ENOMEM, EINVAL).
+int rs_io_uring_setup_raw(unsigned entries, struct io_uring_params *p);
+
+/// accept4(2) without address (declared only under _GNU_SOURCE, which this header cannot set).
+int rs_accept4(int fd, int flags);
+
+/// RLIMIT_MEMLOCK soft limit in bytes; UINT64_MAX when unlimited, 0 if it cannot be read.
+uint64_t rs_memlock_limit(void);
+
+/// Tries to raise RLIMIT_MEMLOCK's soft limit to `bytes` (capped at the hard limit). Returns the new
+/// soft limit.
+uint64_t rs_raise_memlock_limit(uint64_t bytes);
+
+/// errno accessors (errno is a macro over a thread-local function call).
+int rs_errno(void);
+void rs_set_errno(int value);
+
+#endif

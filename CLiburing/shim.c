@@ -1,0 +1,33 @@
+#define _GNU_SOURCE
+#include "CLiburing.h"
+#include <sys/resource.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+int rs_io_uring_setup_raw(unsigned entries, struct io_uring_params *p) {
+    return (int)syscall(__NR_io_uring_setup, entries, p);
+}
+
+int rs_errno(void) { return errno; }
+void rs_set_errno(int value) { errno = value; }
+
+int rs_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
+
+uint64_t rs_memlock_limit(void) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_MEMLOCK, &r) != 0) return 0;
+    return r.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)r.rlim_cur;
+}
+
+uint64_t rs_raise_memlock_limit(uint64_t bytes) {
+    struct rlimit r;
+    if (getrlimit(RLIMIT_MEMLOCK, &r) != 0) return 0;
+    if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < bytes) {
+        rlim_t want = bytes;
+        if (r.rlim_max != RLIM_INFINITY && want > r.rlim_max) want = r.rlim_max;
+        r.rlim_cur = want;
+        (void)setrlimit(RLIMIT_MEMLOCK, &r);
+    }
+    return rs_memlock_limit();
+}

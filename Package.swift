@@ -1,0 +1,52 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .unsafeFlags(["-warnings-as-errors"], .when(configuration: .debug)),
+]
+
+let package = Package(
+    name: "Ringside",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Ringside", targets: ["Ringside"]),
+        .library(name: "RingsideProtocols", targets: ["RingsideProtocols"]),
+        .executable(name: "ringside", targets: ["ringside"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // Thin C face of Debian's liburing 2.3 (liburing-dev).
+        .target(
+            name: "CLiburing",
+            path: "CLiburing",
+            linkerSettings: [.linkedLibrary("uring")]
+        ),
+        // The engine: ring, buffer pool, io_uring and epoll backends, handler interface, server.
+        .target(
+            name: "Ringside",
+            dependencies: [
+                "CLiburing",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Bundled protocols (echo first).
+        .target(name: "RingsideProtocols", dependencies: ["Ringside"]),
+        // `ringside serve`.
+        .executableTarget(
+            name: "ringside",
+            dependencies: [
+                "Ringside", "RingsideProtocols",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "RingsideTests",
+            dependencies: ["Ringside", "RingsideProtocols", "CLiburing"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,335 @@
+import CLiburing
+import Glibc
+import Logging
+
+/// The epoll backend: a readiness loop behind the same `ConnectionHandler` interface and the same
+/// buffer pool as the io_uring backend. Level-triggered, non-blocking sockets; receives go into pool
+/// chunks taken from the receive free list; writes are queued and flushed with sendmsg(2) over up to
+/// 64 chunks at once, with EPOLLOUT registered only while a queue waits on EAGAIN.
+///
+/// It needs nothing from io_uring, so it builds and runs where io_uring is refused.
+final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
+    let name = "epoll"
+    private let config: ServerConfiguration
+    private let control: LoopControl
+    private let core: LoopCore
+    private let handlers: HandlerTable<H>
+    private let pool: BufferPool
+    private let epfd: Int32
+    private var listenFD: Int32
+    private let logger: Logger
+    private let events: UnsafeMutablePointer<epoll_event>
+    private let maxEvents = 512
+    private let iov: UnsafeMutablePointer<iovec>
+    private let maxIOV = 64
+    private var stopping = false
+    private var drainDeadline: ContinuousClock.Instant? = nil
+    /// Accept is paused after EMFILE/ENFILE until this instant (level-triggered would spin).
+    private var acceptResume: ContinuousClock.Instant? = nil
+    /// Slots that found no free receive chunk; EPOLLIN is off for them until chunks return.
+    private var starved: [Int32] = []
+
+    private static var listenerTag: UInt64 { UInt64.max }
+    private static var wakeTag: UInt64 { UInt64.max - 1 }
+    let port: Int
+
+    init(config: ServerConfiguration, control: LoopControl, logger: Logger,
+         factory: @escaping @Sendable () -> H) throws {
+        self.config = config
+        self.control = control
+        self.logger = logger
+        pool = try BufferPool(chunkSize: config.bufferSize, chunkCount: config.receiveBuffers + config.sendBuffers,
+                              receiveChunkCount: config.receiveBuffers)
+        core = LoopCore(pool: pool, capacity: config.maxConnections,
+                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark)
+        handlers = HandlerTable(core: core, factory: factory)
+        epfd = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        do {
+            listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: true)
+        } catch {
+            closeDescriptor(epfd)
+            throw error
+        }
+        port = (try? Socket.localPort(listenFD)) ?? config.port
+        events = .allocate(capacity: maxEvents)
+        iov = .allocate(capacity: maxIOV)
+        starved.reserveCapacity(config.maxConnections)
+        try ctl(EPOLL_CTL_ADD, listenFD, EPOLLIN.rawValue, Self.listenerTag)
+        try ctl(EPOLL_CTL_ADD, control.wakeFD, EPOLLIN.rawValue, Self.wakeTag)
+    }
+
+    deinit {
+        if listenFD >= 0 { closeDescriptor(listenFD) }
+        closeDescriptor(epfd)
+        events.deallocate()
+        iov.deallocate()
+    }
+
+    var summary: String {
+        "epoll level-triggered pool=\(pool.chunkCount)x\(pool.chunkSize)B (recv \(pool.receiveChunkCount), send \(pool.chunkCount - pool.receiveChunkCount))"
+    }
+
+    private func ctl(_ op: Int32, _ fd: Int32, _ mask: UInt32, _ tag: UInt64) throws(SyscallError) {
+        var ev = epoll_event()
+        ev.events = mask
+        ev.data.u64 = tag
+        _ = try syscall("epoll_ctl") { epoll_ctl(epfd, op, fd, &ev) }
+    }
+
+    // MARK: the loop
+
+    func run() throws {
+        while true {
+            var timeoutMS: Int32 = -1
+            let now = ContinuousClock.now
+            for d in [drainDeadline, acceptResume].compactMap({ $0 }) {
+                let left = now.duration(to: d)
+                let ms = Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1))
+                timeoutMS = timeoutMS < 0 ? ms : min(timeoutMS, ms)
+            }
+            let n = try syscall("epoll_wait") { () -> Int32 in
+                let r = epoll_wait(epfd, events, Int32(maxEvents), timeoutMS)
+                return (r < 0 && Errno.current == .interrupted) ? 0 : r
+            }
+            for k in 0..<Int(n) {
+                let tag = events[k].data.u64
+                let mask = events[k].events
+                if tag == Self.listenerTag { acceptReady() }
+                else if tag == Self.wakeTag {
+                    control.drainWake()
+                    if control.stopRequested { beginStop() }
+                } else { connectionReady(UserData(raw: tag), mask: mask) }
+            }
+            processDirty()
+            if !starved.isEmpty && pool.freeRecvCount > 0 { rearmStarved(); processDirty() }
+            if let r = acceptResume, ContinuousClock.now >= r, !stopping, listenFD >= 0 {
+                acceptResume = nil
+                try ctl(EPOLL_CTL_ADD, listenFD, EPOLLIN.rawValue, Self.listenerTag)
+            }
+            if stopping { checkDrainDeadline() }
+            core.refreshGauges()
+            control.publish(core.counters)
+            if stopping && core.openCount == 0 { break }
+        }
+        logger.debug("epoll loop finished", metadata: ["stats": "\(core.counters)"])
+    }
+
+    private func acceptReady() {
+        for _ in 0..<64 {
+            let fd = rs_accept4(listenFD, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+            if fd < 0 {
+                let e = Errno.current
+                if e == .interrupted { continue }
+                if e.rawValue == EAGAIN || e.rawValue == ECONNABORTED { return }
+                core.counters.acceptErrors += 1
+                if core.counters.acceptErrors == 1 || core.counters.acceptErrors % 1000 == 0 {
+                    logger.warning("accept failed: \(e) (count \(core.counters.acceptErrors)); retrying in 50 ms")
+                }
+                // EMFILE/ENFILE/ENOMEM: stop watching the listener for a while instead of spinning.
+                _ = epoll_ctl(epfd, EPOLL_CTL_DEL, listenFD, nil)
+                acceptResume = ContinuousClock.now.advanced(by: .milliseconds(50))
+                return
+            }
+            guard let slot = core.allocateSlot(fd: fd) else {
+                core.counters.connectionsRefused += 1
+                closeDescriptor(fd)
+                continue
+            }
+            _ = Socket.configureAccepted(fd, noDelay: config.noDelay)
+            var ev = epoll_event()
+            ev.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
+            ev.data.u64 = tag(slot)
+            if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0 {
+                // Cannot watch it: refuse it like a capped connection.
+                core.counters.connectionsRefused += 1
+                closeDescriptor(fd)
+                core.states[Int(slot)].flags.remove(.open)
+                core.freeSlot(slot)
+                continue
+            }
+            core.states[Int(slot)].flags.insert(.recvArmed)  // here: EPOLLIN registered
+            handlers.open(slot)
+        }
+    }
+
+    @inline(__always) private func tag(_ slot: Int32) -> UInt64 {
+        UserData(.recv, slot: slot, generation: core.states[Int(slot)].generation).raw
+    }
+
+    @inline(__always) private func connectionReady(_ ud: UserData, mask: UInt32) {
+        let i = Int(ud.slot)
+        guard ud.matches(generation: core.states[i].generation), core.states[i].flags.contains(.open) else {
+            core.counters.staleCompletions += 1
+            return
+        }
+        if mask & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue) != 0 {
+            readReady(ud.slot)
+        }
+        if mask & EPOLLOUT.rawValue != 0 { core.markDirty(ud.slot) }
+    }
+
+    private func readReady(_ slot: Int32) {
+        let i = Int(slot)
+        let fd = core.states[i].fd
+        let size = pool.chunkSize
+        for _ in 0..<16 {  // bounded per wake, for fairness between connections
+            guard core.states[i].flags.isDisjoint(with: [.readPaused, .inputClosed, .wantClose, .wantAbort, .closing])
+            else { break }
+            guard let chunk = pool.takeReceiveChunk() else {
+                core.counters.noBufferEvents += 1
+                if !core.states[i].flags.contains(.starved) {
+                    core.states[i].flags.insert(.starved)
+                    starved.append(slot)
+                }
+                break
+            }
+            let n = recv(fd, pool.pointer(chunk), size, 0)
+            if n > 0 {
+                core.counters.bytesIn += n
+                if !handlers.received(slot, chunk: chunk, offset: 0, count: n) { pool.release(chunk) }
+                if n < size { break }
+                continue
+            }
+            pool.release(chunk)
+            if n == 0 {
+                core.states[i].flags.insert(.inputClosed)
+                if core.states[i].closeReason == .closedByHandler { core.states[i].closeReason = .peerClosed }
+                handlers.inputClosed(slot)
+                break
+            }
+            let e = Errno.current
+            if e == .interrupted { continue }
+            if e.rawValue == EAGAIN { break }
+            core.requestClose(slot: slot, abort: true, reason: .error(e))
+            break
+        }
+        core.markDirty(slot)
+    }
+
+    // MARK: per-connection state machine
+
+    private func processDirty() {
+        while true {
+            let s = core.popDirty()
+            if s < 0 { return }
+            service(s)
+        }
+    }
+
+    private func service(_ slot: Int32) {
+        let i = Int(slot)
+        guard core.states[i].flags.contains(.open) else { return }
+        if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
+        if core.states[i].sendHead >= 0 && !core.states[i].flags.contains(.writeShutDown) { flush(slot) }
+        if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
+        if core.watermark(slot) == .resume { handlers.writable(slot); flush(slot) }
+        let flushed = core.states[i].sendHead < 0
+        if core.states[i].flags.contains(.wantClose) && flushed { teardown(slot); return }
+        if core.states[i].flags.contains(.wantShutdownWrite) && !core.states[i].flags.contains(.writeShutDown) && flushed {
+            core.states[i].flags.insert(.writeShutDown)
+            if Glibc.shutdown(core.states[i].fd, Int32(SHUT_WR)) != 0 && Errno.current.rawValue != ENOTCONN {
+                core.requestClose(slot: slot, abort: true, reason: .error(.current))
+                teardown(slot)
+                return
+            }
+        }
+        updateInterest(slot)
+    }
+
+    /// Writes as much of the queue as the socket takes.
+    private func flush(_ slot: Int32) {
+        let i = Int(slot)
+        let fd = core.states[i].fd
+        while core.states[i].sendHead >= 0 {
+            var c = core.states[i].sendHead
+            var count = 0
+            while c >= 0 && count < maxIOV {
+                let (s, e) = pool.range(c)
+                iov[count] = iovec(iov_base: pool.pointer(c) + s, iov_len: e - s)
+                count += 1
+                c = pool.next(c)
+            }
+            var msg = msghdr()
+            msg.msg_iov = iov
+            msg.msg_iovlen = count
+            let n = sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+            if n > 0 {
+                core.consumeSent(slot: slot, n)
+                continue
+            }
+            let e = Errno.current
+            if e == .interrupted { continue }
+            if e.rawValue == EAGAIN { return }  // EPOLLOUT gets registered in updateInterest
+            core.requestClose(slot: slot, abort: true, reason: .error(e))
+            return
+        }
+    }
+
+    /// Registers exactly the readiness this slot needs now (EPOLL_CTL_MOD only on change).
+    private func updateInterest(_ slot: Int32) {
+        let i = Int(slot)
+        let f = core.states[i].flags
+        let wantIn = f.isDisjoint(with: [.readPaused, .inputClosed, .wantClose, .starved, .closing]) && !stopping
+        let wantOut = core.states[i].sendHead >= 0 && !f.contains(.writeShutDown)
+        guard wantIn != f.contains(.recvArmed) || wantOut != f.contains(.epollOut) else { return }
+        var mask: UInt32 = 0
+        if wantIn { mask |= EPOLLIN.rawValue | EPOLLRDHUP.rawValue }
+        if wantOut { mask |= EPOLLOUT.rawValue }
+        var ev = epoll_event()
+        ev.events = mask
+        ev.data.u64 = tag(slot)
+        if epoll_ctl(epfd, EPOLL_CTL_MOD, core.states[i].fd, &ev) != 0 {
+            core.requestClose(slot: slot, abort: true, reason: .error(.current))
+            return
+        }
+        if wantIn { core.states[i].flags.insert(.recvArmed) } else { core.states[i].flags.remove(.recvArmed) }
+        if wantOut { core.states[i].flags.insert(.epollOut) } else { core.states[i].flags.remove(.epollOut) }
+    }
+
+    private func teardown(_ slot: Int32) {
+        let i = Int(slot)
+        core.states[i].flags.insert(.closing)
+        core.discardQueue(slot: slot, keepHead: false)
+        closeDescriptor(core.states[i].fd)  // also removes it from the epoll set
+        core.states[i].flags.insert(.fdClosed)
+        handlers.finalize(slot, reason: core.states[i].closeReason)
+        core.freeSlot(slot)
+    }
+
+    private func rearmStarved() {
+        var k = 0
+        while k < starved.count && pool.freeRecvCount > 0 {
+            let s = starved[k]
+            core.states[Int(s)].flags.remove(.starved)
+            core.counters.recvRearms += 1
+            core.markDirty(s)
+            k += 1
+        }
+        starved.removeFirst(k)
+    }
+
+    // MARK: stopping
+
+    private func beginStop() {
+        guard !stopping else { return }
+        stopping = true
+        drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
+        if listenFD >= 0 {
+            closeDescriptor(listenFD)
+            listenFD = -1
+        }
+        for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
+            core.requestClose(slot: s, abort: false, reason: .serverShutdown)
+        }
+        starved.removeAll(keepingCapacity: true)
+    }
+
+    private func checkDrainDeadline() {
+        guard let d = drainDeadline, ContinuousClock.now >= d else { return }
+        drainDeadline = nil
+        for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
+            core.requestClose(slot: s, abort: true, reason: .serverShutdown)
+        }
+        processDirty()
+    }
+}

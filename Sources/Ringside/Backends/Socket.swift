@@ -1,0 +1,78 @@
+import CLiburing
+import Glibc
+
+/// Socket set-up shared by both backends.
+enum Socket {
+    /// A listening TCP socket bound to host:port (IPv4 or IPv6 numeric host).
+    static func listen(host: String, port: Int, backlog: Int32, nonBlocking: Bool) throws(SyscallError) -> Int32 {
+        var v4 = sockaddr_in()
+        var v6 = sockaddr_in6()
+        let isV6: Bool
+        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
+            isV6 = false
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = in_port_t(UInt16(port).bigEndian)
+        } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
+            isV6 = true
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = in_port_t(UInt16(port).bigEndian)
+        } else {
+            throw SyscallError("inet_pton(\(host)): not a numeric IPv4/IPv6 address", .invalidArgument)
+        }
+        var type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if nonBlocking { type |= Int32(SOCK_NONBLOCK.rawValue) }
+        let fd = try syscall("socket") { socket(isV6 ? AF_INET6 : AF_INET, type, 0) }
+        do {
+            try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
+            if isV6 {
+                _ = try syscall("bind(\(host):\(port))") {
+                    withUnsafePointer(to: &v6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+                }
+            } else {
+                _ = try syscall("bind(\(host):\(port))") {
+                    withUnsafePointer(to: &v4) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+                }
+            }
+            _ = try syscall("listen") { Glibc.listen(fd, backlog) }
+        } catch {
+            closeDescriptor(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// The local port a socket is bound to.
+    static func localPort(_ fd: Int32) throws(SyscallError) -> Int {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = try syscall("getsockname") {
+            withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getsockname(fd, $0, &len) } }
+        }
+        let family = ss.ss_family
+        let port: UInt16 = withUnsafePointer(to: &ss) { p in
+            if family == sa_family_t(AF_INET6) {
+                return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_port }
+            }
+            return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port }
+        }
+        return Int(UInt16(bigEndian: port))
+    }
+
+    static func setOption(_ fd: Int32, _ level: Int32, _ name: Int32, _ value: Int32, _ what: String) throws(SyscallError) {
+        var v = value
+        _ = try syscall("setsockopt(\(what))") {
+            setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
+    /// Options for an accepted connection. Failures are not fatal for the connection (the peer may
+    /// already have reset it); they are reported to the caller as false.
+    @inline(__always) static func configureAccepted(_ fd: Int32, noDelay: Bool) -> Bool {
+        guard noDelay else { return true }
+        var one: Int32 = 1
+        return setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size)) == 0
+    }
+}

@@ -1,0 +1,489 @@
+import CLiburing
+import Glibc
+import Logging
+
+/// The io_uring backend: a completion loop. Multishot accept, multishot receive from a provided-buffer
+/// ring, sends from pooled buffers (one in flight per connection), close/cancel/shutdown through the
+/// ring, and one `io_uring_submit_and_wait` per iteration (batched submission).
+///
+/// Rare paths, each deliberate and counted in `ServerStats`:
+/// - -ENOBUFS: the provided ring ran dry; the receive ended. The slot is parked as starved and re-armed
+///   once buffers are published back (`noBufferEvents`, `recvRearms`).
+/// - a multishot CQE without IORING_CQE_F_MORE: the operation ended; re-armed if still wanted.
+/// - -ECANCELED: our own cancel (pause or teardown); counted, nothing else.
+/// - CQ overflow: the kernel parks completions in a backlog (IORING_FEAT_NODROP) and flags it; the next
+///   peek flushes it. Counted (`cqOverflowEvents`), and drops without NODROP are counted too.
+/// - SQ full: submit what is prepared and retry; if still full, park the operation in a FIFO drained
+///   before new work (`sqFullEvents`, `sqDeferredOps`). Nothing is dropped.
+/// - stale completion (generation mismatch): counted; a buffer it carries is returned to the ring.
+final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
+    let name = "uring"
+    private let config: ServerConfiguration
+    private let control: LoopControl
+    private let ring: Ring
+    private let core: LoopCore
+    private let handlers: HandlerTable<H>
+    private let pool: BufferPool
+    private let provided: ProvidedBufferRing
+    private let listenFD: Int32
+    private let logger: Logger
+    private var registeredBuffers = false
+
+    /// Ring-level operations in flight (accept, wake read, timers, listener cancel/close).
+    private var ringInflight = 0
+    private var acceptArmed = false
+    private var listenerClosed = false
+    private var stopping = false
+    private var drainDeadline: ContinuousClock.Instant? = nil
+
+    /// Operations that found no free SQE even after a submit; drained first on every iteration.
+    private var deferred: [UserData] = []
+    /// Slots whose receive ended on -ENOBUFS, re-armed once the ring has buffers again.
+    private var starved: [Int32] = []
+    private let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    /// Stable memory: the kernel reads the timespec when the SQE is submitted, after `fill` returns.
+    private let acceptRetryTimespec: UnsafeMutablePointer<__kernel_timespec>
+    private let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
+    private let cqeBatch = 256
+
+    let port: Int
+
+    init(config: ServerConfiguration, control: LoopControl, logger: Logger,
+         factory: @escaping @Sendable () -> H) throws {
+        self.config = config
+        self.control = control
+        self.logger = logger
+        ring = try Ring(entries: config.ringEntries, completionEntries: config.completionEntries,
+                        inject: config.injectRingSetupFailure)
+        pool = try BufferPool(chunkSize: config.bufferSize, chunkCount: config.receiveBuffers + config.sendBuffers,
+                              receiveChunkCount: config.receiveBuffers)
+        do {
+            provided = try ProvidedBufferRing(uring: ring.ring, groupID: 0, entries: config.receiveBuffers)
+        } catch {
+            if error.errno == .noMemory {
+                throw RingSetupError(errno: .noMemory, detail: "registering a provided-buffer ring of \(config.receiveBuffers) entries")
+            }
+            throw error
+        }
+        if config.registerBuffers {
+            // One iovec covering the whole slab: fixed buffer index 0. Counts against RLIMIT_MEMLOCK
+            // for users without CAP_IPC_LOCK.
+            var iov = iovec(iov_base: pool.base, iov_len: pool.slabBytes)
+            let r = io_uring_register_buffers(ring.ring, &iov, 1)
+            if r < 0 {
+                provided.unregister(uring: ring.ring)
+                let e = Errno(rawValue: -r)
+                throw RingSetupError(errno: e, detail: "registering \(pool.slabBytes / 1024) KiB of fixed buffers (\(pool.chunkCount) x \(pool.chunkSize) B)")
+            }
+            registeredBuffers = true
+        }
+        pool.providedRing = provided
+        for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.chunkSize) }
+        provided.publish()
+        core = LoopCore(pool: pool, capacity: config.maxConnections,
+                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark)
+        handlers = HandlerTable(core: core, factory: factory)
+        listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false)
+        port = (try? Socket.localPort(listenFD)) ?? config.port
+        deferred.reserveCapacity(1024)
+        starved.reserveCapacity(config.maxConnections)
+        cqes = .allocate(capacity: cqeBatch)
+        acceptRetryTimespec = .allocate(capacity: 1)
+        acceptRetryTimespec.initialize(to: __kernel_timespec(tv_sec: 0, tv_nsec: 50_000_000))
+    }
+
+    deinit {
+        provided.unregister(uring: ring.ring)
+        if registeredBuffers { _ = io_uring_unregister_buffers(ring.ring) }
+        if !listenerClosed { closeDescriptor(listenFD) }
+        wakeBuffer.deallocate()
+        cqes.deallocate()
+        acceptRetryTimespec.deallocate()
+    }
+
+    var summary: String {
+        "\(ring.summary) pool=\(pool.chunkCount)x\(pool.chunkSize)B (recv \(pool.receiveChunkCount), send \(pool.chunkCount - pool.receiveChunkCount)) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
+    }
+
+    // MARK: the loop
+
+    func run() throws {
+        acceptArmed = true
+        prepare(UserData(.accept))
+        prepare(UserData(.wake))
+        while true {
+            drainDeferred()
+            var timeout: Int64? = nil
+            if let d = drainDeadline {
+                let left = ContinuousClock.now.duration(to: d)
+                timeout = max(1_000_000, left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000)
+            }
+            let r = ring.submitAndWait(1, timeoutNanos: timeout)
+            if r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN {
+                throw SyscallError("io_uring_submit_and_wait", Errno(rawValue: -r))
+            }
+            if ring.cqOverflowFlagged { core.counters.cqOverflowEvents += 1 }
+            reapAll()
+            processDirty()
+            if provided.publish() > 0 || !starved.isEmpty { rearmStarved() }
+            processDirty()
+            if stopping { checkDrainDeadline() }
+            core.counters.cqDropped = Int(ring.droppedCompletions)
+            core.refreshGauges()
+            control.publish(core.counters)
+            if stopping && core.openCount == 0 && ringInflight == 0 && deferred.isEmpty { break }
+        }
+        logger.debug("uring loop finished", metadata: ["stats": "\(core.counters)"])
+    }
+
+    private func reapAll() {
+        while true {
+            let n = Int(io_uring_peek_batch_cqe(ring.ring, cqes, UInt32(cqeBatch)))
+            if n == 0 { return }
+            for i in 0..<n {
+                let cqe = cqes[i]!
+                complete(UserData(raw: cqe.pointee.user_data), res: cqe.pointee.res, flags: cqe.pointee.flags)
+            }
+            io_uring_cq_advance(ring.ring, UInt32(n))
+        }
+    }
+
+    // MARK: submission
+
+    /// Gets an SQE, submitting what is prepared if the SQ is full; nil if still none.
+    @inline(__always) private func sqe() -> UnsafeMutablePointer<io_uring_sqe>? {
+        if let s = ring.getSQE() { return s }
+        core.counters.sqFullEvents += 1
+        _ = ring.submit()
+        return ring.getSQE()
+    }
+
+    /// Prepares the operation named by `ud`, or parks it in the FIFO when the SQ is full.
+    /// In-flight accounting happens here, once, whichever path the operation takes.
+    private func prepare(_ ud: UserData) {
+        switch ud.kind! {
+        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown: core.states[Int(ud.slot)].inflight += 1
+        default: ringInflight += 1
+        }
+        if !deferred.isEmpty || !fill(ud) {
+            core.counters.sqDeferredOps += 1
+            deferred.append(ud)
+        }
+    }
+
+    private func drainDeferred() {
+        guard !deferred.isEmpty else { return }
+        var i = 0
+        while i < deferred.count, fill(deferred[i]) { i += 1 }
+        deferred.removeFirst(i)
+    }
+
+    /// Fills one SQE for `ud`. Returns false when no SQE is free.
+    private func fill(_ ud: UserData) -> Bool {
+        guard let s = sqe() else { return false }
+        let slot = Int(ud.slot)
+        switch ud.kind! {
+        case .accept:
+            io_uring_prep_multishot_accept(s, listenFD, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+        case .recv:
+            io_uring_prep_recv_multishot(s, core.states[slot].fd, nil, 0, 0)
+            s.pointee.flags |= UInt8(RS_IOSQE_BUFFER_SELECT)
+            rs_sqe_set_buf_group(s, provided.groupID)
+        case .send:
+            let h = core.states[slot].sendHead
+            let (a, b) = pool.range(h)
+            core.states[slot].inflightBytes = Int32(b - a)
+            io_uring_prep_send(s, core.states[slot].fd, pool.pointer(h) + a, b - a, Int32(MSG_NOSIGNAL))
+        case .close:
+            io_uring_prep_close(s, core.states[slot].fd)
+        case .cancelRecv:
+            io_uring_prep_cancel64(s, UserData(.recv, slot: ud.slot, generation: ud.generation).raw, 0)
+        case .cancel:
+            // Every operation on this connection's file (receive and a send stuck on a full socket).
+            io_uring_prep_cancel_fd(s, core.states[slot].fd, UInt32(IORING_ASYNC_CANCEL_ALL))
+        case .shutdown:
+            io_uring_prep_shutdown(s, core.states[slot].fd, Int32(SHUT_WR))
+        case .wake:
+            io_uring_prep_read(s, control.wakeFD, wakeBuffer, 8, 0)
+        case .acceptRetryTimer:
+            io_uring_prep_timeout(s, acceptRetryTimespec, 0, 0)
+        case .cancelAccept:
+            io_uring_prep_cancel64(s, UserData(.accept).raw, 0)
+        case .closeListener:
+            io_uring_prep_close(s, listenFD)
+        }
+        io_uring_sqe_set_data64(s, ud.raw)
+        return true
+    }
+
+    // MARK: completions
+
+    @inline(__always) private func complete(_ ud: UserData, res: Int32, flags: UInt32) {
+        guard let kind = ud.kind else { preconditionFailure("unknown user_data \(ud.raw)") }
+        switch kind {
+        case .recv: completeRecv(ud, res: res, flags: flags)
+        case .send: completeSend(ud, res: res)
+        case .close, .cancel, .cancelRecv, .shutdown: completeSlotOp(ud, kind: kind, res: res)
+        case .accept: completeAccept(res: res, flags: flags)
+        case .wake:
+            ringInflight -= 1
+            logger.trace("wake completion res=\(res) stop=\(control.stopRequested) inflight=\(ringInflight)")
+            control.drainWake()
+            if control.stopRequested { beginStop() }
+            if !stopping { prepare(UserData(.wake)) }
+        case .acceptRetryTimer:
+            ringInflight -= 1
+            if !stopping && !acceptArmed { acceptArmed = true; prepare(UserData(.accept)) }
+        case .cancelAccept:
+            ringInflight -= 1
+        case .closeListener:
+            ringInflight -= 1
+            listenerClosed = true
+        }
+    }
+
+    /// Whether `ud` names the slot's current connection; counts and reports stale completions.
+    @inline(__always) private func current(_ ud: UserData) -> Bool {
+        let st = core.states[Int(ud.slot)]
+        if ud.matches(generation: st.generation) && st.flags.contains(.open) { return true }
+        core.counters.staleCompletions += 1
+        return false
+    }
+
+    private func completeRecv(_ ud: UserData, res: Int32, flags: UInt32) {
+        let hasBuffer = flags & IORING_CQE_F_BUFFER != 0
+        let chunk = hasBuffer ? Int32(flags >> IORING_CQE_BUFFER_SHIFT) : -1
+        if hasBuffer { provided.noteConsumed(); pool.noteReceivedFromRing() }
+        guard current(ud) else {
+            if hasBuffer { pool.release(chunk) }  // never lose a buffer to a stale completion
+            return
+        }
+        let slot = ud.slot
+        let i = Int(slot)
+        if flags & IORING_CQE_F_MORE == 0 {
+            // The multishot ended: this is its final CQE.
+            core.states[i].flags.remove(.recvArmed)
+            core.states[i].inflight -= 1
+        }
+        if res > 0 {
+            core.counters.bytesIn += Int(res)
+            precondition(hasBuffer, "multishot recv completed with data but no buffer")
+            let st = core.states[i].flags
+            if st.isDisjoint(with: [.closing, .wantClose, .wantAbort, .inputClosed]) {
+                if !handlers.received(slot, chunk: chunk, offset: 0, count: Int(res)) { pool.release(chunk) }
+            } else {
+                pool.release(chunk)  // input after close is ignored
+            }
+        } else if res == 0 {
+            if hasBuffer { pool.release(chunk) }
+            core.states[i].flags.insert(.inputClosed)
+            if core.states[i].flags.isDisjoint(with: [.closing, .wantAbort]) {
+                if core.states[i].closeReason == .closedByHandler { core.states[i].closeReason = .peerClosed }
+                handlers.inputClosed(slot)
+            }
+        } else {
+            if hasBuffer { pool.release(chunk) }
+            switch -res {
+            case ENOBUFS:
+                core.counters.noBufferEvents += 1
+                if !core.states[i].flags.contains(.starved) {
+                    core.states[i].flags.insert(.starved)
+                    starved.append(slot)
+                }
+            case ECANCELED:
+                core.counters.canceledCompletions += 1
+            default:
+                core.requestClose(slot: slot, abort: true, reason: .error(Errno(rawValue: -res)))
+            }
+        }
+        core.markDirty(slot)
+    }
+
+    private func completeSend(_ ud: UserData, res: Int32) {
+        guard current(ud) else { return }
+        let slot = ud.slot
+        let i = Int(slot)
+        core.states[i].inflight -= 1
+        core.states[i].flags.remove(.sendInFlight)
+        if res >= 0 {
+            if res < core.states[i].inflightBytes { core.counters.shortSends += 1 }
+            core.consumeSent(slot: slot, Int(res))
+        } else {
+            if -res == ECANCELED { core.counters.canceledCompletions += 1 }
+            core.requestClose(slot: slot, abort: true, reason: .error(Errno(rawValue: -res)))
+        }
+        if core.states[i].flags.contains(.closing) {
+            core.discardQueue(slot: slot, keepHead: false)
+        }
+        core.markDirty(slot)
+    }
+
+    private func completeSlotOp(_ ud: UserData, kind: UserData.Kind, res: Int32) {
+        guard current(ud) else { return }
+        let i = Int(ud.slot)
+        core.states[i].inflight -= 1
+        switch kind {
+        case .close: core.states[i].flags.insert(.fdClosed)
+        case .shutdown where res < 0 && res != -ENOTCONN:
+            core.requestClose(slot: ud.slot, abort: true, reason: .error(Errno(rawValue: -res)))
+        default: break  // cancel: -ENOENT / -EALREADY mean the operation already finished
+        }
+        core.markDirty(ud.slot)
+    }
+
+    private func completeAccept(res: Int32, flags: UInt32) {
+        if flags & IORING_CQE_F_MORE == 0 {
+            acceptArmed = false
+            ringInflight -= 1
+        }
+        if res >= 0 {
+            if stopping {
+                closeDescriptor(res)
+            } else if let slot = core.allocateSlot(fd: res) {
+                _ = Socket.configureAccepted(res, noDelay: config.noDelay)
+                handlers.open(slot)
+            } else {
+                core.counters.connectionsRefused += 1
+                closeDescriptor(res)
+            }
+        } else if -res == ECANCELED {
+            core.counters.canceledCompletions += 1
+        } else {
+            core.counters.acceptErrors += 1
+            if core.counters.acceptErrors == 1 || core.counters.acceptErrors % 1000 == 0 {
+                logger.warning("accept failed: \(Errno(rawValue: -res)) (count \(core.counters.acceptErrors)); retrying in 50 ms")
+            }
+        }
+        if !acceptArmed && !stopping {
+            if res < 0 && -res != ECANCELED {
+                // EMFILE/ENFILE and friends: retry after a pause rather than spinning.
+                prepare(UserData(.acceptRetryTimer))
+            } else {
+                core.counters.acceptRearms += 1
+                acceptArmed = true
+                prepare(UserData(.accept))
+            }
+        }
+    }
+
+    // MARK: per-connection state machine (after completions and handler calls)
+
+    private func processDirty() {
+        while true {
+            let s = core.popDirty()
+            if s < 0 { return }
+            service(s)
+        }
+    }
+
+    private func service(_ slot: Int32) {
+        let i = Int(slot)
+        var st = core.states[i]
+        guard st.flags.contains(.open) else { return }
+        let gen = st.generation
+        if st.flags.contains(.closing) { finishTeardownIfDone(slot); return }
+        if st.flags.contains(.wantAbort) { beginTeardown(slot, abort: true); return }
+
+        if st.sendHead >= 0 && !st.flags.contains(.sendInFlight) && !st.flags.contains(.writeShutDown) {
+            core.states[i].flags.insert(.sendInFlight)
+            prepare(UserData(.send, slot: slot, generation: gen))
+        }
+        switch core.watermark(slot) {
+        case .pause:
+            let f = core.states[i].flags
+            if f.contains(.recvArmed) && !f.contains(.cancelSent) { cancelReceive(slot) }
+        case .resume: handlers.writable(slot)
+        case .none: break
+        }
+        st = core.states[i]
+        let flushed = st.sendHead < 0 && !st.flags.contains(.sendInFlight)
+        if st.flags.contains(.wantClose) && flushed { beginTeardown(slot, abort: false); return }
+        if st.flags.contains(.wantShutdownWrite) && !st.flags.contains(.writeShutDown) && flushed {
+            core.states[i].flags.insert(.writeShutDown)
+            prepare(UserData(.shutdown, slot: slot, generation: gen))
+        }
+        st = core.states[i]
+        if st.flags.isDisjoint(with: [.recvArmed, .readPaused, .inputClosed, .wantClose, .starved]) && !stopping {
+            if st.flags.contains(.cancelSent) {
+                // A pause's cancel may still be in flight; wait for its completion before re-arming.
+                if st.inflight > 0 { return }
+                core.states[i].flags.remove(.cancelSent)
+            }
+            armReceive(slot)
+        }
+    }
+
+    @inline(__always) private func armReceive(_ slot: Int32) {
+        let i = Int(slot)
+        // The first arm follows accept; every later one re-arms a multishot that ended (no F_MORE,
+        // -ENOBUFS, or a backpressure pause).
+        if core.states[i].flags.contains(.armedOnce) { core.counters.recvRearms += 1 }
+        core.states[i].flags.insert([.recvArmed, .armedOnce])
+        prepare(UserData(.recv, slot: slot, generation: core.states[i].generation))
+    }
+
+    /// Cancels only the receive (a backpressure pause must not cancel a send in flight).
+    private func cancelReceive(_ slot: Int32) {
+        core.states[Int(slot)].flags.insert(.cancelSent)
+        prepare(UserData(.cancelRecv, slot: slot, generation: core.states[Int(slot)].generation))
+    }
+
+    private func beginTeardown(_ slot: Int32, abort: Bool) {
+        let i = Int(slot)
+        core.states[i].flags.insert(.closing)
+        let inFlight = core.states[i].flags.contains(.sendInFlight)
+        core.discardQueue(slot: slot, keepHead: inFlight)
+        let gen = core.states[i].generation
+        if core.states[i].flags.contains(.recvArmed) || inFlight {
+            prepare(UserData(.cancel, slot: slot, generation: gen))
+        }
+        prepare(UserData(.close, slot: slot, generation: gen))
+    }
+
+    private func finishTeardownIfDone(_ slot: Int32) {
+        let i = Int(slot)
+        guard core.states[i].inflight == 0 && core.states[i].flags.contains(.fdClosed) else { return }
+        core.discardQueue(slot: slot, keepHead: false)
+        handlers.finalize(slot, reason: core.states[i].closeReason)
+        core.freeSlot(slot)
+    }
+
+    private func rearmStarved() {
+        guard provided.available > 0 else { return }
+        var k = 0
+        while k < starved.count && provided.available > 0 {
+            let s = starved[k]
+            core.states[Int(s)].flags.remove(.starved)
+            core.markDirty(s)
+            k += 1
+        }
+        starved.removeFirst(k)
+    }
+
+    // MARK: stopping
+
+    private func beginStop() {
+        guard !stopping else { return }
+        stopping = true
+        drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
+        if acceptArmed { prepare(UserData(.cancelAccept)) }
+        prepare(UserData(.closeListener))
+        for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
+            core.requestClose(slot: s, abort: false, reason: .serverShutdown)
+            if core.states[Int(s)].flags.contains(.recvArmed) && !core.states[Int(s)].flags.contains(.cancelSent) {
+                cancelReceive(s)
+            }
+        }
+        // Starved slots will not be re-armed any more.
+        starved.removeAll(keepingCapacity: true)
+    }
+
+    private func checkDrainDeadline() {
+        guard let d = drainDeadline, ContinuousClock.now >= d else { return }
+        drainDeadline = nil
+        for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
+            core.requestClose(slot: s, abort: true, reason: .serverShutdown)
+        }
+        processDirty()
+    }
+}

@@ -1,0 +1,127 @@
+import CLiburing
+import Glibc
+
+/// One page-aligned slab carved into fixed-size chunks; the only memory the engine receives into or
+/// sends from.
+///
+/// Chunks `0..<receiveChunkCount` are *receive* chunks: on io_uring they live in the provided-buffer
+/// ring (buffer id == chunk index) while the kernel may fill them; on epoll they sit in a free list.
+/// The remaining chunks are *send* chunks, handed out to `Connection.write` copies.
+///
+/// Each chunk also carries queue metadata (`next`, `start`, `end`) so outbound queues are intrusive
+/// linked lists through the chunk table: queuing data never allocates.
+///
+/// Invariants (loop-thread confined, never shared):
+/// - a chunk is in exactly one place: the provided ring / receive free list, the send free list, a
+///   connection's outbound queue, or borrowed by a handler call that is in progress;
+/// - a receive chunk is never handed back to the kernel before its CQE was reaped and its bytes consumed
+///   (or sent, when retained for a zero-copy send);
+/// - `start <= end <= chunkSize` for a chunk in an outbound queue.
+final class BufferPool {
+    let base: UnsafeMutableRawPointer
+    let slabBytes: Int
+    let chunkSize: Int
+    let chunkCount: Int
+    let receiveChunkCount: Int
+
+    private let next: UnsafeMutablePointer<Int32>
+    private let start: UnsafeMutablePointer<Int32>
+    private let end: UnsafeMutablePointer<Int32>
+    private let freeSend: UnsafeMutablePointer<Int32>
+    private(set) var freeSendCount: Int
+    private let freeRecv: UnsafeMutablePointer<Int32>
+    private(set) var freeRecvCount: Int
+
+    /// Chunks out of their home (held by queues or handlers); for leak checks and stats.
+    private(set) var chunksOut: Int = 0
+    private(set) var peakChunksOut: Int = 0
+
+    /// Where released receive chunks go on io_uring (nil on epoll: the receive free list).
+    var providedRing: ProvidedBufferRing?
+
+    init(chunkSize: Int, chunkCount: Int, receiveChunkCount: Int) throws(SyscallError) {
+        precondition(chunkSize > 0 && chunkSize <= Int(Int32.max) && chunkCount > 0)
+        precondition(receiveChunkCount > 0 && receiveChunkCount < chunkCount)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = (chunkSize * chunkCount + page - 1) / page * page
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        guard let p, p != MAP_FAILED else { throw SyscallError("mmap(buffer slab, \(bytes) bytes)", .current) }
+        base = p
+        slabBytes = bytes
+        self.chunkSize = chunkSize
+        self.chunkCount = chunkCount
+        self.receiveChunkCount = receiveChunkCount
+        next = .allocate(capacity: chunkCount); next.initialize(repeating: -1, count: chunkCount)
+        start = .allocate(capacity: chunkCount); start.initialize(repeating: 0, count: chunkCount)
+        end = .allocate(capacity: chunkCount); end.initialize(repeating: 0, count: chunkCount)
+        let sendCount = chunkCount - receiveChunkCount
+        freeSend = .allocate(capacity: sendCount)
+        for i in 0..<sendCount { freeSend[i] = Int32(chunkCount - 1 - i) }
+        freeSendCount = sendCount
+        freeRecv = .allocate(capacity: receiveChunkCount)
+        for i in 0..<receiveChunkCount { freeRecv[i] = Int32(receiveChunkCount - 1 - i) }
+        freeRecvCount = receiveChunkCount
+    }
+
+    deinit {
+        munmap(base, slabBytes)
+        next.deallocate(); start.deallocate(); end.deallocate(); freeSend.deallocate(); freeRecv.deallocate()
+    }
+
+    @inline(__always) func pointer(_ chunk: Int32) -> UnsafeMutableRawPointer {
+        base + Int(chunk) * chunkSize
+    }
+    @inline(__always) func isReceiveChunk(_ chunk: Int32) -> Bool { Int(chunk) < receiveChunkCount }
+
+    // MARK: chunk metadata (outbound queues)
+    @inline(__always) func next(_ c: Int32) -> Int32 { next[Int(c)] }
+    @inline(__always) func setNext(_ c: Int32, _ n: Int32) { next[Int(c)] = n }
+    @inline(__always) func range(_ c: Int32) -> (start: Int, end: Int) { (Int(start[Int(c)]), Int(end[Int(c)])) }
+    @inline(__always) func setRange(_ c: Int32, _ s: Int, _ e: Int) {
+        assert(s >= 0 && s <= e && e <= chunkSize)
+        start[Int(c)] = Int32(truncatingIfNeeded: s); end[Int(c)] = Int32(truncatingIfNeeded: e)
+    }
+
+    // MARK: taking and returning chunks
+
+    /// A free send chunk, or nil when the send side of the pool is exhausted.
+    @inline(__always) func takeSendChunk() -> Int32? {
+        guard freeSendCount > 0 else { return nil }
+        freeSendCount -= 1
+        noteOut(1)
+        let c = freeSend[freeSendCount]
+        next[Int(c)] = -1
+        return c
+    }
+
+    /// A free receive chunk for epoll reads, or nil when all are in use.
+    @inline(__always) func takeReceiveChunk() -> Int32? {
+        guard freeRecvCount > 0 else { return nil }
+        freeRecvCount -= 1
+        noteOut(1)
+        return freeRecv[freeRecvCount]
+    }
+
+    /// Notes that the kernel handed a provided-ring chunk to us (io_uring receive completion).
+    @inline(__always) func noteReceivedFromRing() { noteOut(1) }
+
+    /// Returns a chunk to its home: the provided ring (io_uring receive chunks), the receive free list
+    /// (epoll), or the send free list.
+    @inline(__always) func release(_ c: Int32) {
+        chunksOut -= 1
+        if isReceiveChunk(c) {
+            if let ring = providedRing {
+                ring.give(chunk: c, address: pointer(c), length: chunkSize)
+            } else {
+                freeRecv[freeRecvCount] = c; freeRecvCount += 1
+            }
+        } else {
+            freeSend[freeSendCount] = c; freeSendCount += 1
+        }
+    }
+
+    @inline(__always) private func noteOut(_ n: Int) {
+        chunksOut += n
+        if chunksOut > peakChunksOut { peakChunksOut = chunksOut }
+    }
+}

@@ -1,0 +1,62 @@
+import Glibc
+
+/// A handle to one connection, passed to every ``ConnectionHandler`` call.
+///
+/// It is valid only during the call it was passed to, on the loop thread. Everything it does is
+/// recorded and carried out by the engine after the handler returns, so several writes in one call
+/// leave in one send.
+public struct Connection {
+    @usableFromInline unowned(unsafe) let core: LoopCore
+    @usableFromInline let slot: Int32
+
+    @usableFromInline init(core: LoopCore, slot: Int32) { self.core = core; self.slot = slot }
+
+    /// An identifier unique among the connections open on this loop (slot and generation).
+    public var id: UInt64 { UInt64(core.states[Int(slot)].generation) << 32 | UInt64(UInt32(bitPattern: slot)) }
+
+    /// Bytes queued for sending and not yet acknowledged by the kernel.
+    public var queuedOutboundBytes: Int { core.states[Int(slot)].queuedBytes }
+
+    /// Whether the queue is above the high watermark (the engine has stopped reading this client).
+    public var isBackpressured: Bool { core.states[Int(slot)].queuedBytes > core.highWatermark }
+
+    /// Copies `bytes` into pooled send buffers and queues them. Either all bytes are queued or none.
+    /// - Throws: ``WriteError/bufferPoolExhausted`` when the pool has too few free send chunks,
+    ///   ``WriteError/closed`` after close/abort/shutdownOutput.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(WriteError) {
+        try core.enqueueCopy(slot: slot, bytes)
+    }
+
+    /// Copies `bytes` into pooled send buffers and queues them.
+    public func write(_ bytes: [UInt8]) throws(WriteError) {
+        let r: Result<Void, WriteError> = bytes.withUnsafeBytes { p in
+            Result { () throws(WriteError) in try core.enqueueCopy(slot: slot, p) }
+        }
+        try r.get()
+    }
+
+    /// Queues a received buffer for sending without copying it: the receive buffer becomes the send
+    /// buffer and returns to the pool once the kernel has sent it. A buffer can be handed back once;
+    /// a second call copies.
+    public func send(_ received: ReceivedBytes) {
+        core.enqueueReceived(slot: slot, received)
+    }
+
+    /// Flushes what is queued, then closes the connection. Further input is ignored.
+    public func close() { core.requestClose(slot: slot, abort: false, reason: .closedByHandler) }
+
+    /// Closes the connection now, discarding queued output.
+    public func abort() { core.requestClose(slot: slot, abort: true, reason: .abortedByHandler) }
+
+    /// Flushes what is queued, then shuts down the sending side (the peer reads end-of-file); receiving
+    /// continues.
+    public func shutdownOutput() { core.requestShutdownWrite(slot: slot) }
+}
+
+/// Why a write was refused.
+public enum WriteError: Error, Equatable, Sendable {
+    /// The pool's send chunks are all in use; nothing was queued. Back off until `writable`.
+    case bufferPoolExhausted
+    /// The connection is closing or its output was shut down; nothing was queued.
+    case closed
+}

@@ -1,0 +1,82 @@
+/// The protocol-agnostic per-connection handler.
+///
+/// A factory creates one handler value per accepted connection. Every method is called on that
+/// connection's event-loop thread, never concurrently, so a handler needs no locks. The same handler
+/// runs unchanged on the io_uring and epoll backends.
+///
+/// Bytes are pushed as they arrive (push parsing): `received(_:on:)` borrows them from the engine's
+/// buffer pool for the duration of the call only. To keep them, either copy them, or hand the buffer
+/// back for sending without a copy with ``Connection/send(_:)``.
+///
+/// ```swift
+/// struct Echo: ConnectionHandler {
+///     mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+///         connection.send(bytes)          // zero-copy: the receive buffer becomes the send buffer
+///     }
+/// }
+/// ```
+public protocol ConnectionHandler: SendableMetatype {
+    /// The connection was accepted and is ready. Default: nothing.
+    mutating func opened(on connection: Connection)
+
+    /// Bytes arrived. `bytes` is valid only during this call.
+    mutating func received(_ bytes: ReceivedBytes, on connection: Connection)
+
+    /// The peer half-closed its side (read returned end-of-file). The connection may still send.
+    /// Default: ``Connection/close()`` (flush what is queued, then close).
+    mutating func inputClosed(on connection: Connection)
+
+    /// The outbound queue drained below the low watermark after having been above the high one.
+    /// Default: nothing.
+    mutating func writable(on connection: Connection)
+
+    /// The connection is gone (descriptor closed, every operation completed). Called exactly once.
+    /// Default: nothing.
+    mutating func closed(reason: CloseReason)
+}
+
+extension ConnectionHandler {
+    @inlinable public mutating func opened(on connection: Connection) {}
+    @inlinable public mutating func inputClosed(on connection: Connection) { connection.close() }
+    @inlinable public mutating func writable(on connection: Connection) {}
+    @inlinable public mutating func closed(reason: CloseReason) {}
+}
+
+/// Why a connection ended.
+public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
+    /// The handler (or a protocol layer) asked for it with ``Connection/close()``.
+    case closedByHandler
+    /// The handler aborted with ``Connection/abort()``: queued data was discarded.
+    case abortedByHandler
+    /// The peer closed (EOF after the handler's default `inputClosed`).
+    case peerClosed
+    /// A receive or send failed (for example ECONNRESET, EPIPE).
+    case error(Errno)
+    /// The server is shutting down.
+    case serverShutdown
+
+    public var description: String {
+        switch self {
+        case .closedByHandler: "closed by handler"
+        case .abortedByHandler: "aborted by handler"
+        case .peerClosed: "peer closed"
+        case .error(let e): "error: \(e)"
+        case .serverShutdown: "server shutdown"
+        }
+    }
+}
+
+/// Bytes received on a connection, borrowed from the engine's buffer pool for one handler call.
+public struct ReceivedBytes {
+    /// The received bytes. Do not keep this pointer after the call returns.
+    public let bytes: UnsafeRawBufferPointer
+    @usableFromInline let chunk: Int32
+    @usableFromInline let offset: Int32
+
+    @usableFromInline init(bytes: UnsafeRawBufferPointer, chunk: Int32, offset: Int32) {
+        self.bytes = bytes; self.chunk = chunk; self.offset = offset
+    }
+
+    /// The number of bytes received.
+    @inlinable public var count: Int { bytes.count }
+}

@@ -1,0 +1,42 @@
+/// Per-connection engine state, one slot per connection in `LoopCore.states` (a preallocated slab of
+/// structs, mutated in place through the slot index: no class per connection, no ARC on the hot path).
+struct ConnectionState {
+    var fd: Int32 = -1
+    /// Bumped each time the slot is freed; io_uring user_data carries it, so a completion for an
+    /// earlier occupant of the slot is recognised as stale.
+    var generation: UInt32 = 0
+    var flags: Flags = []
+    /// io_uring operations in flight for this slot (recv, send, cancel, close).
+    var inflight: Int32 = 0
+    /// Outbound queue: an intrusive list of pool chunks (`BufferPool.next`), head is sent first.
+    var sendHead: Int32 = -1
+    var sendTail: Int32 = -1
+    /// Bytes queued (including those of a send in flight).
+    var queuedBytes: Int = 0
+    /// Bytes of the head chunk handed to the in-flight send.
+    var inflightBytes: Int32 = 0
+    /// Next slot in the loop's dirty list (-1: end).
+    var nextDirty: Int32 = -1
+    var closeReason: CloseReason = .closedByHandler
+
+    struct Flags: OptionSet {
+        let rawValue: UInt32
+        static let open = Flags(rawValue: 1 << 0)            // slot holds a live connection + handler
+        static let recvArmed = Flags(rawValue: 1 << 1)       // a (multishot) receive is in flight / EPOLLIN on
+        static let readPaused = Flags(rawValue: 1 << 2)      // backpressure: not receiving
+        static let inputClosed = Flags(rawValue: 1 << 3)     // EOF seen
+        static let wantClose = Flags(rawValue: 1 << 4)       // close once the queue is flushed
+        static let wantAbort = Flags(rawValue: 1 << 5)       // close now, discard the queue
+        static let wantShutdownWrite = Flags(rawValue: 1 << 6) // shutdown(SHUT_WR) once flushed
+        static let writeShutDown = Flags(rawValue: 1 << 7)
+        static let sendInFlight = Flags(rawValue: 1 << 8)
+        static let dirty = Flags(rawValue: 1 << 9)           // in the dirty list
+        static let closing = Flags(rawValue: 1 << 10)        // teardown started: no more handler input
+        static let fdClosed = Flags(rawValue: 1 << 11)
+        static let wasAboveHigh = Flags(rawValue: 1 << 12)   // tell the handler `writable` after draining
+        static let cancelSent = Flags(rawValue: 1 << 13)     // an async cancel for the receive is in flight
+        static let starved = Flags(rawValue: 1 << 14)        // receive ended on ENOBUFS; re-arm when buffers return
+        static let epollOut = Flags(rawValue: 1 << 15)       // epoll: EPOLLOUT registered
+        static let armedOnce = Flags(rawValue: 1 << 16)      // a receive was armed before (re-arm counting)
+    }
+}

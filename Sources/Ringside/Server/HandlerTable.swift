@@ -1,0 +1,54 @@
+/// The handlers of one loop, one value per slot, stored unboxed in a preallocated slab so calls are
+/// specialised for `H` (no existential, no witness-table call, no ARC).
+///
+/// Invariant: `handlers[i]` is initialised exactly while `core.states[i].flags` contains `.open`.
+final class HandlerTable<H: ConnectionHandler> {
+    private let handlers: UnsafeMutablePointer<H>
+    private let capacity: Int
+    unowned(unsafe) let core: LoopCore
+    let factory: @Sendable () -> H
+
+    init(core: LoopCore, factory: @escaping @Sendable () -> H) {
+        self.core = core
+        self.capacity = core.capacity
+        self.factory = factory
+        handlers = .allocate(capacity: capacity)
+    }
+
+    deinit { handlers.deallocate() }  // every slot was finalised before the loop ended
+
+    @inline(__always) func open(_ slot: Int32) {
+        (handlers + Int(slot)).initialize(to: factory())
+        handlers[Int(slot)].opened(on: Connection(core: core, slot: slot))
+        core.markDirty(slot)
+    }
+
+    /// Lends `count` bytes at `offset` of receive chunk `chunk` to the handler; returns whether the
+    /// handler kept the chunk (zero-copy send) so the caller must not recycle it.
+    @inline(__always) func received(_ slot: Int32, chunk: Int32, offset: Int, count: Int) -> Bool {
+        core.lentChunk = chunk
+        core.lentChunkKept = false
+        let bytes = UnsafeRawBufferPointer(start: core.pool.pointer(chunk) + offset, count: count)
+        handlers[Int(slot)].received(
+            ReceivedBytes(bytes: bytes, chunk: chunk, offset: Int32(offset)), on: Connection(core: core, slot: slot))
+        core.lentChunk = -1
+        core.markDirty(slot)
+        return core.lentChunkKept
+    }
+
+    @inline(__always) func inputClosed(_ slot: Int32) {
+        handlers[Int(slot)].inputClosed(on: Connection(core: core, slot: slot))
+        core.markDirty(slot)
+    }
+
+    @inline(__always) func writable(_ slot: Int32) {
+        handlers[Int(slot)].writable(on: Connection(core: core, slot: slot))
+        core.markDirty(slot)
+    }
+
+    /// Tells the handler the connection is gone and destroys it.
+    func finalize(_ slot: Int32, reason: CloseReason) {
+        handlers[Int(slot)].closed(reason: reason)
+        (handlers + Int(slot)).deinitialize(count: 1)
+    }
+}

@@ -1,0 +1,253 @@
+import Glibc
+
+/// The backend-independent state of one event loop: the buffer pool, the connection slab, the dirty
+/// list and the counters. Both backends drive it; handlers reach it through `Connection`.
+///
+/// Loop-thread confined. `Connection` holds it `unowned(unsafe)` (no ARC per call); the backend keeps
+/// the only strong reference and outlives every handler call.
+@usableFromInline
+final class LoopCore {
+    let pool: BufferPool
+    /// Slab of per-connection state, `capacity` entries, indexed by slot.
+    let states: UnsafeMutablePointer<ConnectionState>
+    let capacity: Int
+    private let freeSlots: UnsafeMutablePointer<Int32>
+    private var freeSlotCount: Int
+    private(set) var openCount = 0
+
+    let highWatermark: Int
+    let lowWatermark: Int
+
+    /// Head of the intrusive list of slots that need backend attention after handler calls.
+    private var dirtyHead: Int32 = -1
+
+    /// The receive chunk lent to the handler call in progress, and whether the handler kept it.
+    var lentChunk: Int32 = -1
+    var lentChunkKept = false
+
+    var counters = ServerStats()
+
+    init(pool: BufferPool, capacity: Int, highWatermark: Int, lowWatermark: Int) {
+        self.pool = pool
+        self.capacity = capacity
+        self.highWatermark = highWatermark
+        self.lowWatermark = lowWatermark
+        states = .allocate(capacity: capacity)
+        states.initialize(repeating: ConnectionState(), count: capacity)
+        freeSlots = .allocate(capacity: capacity)
+        for i in 0..<capacity { freeSlots[i] = Int32(capacity - 1 - i) }
+        freeSlotCount = capacity
+    }
+
+    deinit {
+        states.deinitialize(count: capacity)
+        states.deallocate()
+        freeSlots.deallocate()
+    }
+
+    // MARK: slots
+
+    /// Takes a free slot for a new connection on `fd`, or nil at the connection cap.
+    func allocateSlot(fd: Int32) -> Int32? {
+        guard freeSlotCount > 0 else { return nil }
+        freeSlotCount -= 1
+        let s = freeSlots[freeSlotCount]
+        let gen = states[Int(s)].generation
+        states[Int(s)] = ConnectionState()
+        states[Int(s)].generation = gen
+        states[Int(s)].fd = fd
+        states[Int(s)].flags = [.open]
+        openCount += 1
+        counters.connectionsAccepted += 1
+        counters.connectionsOpen = openCount
+        return s
+    }
+
+    /// Frees a slot whose connection is fully torn down; bumps its generation.
+    func freeSlot(_ s: Int32) {
+        let i = Int(s)
+        precondition(states[i].sendHead == -1 && states[i].inflight == 0, "freeing a busy slot")
+        states[i].generation &+= 1
+        states[i].flags = []
+        states[i].fd = -1
+        freeSlots[freeSlotCount] = s
+        freeSlotCount += 1
+        openCount -= 1
+        counters.connectionsOpen = openCount
+        counters.connectionsClosed += 1
+    }
+
+    // MARK: dirty list
+
+    @inline(__always) func markDirty(_ s: Int32) {
+        let i = Int(s)
+        guard !states[i].flags.contains(.dirty) else { return }
+        states[i].flags.insert(.dirty)
+        states[i].nextDirty = dirtyHead
+        dirtyHead = s
+    }
+
+    /// Pops the next dirty slot (-1 when none).
+    @inline(__always) func popDirty() -> Int32 {
+        let s = dirtyHead
+        if s >= 0 {
+            dirtyHead = states[Int(s)].nextDirty
+            states[Int(s)].nextDirty = -1
+            states[Int(s)].flags.remove(.dirty)
+        }
+        return s
+    }
+
+    // MARK: outbound queue (called from Connection during handler calls)
+
+    @usableFromInline func enqueueCopy(slot: Int32, _ bytes: UnsafeRawBufferPointer) throws(WriteError) {
+        let i = Int(slot)
+        guard states[i].flags.isDisjoint(with: [.wantClose, .wantAbort, .wantShutdownWrite, .closing, .writeShutDown])
+        else { throw .closed }
+        var remaining = bytes.count
+        guard remaining > 0 else { return }
+        let chunkSize = pool.chunkSize
+        // Room at the end of the tail chunk (safe even while an earlier range of it is being sent:
+        // the kernel only reads the range it was given).
+        let tail = states[i].sendTail
+        var room = 0
+        if tail >= 0 { room = chunkSize - pool.range(tail).end }
+        let needed = remaining > room ? (remaining - room + chunkSize - 1) / chunkSize : 0
+        guard needed <= pool.freeSendCount else {
+            counters.writesRefused += 1
+            throw .bufferPoolExhausted
+        }
+        var src = bytes.baseAddress!
+        if room > 0 {
+            let n = min(room, remaining)
+            let (s, e) = pool.range(tail)
+            (pool.pointer(tail) + e).copyMemory(from: src, byteCount: n)
+            pool.setRange(tail, s, e + n)
+            src += n; remaining -= n
+        }
+        while remaining > 0 {
+            let c = pool.takeSendChunk()!  // capacity checked above
+            let n = min(chunkSize, remaining)
+            pool.pointer(c).copyMemory(from: src, byteCount: n)
+            pool.setRange(c, 0, n)
+            append(slot: slot, chunk: c)
+            src += n; remaining -= n
+        }
+        states[i].queuedBytes += bytes.count
+        markDirty(slot)
+    }
+
+    @usableFromInline func enqueueReceived(slot: Int32, _ r: ReceivedBytes) {
+        precondition(r.chunk == lentChunk, "ReceivedBytes used outside the handler call it was passed to")
+        if lentChunkKept || r.count == 0 {
+            // Already handed back once: fall back to a copy.
+            try? enqueueCopy(slot: slot, r.bytes)
+            return
+        }
+        let i = Int(slot)
+        guard states[i].flags.isDisjoint(with: [.wantClose, .wantAbort, .wantShutdownWrite, .closing, .writeShutDown])
+        else { return }
+        lentChunkKept = true
+        pool.setRange(r.chunk, Int(r.offset), Int(r.offset) + r.count)
+        append(slot: slot, chunk: r.chunk)
+        states[i].queuedBytes += r.count
+        markDirty(slot)
+    }
+
+    @inline(__always) private func append(slot: Int32, chunk: Int32) {
+        let i = Int(slot)
+        pool.setNext(chunk, -1)
+        if states[i].sendTail >= 0 { pool.setNext(states[i].sendTail, chunk) } else { states[i].sendHead = chunk }
+        states[i].sendTail = chunk
+    }
+
+    /// Drops `n` sent bytes from the head of the queue, releasing emptied chunks.
+    func consumeSent(slot: Int32, _ n: Int) {
+        let i = Int(slot)
+        var left = n
+        states[i].queuedBytes -= n
+        counters.bytesOut += n
+        while left > 0 {
+            let h = states[i].sendHead
+            precondition(h >= 0, "sent more than was queued")
+            let (s, e) = pool.range(h)
+            let take = min(left, e - s)
+            left -= take
+            if s + take == e {
+                states[i].sendHead = pool.next(h)
+                if states[i].sendHead < 0 { states[i].sendTail = -1 }
+                pool.release(h)
+            } else {
+                pool.setRange(h, s + take, e)
+            }
+        }
+    }
+
+    /// Releases every queued chunk except (when `keepHead`) the head, which a send in flight still reads.
+    func discardQueue(slot: Int32, keepHead: Bool) {
+        let i = Int(slot)
+        var c = states[i].sendHead
+        if keepHead && c >= 0 {
+            let (s, e) = pool.range(c)
+            let rest = pool.next(c)
+            pool.setNext(c, -1)
+            states[i].sendTail = c
+            states[i].queuedBytes = e - s
+            c = rest
+        } else {
+            states[i].sendHead = -1
+            states[i].sendTail = -1
+            states[i].queuedBytes = 0
+        }
+        while c >= 0 {
+            let n = pool.next(c)
+            pool.release(c)
+            c = n
+        }
+    }
+
+    // MARK: close requests
+
+    @usableFromInline func requestClose(slot: Int32, abort: Bool, reason: CloseReason) {
+        let i = Int(slot)
+        guard states[i].flags.contains(.open) else { return }
+        if !states[i].flags.contains(.closing) && !states[i].flags.contains(.wantAbort) {
+            if abort || !states[i].flags.contains(.wantClose) { states[i].closeReason = reason }
+        }
+        states[i].flags.insert(abort ? .wantAbort : .wantClose)
+        markDirty(slot)
+    }
+
+    @usableFromInline func requestShutdownWrite(slot: Int32) {
+        let i = Int(slot)
+        guard states[i].flags.contains(.open) else { return }
+        states[i].flags.insert(.wantShutdownWrite)
+        markDirty(slot)
+    }
+
+    /// Backpressure decision after a slot's queue changed: pause reading above the high watermark,
+    /// resume (and tell the handler) at or below the low one. Shared by both backends.
+    enum Watermark { case none, pause, resume }
+
+    @inline(__always) func watermark(_ slot: Int32) -> Watermark {
+        let i = Int(slot)
+        let q = states[i].queuedBytes
+        if q > counters.maxQueuedBytes { counters.maxQueuedBytes = q }
+        if q > highWatermark && !states[i].flags.contains(.readPaused) {
+            states[i].flags.insert(.readPaused)
+            counters.readPauses += 1
+            return .pause
+        }
+        if states[i].flags.contains(.readPaused) && q <= lowWatermark {
+            states[i].flags.remove(.readPaused)
+            return .resume
+        }
+        return .none
+    }
+
+    /// Publishes counters that are derived from the pool.
+    func refreshGauges() {
+        counters.buffersInUse = pool.chunksOut
+        counters.peakBuffersInUse = pool.peakChunksOut
+    }
+}

@@ -1,0 +1,47 @@
+/// Counters and gauges of one event loop, published once per loop iteration.
+public struct ServerStats: Sendable, Equatable {
+    /// Connections accepted into a slot.
+    public var connectionsAccepted = 0
+    /// Connections currently open.
+    public var connectionsOpen = 0
+    /// Connections fully torn down.
+    public var connectionsClosed = 0
+    /// Connections closed at once because the connection cap was reached.
+    public var connectionsRefused = 0
+    /// Bytes received / sent.
+    public var bytesIn = 0
+    public var bytesOut = 0
+    /// Pool chunks currently out of their home (queued or lent) and the peak.
+    public var buffersInUse = 0
+    public var peakBuffersInUse = 0
+    /// Receives that failed with -ENOBUFS (the provided-buffer ring ran dry).
+    public var noBufferEvents = 0
+    /// Multishot receives re-armed after ending (no IORING_CQE_F_MORE).
+    public var recvRearms = 0
+    /// Multishot accepts re-armed after ending.
+    public var acceptRearms = 0
+    /// Completions with -ECANCELED.
+    public var canceledCompletions = 0
+    /// Loop iterations that found the CQ overflow flag set (kernel backlog flushed).
+    public var cqOverflowEvents = 0
+    /// Completions the kernel dropped for good (only without IORING_FEAT_NODROP).
+    public var cqDropped = 0
+    /// Times the SQ was full when an operation was prepared (submitted early or queued).
+    public var sqFullEvents = 0
+    /// Operations parked in the overflow FIFO because no SQE was free even after submitting.
+    public var sqDeferredOps = 0
+    /// Completions for a slot that has since been reused (generation mismatch).
+    public var staleCompletions = 0
+    /// Sends that completed short and were resubmitted for the rest.
+    public var shortSends = 0
+    /// Times reading was paused because a connection's queue went above the high watermark.
+    public var readPauses = 0
+    /// Writes refused because the pool had no free send chunk.
+    public var writesRefused = 0
+    /// Accept failures (EMFILE, ENFILE, ...), retried after a delay.
+    public var acceptErrors = 0
+    /// Highest outbound queue seen on any connection, in bytes.
+    public var maxQueuedBytes = 0
+
+    public init() {}
+}

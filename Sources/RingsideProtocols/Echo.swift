@@ -1,0 +1,12 @@
+import Ringside
+
+/// Echoes every byte back, without copying: each receive buffer is handed back as the send buffer.
+/// When the peer half-closes, the echo finishes sending and then closes.
+public struct EchoHandler: ConnectionHandler {
+    public init() {}
+
+    @inlinable
+    public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+        connection.send(bytes)
+    }
+}
