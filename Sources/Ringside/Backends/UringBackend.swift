@@ -68,6 +68,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         if config.registerBuffers {
             // One iovec covering the whole slab: fixed buffer index 0. Counts against RLIMIT_MEMLOCK
             // for users without CAP_IPC_LOCK.
+            // Raise the soft RLIMIT_MEMLOCK towards the hard one where we may (no-op with CAP_IPC_LOCK).
+            _ = rs_raise_memlock_limit(UInt64(pool.slabBytes) + 1 << 20)
             var iov = iovec(iov_base: pool.base, iov_len: pool.slabBytes)
             let r = io_uring_register_buffers(ring.ring, &iov, 1)
             if r < 0 {
