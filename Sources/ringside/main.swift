@@ -32,7 +32,8 @@ struct Serve: ParsableCommand {
     @Option(help: "Maximum simultaneous connections.") var maxConnections = 16384
     @Option(help: "Pool chunk size in bytes.") var bufferSize = 16 * 1024
     @Option(help: "Receive chunks (provided-buffer ring entries; a power of two).") var receiveBuffers = 128
-    @Option(help: "Send chunks for copied writes.") var sendBuffers = 128
+    @Option(help: "Send chunk size in bytes.") var sendBufferSize = 4 * 1024
+    @Option(help: "Send chunks for copied writes.") var sendBuffers = 512
     @Option(help: "io_uring SQ entries.") var ringEntries: UInt32 = 1024
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
 
@@ -43,6 +44,7 @@ struct Serve: ParsableCommand {
         config.maxConnections = maxConnections
         config.bufferSize = bufferSize
         config.receiveBuffers = receiveBuffers
+        config.sendBufferSize = sendBufferSize
         config.sendBuffers = sendBuffers
         config.ringEntries = ringEntries
 

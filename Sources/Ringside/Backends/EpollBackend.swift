@@ -38,8 +38,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         self.config = config
         self.control = control
         self.logger = logger
-        pool = try BufferPool(chunkSize: config.bufferSize, chunkCount: config.receiveBuffers + config.sendBuffers,
-                              receiveChunkCount: config.receiveBuffers)
+        pool = try BufferPool(receiveChunkSize: config.bufferSize, receiveChunks: config.receiveBuffers,
+                              sendChunkSize: config.sendBufferSize, sendChunks: config.sendBuffers)
         core = LoopCore(pool: pool, capacity: config.maxConnections,
                         highWatermark: config.highWatermark, lowWatermark: config.lowWatermark)
         handlers = HandlerTable(core: core, factory: factory)
@@ -66,7 +66,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     var summary: String {
-        "epoll level-triggered pool=\(pool.chunkCount)x\(pool.chunkSize)B (recv \(pool.receiveChunkCount), send \(pool.chunkCount - pool.receiveChunkCount))"
+        "epoll level-triggered \(pool.summary)"
     }
 
     private func ctl(_ op: Int32, _ fd: Int32, _ mask: UInt32, _ tag: UInt64) throws(SyscallError) {
@@ -87,6 +87,10 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
                 let ms = Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1))
                 timeoutMS = timeoutMS < 0 ? ms : min(timeoutMS, ms)
             }
+            if let ms = core.millisUntilNextTimer() {
+                let t = Int32(min(ms, 60_000))
+                timeoutMS = timeoutMS < 0 ? t : min(timeoutMS, t)
+            }
             let n = try syscall("epoll_wait") { () -> Int32 in
                 let r = epoll_wait(epfd, events, Int32(maxEvents), timeoutMS)
                 return (r < 0 && Errno.current == .interrupted) ? 0 : r
@@ -100,6 +104,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
                     if control.stopRequested { beginStop() }
                 } else { connectionReady(UserData(raw: tag), mask: mask) }
             }
+            core.expireTimers { handlers.timerFired($0) }
             processDirty()
             if !starved.isEmpty && pool.freeRecvCount > 0 { rearmStarved(); processDirty() }
             if let r = acceptResume, ContinuousClock.now >= r, !stopping, listenFD >= 0 {
@@ -171,9 +176,10 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     private func readReady(_ slot: Int32) {
         let i = Int(slot)
         let fd = core.states[i].fd
-        let size = pool.chunkSize
+        let size = pool.receiveChunkSize
         for _ in 0..<16 {  // bounded per wake, for fairness between connections
-            guard core.states[i].flags.isDisjoint(with: [.readPaused, .inputClosed, .wantClose, .wantAbort, .closing])
+            guard core.states[i].flags.isDisjoint(with: [.readPaused, .inputClosed, .wantClose, .wantAbort, .closing]),
+                  core.states[i].queuedBytes <= core.highWatermark  // backpressure: at most one chunk over
             else { break }
             guard let chunk = pool.takeReceiveChunk() else {
                 core.counters.noBufferEvents += 1

@@ -55,8 +55,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         self.logger = logger
         ring = try Ring(entries: config.ringEntries, completionEntries: config.completionEntries,
                         inject: config.injectRingSetupFailure)
-        pool = try BufferPool(chunkSize: config.bufferSize, chunkCount: config.receiveBuffers + config.sendBuffers,
-                              receiveChunkCount: config.receiveBuffers)
+        pool = try BufferPool(receiveChunkSize: config.bufferSize, receiveChunks: config.receiveBuffers,
+                              sendChunkSize: config.sendBufferSize, sendChunks: config.sendBuffers)
         do {
             provided = try ProvidedBufferRing(uring: ring.ring, groupID: 0, entries: config.receiveBuffers)
         } catch {
@@ -75,12 +75,12 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             if r < 0 {
                 provided.unregister(uring: ring.ring)
                 let e = Errno(rawValue: -r)
-                throw RingSetupError(errno: e, detail: "registering \(pool.slabBytes / 1024) KiB of fixed buffers (\(pool.chunkCount) x \(pool.chunkSize) B)")
+                throw RingSetupError(errno: e, detail: "registering \(pool.slabBytes / 1024) KiB of fixed buffers (\(pool.summary))")
             }
             registeredBuffers = true
         }
         pool.providedRing = provided
-        for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.chunkSize) }
+        for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
         core = LoopCore(pool: pool, capacity: config.maxConnections,
                         highWatermark: config.highWatermark, lowWatermark: config.lowWatermark)
@@ -104,7 +104,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     var summary: String {
-        "\(ring.summary) pool=\(pool.chunkCount)x\(pool.chunkSize)B (recv \(pool.receiveChunkCount), send \(pool.chunkCount - pool.receiveChunkCount)) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
+        "\(ring.summary) \(pool.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
     }
 
     // MARK: the loop
@@ -120,12 +120,18 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                 let left = ContinuousClock.now.duration(to: d)
                 timeout = max(1_000_000, left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000)
             }
+            if let ms = core.millisUntilNextTimer() {
+                // The wait's own timeout (IORING_ENTER_EXT_ARG) drives every connection timer.
+                let t = Int64(min(ms, 60_000)) * 1_000_000
+                timeout = min(timeout ?? t, t)
+            }
             let r = ring.submitAndWait(1, timeoutNanos: timeout)
             if r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN {
                 throw SyscallError("io_uring_submit_and_wait", Errno(rawValue: -r))
             }
             if ring.cqOverflowFlagged { core.counters.cqOverflowEvents += 1 }
             reapAll()
+            core.expireTimers { handlers.timerFired($0) }
             processDirty()
             if provided.publish() > 0 || !starved.isEmpty { rearmStarved() }
             processDirty()
@@ -326,6 +332,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         core.states[i].inflight -= 1
         switch kind {
         case .close: core.states[i].flags.insert(.fdClosed)
+        case .cancelRecv: core.states[i].flags.remove(.cancelSent)
         case .shutdown where res < 0 && res != -ENOTCONN:
             core.requestClose(slot: ud.slot, abort: true, reason: .error(Errno(rawValue: -res)))
         default: break  // cancel: -ENOENT / -EALREADY mean the operation already finished
@@ -393,7 +400,12 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         switch core.watermark(slot) {
         case .pause:
             let f = core.states[i].flags
-            if f.contains(.recvArmed) && !f.contains(.cancelSent) { cancelReceive(slot) }
+            if f.contains(.recvArmed) && !f.contains(.cancelSent) {
+                cancelReceive(slot)
+                // Submit now, not at the end of the batch: every receive the kernel completes before
+                // the cancel lands is data we must still take (bounded by the provided ring).
+                _ = ring.submit()
+            }
         case .resume: handlers.writable(slot)
         case .none: break
         }
@@ -405,12 +417,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             prepare(UserData(.shutdown, slot: slot, generation: gen))
         }
         st = core.states[i]
-        if st.flags.isDisjoint(with: [.recvArmed, .readPaused, .inputClosed, .wantClose, .starved]) && !stopping {
-            if st.flags.contains(.cancelSent) {
-                // A pause's cancel may still be in flight; wait for its completion before re-arming.
-                if st.inflight > 0 { return }
-                core.states[i].flags.remove(.cancelSent)
-            }
+        // Re-arm only once both the old receive's final CQE and a pause's cancel have completed.
+        if st.flags.isDisjoint(with: [.recvArmed, .cancelSent, .readPaused, .inputClosed, .wantClose, .starved])
+            && !stopping
+        {
             armReceive(slot)
         }
     }

@@ -4,9 +4,11 @@ import Glibc
 /// One page-aligned slab carved into fixed-size chunks; the only memory the engine receives into or
 /// sends from.
 ///
-/// Chunks `0..<receiveChunkCount` are *receive* chunks: on io_uring they live in the provided-buffer
-/// ring (buffer id == chunk index) while the kernel may fill them; on epoll they sit in a free list.
-/// The remaining chunks are *send* chunks, handed out to `Connection.write` copies.
+/// Two size classes share the slab. Chunks `0..<receiveChunkCount` are *receive* chunks of
+/// `receiveChunkSize` bytes: on io_uring they live in the provided-buffer ring (buffer id == chunk
+/// index) while the kernel may fill them; on epoll they sit in a free list. The remaining chunks are
+/// smaller *send* chunks (`sendChunkSize`), handed out to `Connection.write` copies, so many
+/// connections with a small response pending do not each pin a receive-sized chunk.
 ///
 /// Each chunk also carries queue metadata (`next`, `start`, `end`) so outbound queues are intrusive
 /// linked lists through the chunk table: queuing data never allocates.
@@ -20,9 +22,11 @@ import Glibc
 final class BufferPool {
     let base: UnsafeMutableRawPointer
     let slabBytes: Int
-    let chunkSize: Int
+    let receiveChunkSize: Int
+    let sendChunkSize: Int
     let chunkCount: Int
     let receiveChunkCount: Int
+    private let sendBase: UnsafeMutableRawPointer
 
     private let next: UnsafeMutablePointer<Int32>
     private let start: UnsafeMutablePointer<Int32>
@@ -39,16 +43,20 @@ final class BufferPool {
     /// Where released receive chunks go on io_uring (nil on epoll: the receive free list).
     var providedRing: ProvidedBufferRing?
 
-    init(chunkSize: Int, chunkCount: Int, receiveChunkCount: Int) throws(SyscallError) {
-        precondition(chunkSize > 0 && chunkSize <= Int(Int32.max) && chunkCount > 0)
-        precondition(receiveChunkCount > 0 && receiveChunkCount < chunkCount)
+    init(receiveChunkSize: Int, receiveChunks: Int, sendChunkSize: Int, sendChunks: Int) throws(SyscallError) {
+        precondition(receiveChunkSize > 0 && receiveChunkSize <= Int(Int32.max) && receiveChunks > 0)
+        precondition(sendChunkSize > 0 && sendChunkSize <= Int(Int32.max) && sendChunks > 0)
+        let chunkCount = receiveChunks + sendChunks
+        let receiveChunkCount = receiveChunks
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let bytes = (chunkSize * chunkCount + page - 1) / page * page
+        let bytes = (receiveChunkSize * receiveChunks + sendChunkSize * sendChunks + page - 1) / page * page
         let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let p, p != MAP_FAILED else { throw SyscallError("mmap(buffer slab, \(bytes) bytes)", .current) }
         base = p
         slabBytes = bytes
-        self.chunkSize = chunkSize
+        self.receiveChunkSize = receiveChunkSize
+        self.sendChunkSize = sendChunkSize
+        sendBase = p + receiveChunkSize * receiveChunks
         self.chunkCount = chunkCount
         self.receiveChunkCount = receiveChunkCount
         next = .allocate(capacity: chunkCount); next.initialize(repeating: -1, count: chunkCount)
@@ -69,7 +77,11 @@ final class BufferPool {
     }
 
     @inline(__always) func pointer(_ chunk: Int32) -> UnsafeMutableRawPointer {
-        base + Int(chunk) * chunkSize
+        let c = Int(chunk)
+        return c < receiveChunkCount ? base + c * receiveChunkSize : sendBase + (c - receiveChunkCount) * sendChunkSize
+    }
+    @inline(__always) func size(_ chunk: Int32) -> Int {
+        Int(chunk) < receiveChunkCount ? receiveChunkSize : sendChunkSize
     }
     @inline(__always) func isReceiveChunk(_ chunk: Int32) -> Bool { Int(chunk) < receiveChunkCount }
 
@@ -78,11 +90,16 @@ final class BufferPool {
     @inline(__always) func setNext(_ c: Int32, _ n: Int32) { next[Int(c)] = n }
     @inline(__always) func range(_ c: Int32) -> (start: Int, end: Int) { (Int(start[Int(c)]), Int(end[Int(c)])) }
     @inline(__always) func setRange(_ c: Int32, _ s: Int, _ e: Int) {
-        assert(s >= 0 && s <= e && e <= chunkSize)
+        assert(s >= 0 && s <= e && e <= size(c))
         start[Int(c)] = Int32(truncatingIfNeeded: s); end[Int(c)] = Int32(truncatingIfNeeded: e)
     }
 
     // MARK: taking and returning chunks
+
+    /// One line for the start-up log.
+    var summary: String {
+        "pool=\(slabBytes / 1024)KiB (recv \(receiveChunkCount)x\(receiveChunkSize)B, send \(chunkCount - receiveChunkCount)x\(sendChunkSize)B)"
+    }
 
     /// A free send chunk, or nil when the send side of the pool is exhausted.
     @inline(__always) func takeSendChunk() -> Int32? {
@@ -111,7 +128,7 @@ final class BufferPool {
         chunksOut -= 1
         if isReceiveChunk(c) {
             if let ring = providedRing {
-                ring.give(chunk: c, address: pointer(c), length: chunkSize)
+                ring.give(chunk: c, address: pointer(c), length: receiveChunkSize)
             } else {
                 freeRecv[freeRecvCount] = c; freeRecvCount += 1
             }

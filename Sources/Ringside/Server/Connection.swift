@@ -42,6 +42,16 @@ public struct Connection {
         core.enqueueReceived(slot: slot, received)
     }
 
+    /// Arms this connection's timer (one per connection; re-arming replaces it). When it comes due,
+    /// the handler's ``ConnectionHandler/timerFired(on:)`` is called. Resolution is 1 ms.
+    public func setTimer(after delay: Duration) {
+        let ms = UInt64(max(0, delay.components.seconds)) * 1000 + UInt64(max(0, delay.components.attoseconds)) / 1_000_000_000_000_000
+        core.timers.arm(slot, at: monotonicMillis() + ms)
+    }
+
+    /// Disarms this connection's timer, if armed.
+    public func cancelTimer() { core.timers.cancel(slot) }
+
     /// Flushes what is queued, then closes the connection. Further input is ignored.
     public func close() { core.requestClose(slot: slot, abort: false, reason: .closedByHandler) }
 

@@ -30,6 +30,9 @@ public protocol ConnectionHandler: SendableMetatype {
     /// Default: nothing.
     mutating func writable(on connection: Connection)
 
+    /// The timer armed with ``Connection/setTimer(after:)`` came due. Default: nothing.
+    mutating func timerFired(on connection: Connection)
+
     /// The connection is gone (descriptor closed, every operation completed). Called exactly once.
     /// Default: nothing.
     mutating func closed(reason: CloseReason)
@@ -39,6 +42,7 @@ extension ConnectionHandler {
     @inlinable public mutating func opened(on connection: Connection) {}
     @inlinable public mutating func inputClosed(on connection: Connection) { connection.close() }
     @inlinable public mutating func writable(on connection: Connection) {}
+    @inlinable public mutating func timerFired(on connection: Connection) {}
     @inlinable public mutating func closed(reason: CloseReason) {}
 }
 

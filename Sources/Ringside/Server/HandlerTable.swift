@@ -46,6 +46,13 @@ final class HandlerTable<H: ConnectionHandler> {
         core.markDirty(slot)
     }
 
+    @inline(__always) func timerFired(_ slot: Int32) {
+        guard core.states[Int(slot)].flags.contains(.open),
+              core.states[Int(slot)].flags.isDisjoint(with: [.closing, .wantAbort]) else { return }
+        handlers[Int(slot)].timerFired(on: Connection(core: core, slot: slot))
+        core.markDirty(slot)
+    }
+
     /// Tells the handler the connection is gone and destroys it.
     func finalize(_ slot: Int32, reason: CloseReason) {
         handlers[Int(slot)].closed(reason: reason)

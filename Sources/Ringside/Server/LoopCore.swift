@@ -27,6 +27,10 @@ final class LoopCore {
 
     var counters = ServerStats()
 
+    /// One timer per connection slot (deadlines, pacing).
+    var timers: TimerWheel
+    private let dueTimers: UnsafeMutablePointer<Int32>
+
     init(pool: BufferPool, capacity: Int, highWatermark: Int, lowWatermark: Int) {
         self.pool = pool
         self.capacity = capacity
@@ -37,12 +41,15 @@ final class LoopCore {
         freeSlots = .allocate(capacity: capacity)
         for i in 0..<capacity { freeSlots[i] = Int32(capacity - 1 - i) }
         freeSlotCount = capacity
+        timers = TimerWheel(capacity: capacity)
+        dueTimers = .allocate(capacity: capacity)
     }
 
     deinit {
         states.deinitialize(count: capacity)
         states.deallocate()
         freeSlots.deallocate()
+        dueTimers.deallocate()
     }
 
     // MARK: slots
@@ -67,6 +74,7 @@ final class LoopCore {
     func freeSlot(_ s: Int32) {
         let i = Int(s)
         precondition(states[i].sendHead == -1 && states[i].inflight == 0, "freeing a busy slot")
+        timers.cancel(s)
         states[i].generation &+= 1
         states[i].flags = []
         states[i].fd = -1
@@ -106,12 +114,12 @@ final class LoopCore {
         else { throw .closed }
         var remaining = bytes.count
         guard remaining > 0 else { return }
-        let chunkSize = pool.chunkSize
+        let chunkSize = pool.sendChunkSize
         // Room at the end of the tail chunk (safe even while an earlier range of it is being sent:
         // the kernel only reads the range it was given).
         let tail = states[i].sendTail
         var room = 0
-        if tail >= 0 { room = chunkSize - pool.range(tail).end }
+        if tail >= 0 { room = pool.size(tail) - pool.range(tail).end }
         let needed = remaining > room ? (remaining - room + chunkSize - 1) / chunkSize : 0
         guard needed <= pool.freeSendCount else {
             counters.writesRefused += 1
@@ -212,7 +220,9 @@ final class LoopCore {
         let i = Int(slot)
         guard states[i].flags.contains(.open) else { return }
         if !states[i].flags.contains(.closing) && !states[i].flags.contains(.wantAbort) {
-            if abort || !states[i].flags.contains(.wantClose) { states[i].closeReason = reason }
+            // A graceful close in answer to the peer's end-of-file keeps the reason `.peerClosed`.
+            let answersPeer = reason == .closedByHandler && !abort && states[i].closeReason == .peerClosed
+            if !answersPeer && (abort || !states[i].flags.contains(.wantClose)) { states[i].closeReason = reason }
         }
         states[i].flags.insert(abort ? .wantAbort : .wantClose)
         markDirty(slot)
@@ -244,6 +254,16 @@ final class LoopCore {
         }
         return .none
     }
+
+    /// Fires every due connection timer through `fire` (called with the slot).
+    @inline(__always) func expireTimers(_ fire: (Int32) -> Void) {
+        guard timers.armed > 0 else { return }
+        let n = timers.expire(now: monotonicMillis(), into: dueTimers)
+        for k in 0..<n { fire(dueTimers[k]) }
+    }
+
+    /// How long the loop may sleep before a timer is due (nil: no timer armed).
+    func millisUntilNextTimer() -> UInt64? { timers.millisUntilNext(now: monotonicMillis()) }
 
     /// Publishes counters that are derived from the pool.
     func refreshGauges() {

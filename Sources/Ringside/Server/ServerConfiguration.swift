@@ -23,12 +23,14 @@ public struct ServerConfiguration: Sendable {
     /// Maximum simultaneous connections; above it new connections are closed at once and counted.
     public var maxConnections: Int = 16384
 
-    /// Size of one pool chunk (one receive, or one slice of the send queue).
+    /// Size of one receive chunk (the most one receive completion delivers).
     public var bufferSize: Int = 16 * 1024
     /// Chunks that receive (the provided-buffer ring size on io_uring; a power of two).
     public var receiveBuffers: Int = 128
+    /// Size of one send chunk (copied writes are packed into these).
+    public var sendBufferSize: Int = 4 * 1024
     /// Chunks for copied writes.
-    public var sendBuffers: Int = 128
+    public var sendBuffers: Int = 512
 
     /// Above this many queued outbound bytes the engine stops reading from the connection...
     public var highWatermark: Int = 256 * 1024
