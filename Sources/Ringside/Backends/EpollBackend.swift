@@ -45,17 +45,69 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         handlers = HandlerTable(core: core, factory: factory)
         epfd = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         do {
-            listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: true)
+            listenFD = config.listen
+                ? try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: true) : -1
         } catch {
             closeDescriptor(epfd)
             throw error
         }
-        port = (try? Socket.localPort(listenFD)) ?? config.port
+        port = listenFD >= 0 ? (try? Socket.localPort(listenFD)) ?? config.port : 0
         events = .allocate(capacity: maxEvents)
         iov = .allocate(capacity: maxIOV)
         starved.reserveCapacity(config.maxConnections)
-        try ctl(EPOLL_CTL_ADD, listenFD, EPOLLIN.rawValue, Self.listenerTag)
+        if listenFD >= 0 { try ctl(EPOLL_CTL_ADD, listenFD, EPOLLIN.rawValue, Self.listenerTag) }
         try ctl(EPOLL_CTL_ADD, control.wakeFD, EPOLLIN.rawValue, Self.wakeTag)
+    }
+
+    /// Starts the configured outbound connections (non-blocking connect, completion seen as EPOLLOUT).
+    private func startOutbound() throws {
+        guard let c = config.connect else { return }
+        var addr = try Socket.address(host: c.host, port: c.port)
+        for _ in 0..<c.count {
+            let fd = try Socket.stream(family: addr.family, nonBlocking: true)
+            guard let slot = core.allocateSlot(fd: fd, outbound: true) else {
+                closeDescriptor(fd)
+                core.counters.connectFailures += 1
+                continue
+            }
+            let len = addr.length
+            let r = withUnsafePointer(to: &addr.storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) }
+            }
+            if r != 0 && Errno.current.rawValue != EINPROGRESS {
+                core.counters.connectFailures += 1
+                core.states[Int(slot)].flags.insert(.connectFailed)
+                core.markDirty(slot)
+                continue
+            }
+            var ev = epoll_event()
+            ev.events = EPOLLOUT.rawValue
+            ev.data.u64 = tag(slot)
+            if epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0 {
+                core.counters.connectFailures += 1
+                core.states[Int(slot)].flags.insert(.connectFailed)
+                core.markDirty(slot)
+            }
+        }
+    }
+
+    /// A connect finished (EPOLLOUT/EPOLLERR on a connecting socket).
+    private func connectReady(_ slot: Int32) {
+        let i = Int(slot)
+        var err: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(core.states[i].fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 { err = Errno.current.rawValue }
+        if err != 0 {
+            core.counters.connectFailures += 1
+            core.states[i].flags.insert(.connectFailed)
+            core.markDirty(slot)
+            return
+        }
+        core.counters.connectionsConnected += 1
+        core.states[i].flags.remove(.connecting)
+        core.states[i].flags.insert(.epollOut)  // EPOLLOUT is what is registered now
+        _ = Socket.configureAccepted(core.states[i].fd, noDelay: config.noDelay)
+        handlers.open(slot)
     }
 
     deinit {
@@ -79,6 +131,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     // MARK: the loop
 
     func run() throws {
+        try startOutbound()
+        processDirty()
         while true {
             var timeoutMS: Int32 = -1
             let now = ContinuousClock.now
@@ -167,6 +221,10 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             core.counters.staleCompletions += 1
             return
         }
+        if core.states[i].flags.contains(.connecting) {
+            if !core.states[i].flags.contains(.connectFailed) { connectReady(ud.slot) }
+            return
+        }
         if mask & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue) != 0 {
             readReady(ud.slot)
         }
@@ -225,6 +283,13 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     private func service(_ slot: Int32) {
         let i = Int(slot)
         guard core.states[i].flags.contains(.open) else { return }
+        if core.states[i].flags.contains(.connecting) {
+            if core.states[i].flags.contains(.connectFailed) {
+                closeDescriptor(core.states[i].fd)
+                core.freeSlot(slot)
+            }
+            return  // no handler until connected
+        }
         if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
         if core.states[i].sendHead >= 0 && !core.states[i].flags.contains(.writeShutDown) { flush(slot) }
         if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }

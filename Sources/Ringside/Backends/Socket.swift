@@ -43,6 +43,41 @@ enum Socket {
         return fd
     }
 
+    /// A resolved numeric address.
+    struct Address {
+        var storage = sockaddr_storage()
+        var length: socklen_t = 0
+        var family: Int32 = AF_INET
+    }
+
+    static func address(host: String, port: Int) throws(SyscallError) -> Address {
+        var a = Address()
+        var v4 = sockaddr_in()
+        var v6 = sockaddr_in6()
+        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutableBytes(of: &a.storage) { d in withUnsafeBytes(of: &v4) { d.copyMemory(from: $0) } }
+            a.length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutableBytes(of: &a.storage) { d in withUnsafeBytes(of: &v6) { d.copyMemory(from: $0) } }
+            a.length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            a.family = AF_INET6
+        } else {
+            throw SyscallError("inet_pton(\(host)): not a numeric IPv4/IPv6 address", .invalidArgument)
+        }
+        return a
+    }
+
+    /// A new TCP socket for an outbound connection.
+    static func stream(family: Int32, nonBlocking: Bool) throws(SyscallError) -> Int32 {
+        var type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if nonBlocking { type |= Int32(SOCK_NONBLOCK.rawValue) }
+        return try syscall("socket") { socket(family, type, 0) }
+    }
+
     /// The local port a socket is bound to.
     static func localPort(_ fd: Int32) throws(SyscallError) -> Int {
         var ss = sockaddr_storage()

@@ -25,7 +25,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     private let handlers: HandlerTable<H>
     private let pool: BufferPool
     private let provided: ProvidedBufferRing
-    private let listenFD: Int32
+    private let listenFD: Int32  // -1 when not listening
+    /// The outbound target (the kernel copies it when the connect SQE is submitted).
+    private let outbound: UnsafeMutablePointer<Socket.Address>?
     private let logger: Logger
     private var registeredBuffers = false
 
@@ -85,8 +87,20 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         core = LoopCore(pool: pool, capacity: config.maxConnections,
                         highWatermark: config.highWatermark, lowWatermark: config.lowWatermark)
         handlers = HandlerTable(core: core, factory: factory)
-        listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false)
-        port = (try? Socket.localPort(listenFD)) ?? config.port
+        if config.listen {
+            listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false)
+            port = (try? Socket.localPort(listenFD)) ?? config.port
+        } else {
+            listenFD = -1
+            port = 0
+            listenerClosed = true
+        }
+        if let c = config.connect {
+            outbound = .allocate(capacity: 1)
+            outbound!.initialize(to: try Socket.address(host: c.host, port: c.port))
+        } else {
+            outbound = nil
+        }
         deferred.reserveCapacity(1024)
         starved.reserveCapacity(config.maxConnections)
         cqes = .allocate(capacity: cqeBatch)
@@ -100,6 +114,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         if !listenerClosed { closeDescriptor(listenFD) }
         wakeBuffer.deallocate()
         cqes.deallocate()
+        outbound?.deallocate()
         acceptRetryTimespec.deallocate()
     }
 
@@ -110,9 +125,22 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     // MARK: the loop
 
     func run() throws {
-        acceptArmed = true
-        prepare(UserData(.accept))
+        if listenFD >= 0 {
+            acceptArmed = true
+            prepare(UserData(.accept))
+        }
         prepare(UserData(.wake))
+        if let c = config.connect, let addr = outbound {
+            for _ in 0..<c.count {
+                let fd = try Socket.stream(family: addr.pointee.family, nonBlocking: false)
+                guard let slot = core.allocateSlot(fd: fd, outbound: true) else {
+                    closeDescriptor(fd)
+                    core.counters.connectFailures += 1
+                    continue
+                }
+                prepare(UserData(.connect, slot: slot, generation: core.states[Int(slot)].generation))
+            }
+        }
         while true {
             drainDeferred()
             var timeout: Int64? = nil
@@ -170,7 +198,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// In-flight accounting happens here, once, whichever path the operation takes.
     private func prepare(_ ud: UserData) {
         switch ud.kind! {
-        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown: core.states[Int(ud.slot)].inflight += 1
+        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect: core.states[Int(ud.slot)].inflight += 1
         default: ringInflight += 1
         }
         if !deferred.isEmpty || !fill(ud) {
@@ -211,6 +239,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             io_uring_prep_cancel_fd(s, core.states[slot].fd, UInt32(IORING_ASYNC_CANCEL_ALL))
         case .shutdown:
             io_uring_prep_shutdown(s, core.states[slot].fd, Int32(SHUT_WR))
+        case .connect:
+            outbound!.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                io_uring_prep_connect(s, core.states[slot].fd, $0, outbound!.pointee.length)
+            }
         case .wake:
             io_uring_prep_read(s, control.wakeFD, wakeBuffer, 8, 0)
         case .acceptRetryTimer:
@@ -232,6 +264,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         case .recv: completeRecv(ud, res: res, flags: flags)
         case .send: completeSend(ud, res: res)
         case .close, .cancel, .cancelRecv, .shutdown: completeSlotOp(ud, kind: kind, res: res)
+        case .connect: completeConnect(ud, res: res)
         case .accept: completeAccept(res: res, flags: flags)
         case .wake:
             ringInflight -= 1
@@ -340,6 +373,23 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         core.markDirty(ud.slot)
     }
 
+    private func completeConnect(_ ud: UserData, res: Int32) {
+        guard current(ud) else { return }
+        let slot = ud.slot
+        let i = Int(slot)
+        core.states[i].inflight -= 1
+        if res == 0 {
+            core.counters.connectionsConnected += 1
+            core.states[i].flags.remove(.connecting)
+            _ = Socket.configureAccepted(core.states[i].fd, noDelay: config.noDelay)
+            handlers.open(slot)
+        } else {
+            core.counters.connectFailures += 1
+            core.states[i].flags.insert(.connectFailed)
+            core.markDirty(slot)
+        }
+    }
+
     private func completeAccept(res: Int32, flags: UInt32) {
         if flags & IORING_CQE_F_MORE == 0 {
             acceptArmed = false
@@ -389,6 +439,13 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         let i = Int(slot)
         var st = core.states[i]
         guard st.flags.contains(.open) else { return }
+        if st.flags.contains(.connecting) {
+            if st.flags.contains(.connectFailed) {
+                closeDescriptor(st.fd)
+                core.freeSlot(slot)
+            }
+            return  // no handler until connected
+        }
         let gen = st.generation
         if st.flags.contains(.closing) { finishTeardownIfDone(slot); return }
         if st.flags.contains(.wantAbort) { beginTeardown(slot, abort: true); return }
@@ -479,7 +536,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         stopping = true
         drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
         if acceptArmed { prepare(UserData(.cancelAccept)) }
-        prepare(UserData(.closeListener))
+        if listenFD >= 0 { prepare(UserData(.closeListener)) }
         for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
             core.requestClose(slot: s, abort: false, reason: .serverShutdown)
             if core.states[Int(s)].flags.contains(.recvArmed) && !core.states[Int(s)].flags.contains(.cancelSent) {

@@ -38,5 +38,7 @@ struct ConnectionState {
         static let starved = Flags(rawValue: 1 << 14)        // receive ended on ENOBUFS; re-arm when buffers return
         static let epollOut = Flags(rawValue: 1 << 15)       // epoll: EPOLLOUT registered
         static let armedOnce = Flags(rawValue: 1 << 16)      // a receive was armed before (re-arm counting)
+        static let connecting = Flags(rawValue: 1 << 17)     // outbound connect in flight: no handler yet
+        static let connectFailed = Flags(rawValue: 1 << 18)  // outbound connect failed: free in `service`
     }
 }

@@ -1,7 +1,8 @@
 /// The handlers of one loop, one value per slot, stored unboxed in a preallocated slab so calls are
 /// specialised for `H` (no existential, no witness-table call, no ARC).
 ///
-/// Invariant: `handlers[i]` is initialised exactly while `core.states[i].flags` contains `.open`.
+/// Invariant: `handlers[i]` is initialised exactly while `core.states[i].flags` contains `.open` and not
+/// `.connecting` (an outbound connection gets its handler once connected).
 final class HandlerTable<H: ConnectionHandler> {
     private let handlers: UnsafeMutablePointer<H>
     private let capacity: Int
@@ -48,7 +49,7 @@ final class HandlerTable<H: ConnectionHandler> {
 
     @inline(__always) func timerFired(_ slot: Int32) {
         guard core.states[Int(slot)].flags.contains(.open),
-              core.states[Int(slot)].flags.isDisjoint(with: [.closing, .wantAbort]) else { return }
+              core.states[Int(slot)].flags.isDisjoint(with: [.closing, .wantAbort, .connecting]) else { return }
         handlers[Int(slot)].timerFired(on: Connection(core: core, slot: slot))
         core.markDirty(slot)
     }

@@ -55,7 +55,7 @@ final class LoopCore {
     // MARK: slots
 
     /// Takes a free slot for a new connection on `fd`, or nil at the connection cap.
-    func allocateSlot(fd: Int32) -> Int32? {
+    func allocateSlot(fd: Int32, outbound: Bool = false) -> Int32? {
         guard freeSlotCount > 0 else { return nil }
         freeSlotCount -= 1
         let s = freeSlots[freeSlotCount]
@@ -63,9 +63,9 @@ final class LoopCore {
         states[Int(s)] = ConnectionState()
         states[Int(s)].generation = gen
         states[Int(s)].fd = fd
-        states[Int(s)].flags = [.open]
+        states[Int(s)].flags = outbound ? [.open, .connecting] : [.open]
         openCount += 1
-        counters.connectionsAccepted += 1
+        if !outbound { counters.connectionsAccepted += 1 }
         counters.connectionsOpen = openCount
         return s
     }
@@ -74,7 +74,10 @@ final class LoopCore {
     func freeSlot(_ s: Int32) {
         let i = Int(s)
         precondition(states[i].sendHead == -1 && states[i].inflight == 0, "freeing a busy slot")
+        // Only from `service` (after popDirty): a slot still linked in the dirty list must not be reused.
+        precondition(!states[i].flags.contains(.dirty), "freeing a slot that is in the dirty list")
         timers.cancel(s)
+        if !states[i].flags.contains(.connecting) { counters.connectionsClosed += 1 }
         states[i].generation &+= 1
         states[i].flags = []
         states[i].fd = -1
@@ -82,7 +85,6 @@ final class LoopCore {
         freeSlotCount += 1
         openCount -= 1
         counters.connectionsOpen = openCount
-        counters.connectionsClosed += 1
     }
 
     // MARK: dirty list

@@ -48,6 +48,12 @@ public struct ServerConfiguration: Sendable {
     /// How long a graceful stop waits for queued output to drain before aborting connections.
     public var drainTimeout: Duration = .seconds(5)
 
+    /// Whether to listen for inbound connections (false for a pure client loop, as in the load generator).
+    public var listen: Bool = true
+    /// Outbound connections the loop opens when it starts (the engine's client path: connect, send,
+    /// multishot receive). Each gets a handler from the same factory once connected.
+    public var connect: OutboundConnections? = nil
+
     /// Fault injection for tests: pretend io_uring setup failed with this errno.
     public var injectRingSetupFailure: Errno? = nil
 
@@ -55,4 +61,14 @@ public struct ServerConfiguration: Sendable {
     public init(host: String = "127.0.0.1", port: Int = 0, backend: BackendKind = .auto) {
         self.host = host; self.port = port; self.backend = backend
     }
+}
+
+/// Outbound connections for a loop to open at start.
+public struct OutboundConnections: Sendable {
+    /// Numeric IPv4/IPv6 address.
+    public var host: String
+    public var port: Int
+    /// How many connections to open.
+    public var count: Int
+    public init(host: String, port: Int, count: Int) { self.host = host; self.port = port; self.count = count }
 }

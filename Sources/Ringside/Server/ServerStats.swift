@@ -2,6 +2,9 @@
 public struct ServerStats: Sendable, Equatable {
     /// Connections accepted into a slot.
     public var connectionsAccepted = 0
+    /// Outbound connections established / failed (client loops).
+    public var connectionsConnected = 0
+    public var connectFailures = 0
     /// Connections currently open.
     public var connectionsOpen = 0
     /// Connections fully torn down.
