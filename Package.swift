@@ -12,10 +12,12 @@ let package = Package(
         .library(name: "Ringside", targets: ["Ringside"]),
         .library(name: "RingsideProtocols", targets: ["RingsideProtocols"]),
         .executable(name: "ringside", targets: ["ringside"]),
+        .executable(name: "ringload", targets: ["ringload"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // Thin C face of Debian's liburing 2.3 (liburing-dev).
@@ -40,6 +42,16 @@ let package = Package(
             dependencies: [
                 "Ringside", "RingsideProtocols",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The bundled load generator, built on the engine's own client path.
+        .executableTarget(
+            name: "ringload",
+            dependencies: [
+                "Ringside", "CLiburing",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CLiburing.h"
 #include <sys/resource.h>
+#include <sched.h>
 #include <errno.h>
 #include <unistd.h>
 #include <sys/syscall.h>
@@ -30,4 +31,11 @@ uint64_t rs_raise_memlock_limit(uint64_t bytes) {
         (void)setrlimit(RLIMIT_MEMLOCK, &r);
     }
     return rs_memlock_limit();
+}
+
+int rs_pin_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : -errno;
 }

@@ -290,6 +290,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             }
             return  // no handler until connected
         }
+        if core.states[i].flags.contains(.closing) { finishTeardown(slot); return }
         if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
         if core.states[i].sendHead >= 0 && !core.states[i].flags.contains(.writeShutDown) { flush(slot) }
         if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
@@ -363,7 +364,15 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         core.discardQueue(slot: slot, keepHead: false)
         closeDescriptor(core.states[i].fd)  // also removes it from the epoll set
         core.states[i].flags.insert(.fdClosed)
-        handlers.finalize(slot, reason: core.states[i].closeReason)
+        finishTeardown(slot)
+    }
+
+    /// Destroys the handler and frees the slot, unless the slot was marked dirty again during this
+    /// service pass (a failed flush, `writable`): then it is still linked in the dirty list and is
+    /// finished when popped.
+    private func finishTeardown(_ slot: Int32) {
+        guard !core.states[Int(slot)].flags.contains(.dirty) else { return }
+        handlers.finalize(slot, reason: core.states[Int(slot)].closeReason)
         core.freeSlot(slot)
     }
 

@@ -310,17 +310,26 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             core.counters.bytesIn += Int(res)
             precondition(hasBuffer, "multishot recv completed with data but no buffer")
             let st = core.states[i].flags
-            if st.isDisjoint(with: [.closing, .wantClose, .wantAbort, .inputClosed]) {
-                if !handlers.received(slot, chunk: chunk, offset: 0, count: Int(res)) { pool.release(chunk) }
-            } else {
+            if !st.isDisjoint(with: [.closing, .wantClose, .wantAbort, .inputClosed]) {
                 pool.release(chunk)  // input after close is ignored
+            } else if st.contains(.readPaused) || core.states[i].heldHead >= 0 {
+                // The kernel completed this before our cancel landed: keep it, in order, for the resume,
+                // so the handler never sees input while its connection is over the high watermark.
+                core.hold(slot: slot, chunk: chunk, count: Int(res))
+            } else {
+                if !handlers.received(slot, chunk: chunk, offset: 0, count: Int(res)) { pool.release(chunk) }
+                pauseIfOverHighWatermark(slot)
             }
         } else if res == 0 {
             if hasBuffer { pool.release(chunk) }
             core.states[i].flags.insert(.inputClosed)
             if core.states[i].flags.isDisjoint(with: [.closing, .wantAbort]) {
                 if core.states[i].closeReason == .closedByHandler { core.states[i].closeReason = .peerClosed }
-                handlers.inputClosed(slot)
+                if core.states[i].heldHead >= 0 {
+                    core.states[i].flags.insert(.eofPending)  // after the held bytes
+                } else {
+                    handlers.inputClosed(slot)
+                }
             }
         } else {
             if hasBuffer { pool.release(chunk) }
@@ -455,15 +464,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             prepare(UserData(.send, slot: slot, generation: gen))
         }
         switch core.watermark(slot) {
-        case .pause:
-            let f = core.states[i].flags
-            if f.contains(.recvArmed) && !f.contains(.cancelSent) {
-                cancelReceive(slot)
-                // Submit now, not at the end of the batch: every receive the kernel completes before
-                // the cancel lands is data we must still take (bounded by the provided ring).
-                _ = ring.submit()
-            }
-        case .resume: handlers.writable(slot)
+        case .pause: cancelPausedReceive(slot)
+        case .resume:
+            deliverHeld(slot)
+            if !core.states[i].flags.contains(.readPaused) { handlers.writable(slot) }
         case .none: break
         }
         st = core.states[i]
@@ -474,11 +478,47 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             prepare(UserData(.shutdown, slot: slot, generation: gen))
         }
         st = core.states[i]
-        // Re-arm only once both the old receive's final CQE and a pause's cancel have completed.
+        // Re-arm only once both the old receive's final CQE and a pause's cancel have completed, and
+        // nothing is held back.
         if st.flags.isDisjoint(with: [.recvArmed, .cancelSent, .readPaused, .inputClosed, .wantClose, .starved])
-            && !stopping
+            && st.heldHead < 0 && !stopping
         {
             armReceive(slot)
+        }
+    }
+
+    /// Pauses reading at once when a delivery pushed the queue over the high watermark (rather than at
+    /// the end of the batch), so later completions of this batch are held, not delivered.
+    @inline(__always) private func pauseIfOverHighWatermark(_ slot: Int32) {
+        if core.states[Int(slot)].queuedBytes > core.highWatermark && core.watermark(slot) == .pause {
+            cancelPausedReceive(slot)
+        }
+    }
+
+    private func cancelPausedReceive(_ slot: Int32) {
+        let f = core.states[Int(slot)].flags
+        guard f.contains(.recvArmed) && !f.contains(.cancelSent) else { return }
+        cancelReceive(slot)
+        // Submit now, not at the end of the batch: the kernel keeps completing receives until the
+        // cancel lands, and each of those is a buffer we must hold.
+        _ = ring.submit()
+    }
+
+    /// Delivers held chunks in order until none are left or the connection pauses again; then a
+    /// pending end-of-file.
+    private func deliverHeld(_ slot: Int32) {
+        let i = Int(slot)
+        while core.states[i].heldHead >= 0 && !core.states[i].flags.contains(.readPaused)
+            && core.states[i].flags.isDisjoint(with: [.closing, .wantClose, .wantAbort])
+        {
+            let c = core.popHeld(slot: slot)
+            let (s, e) = pool.range(c)
+            if !handlers.received(slot, chunk: c, offset: s, count: e - s) { pool.release(c) }
+            pauseIfOverHighWatermark(slot)
+        }
+        if core.states[i].heldHead < 0 && core.states[i].flags.contains(.eofPending) {
+            core.states[i].flags.remove(.eofPending)
+            if core.states[i].flags.isDisjoint(with: [.closing, .wantAbort]) { handlers.inputClosed(slot) }
         }
     }
 
@@ -502,6 +542,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         core.states[i].flags.insert(.closing)
         let inFlight = core.states[i].flags.contains(.sendInFlight)
         core.discardQueue(slot: slot, keepHead: inFlight)
+        core.discardHeld(slot: slot)
         let gen = core.states[i].generation
         if core.states[i].flags.contains(.recvArmed) || inFlight {
             prepare(UserData(.cancel, slot: slot, generation: gen))

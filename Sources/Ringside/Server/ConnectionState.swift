@@ -15,6 +15,10 @@ struct ConnectionState {
     var queuedBytes: Int = 0
     /// Bytes of the head chunk handed to the in-flight send.
     var inflightBytes: Int32 = 0
+    /// Receive chunks that arrived while reading was paused (io_uring: the kernel completed them before
+    /// the cancel landed), delivered in order on resume. Linked through `BufferPool.next`.
+    var heldHead: Int32 = -1
+    var heldTail: Int32 = -1
     /// Next slot in the loop's dirty list (-1: end).
     var nextDirty: Int32 = -1
     var closeReason: CloseReason = .closedByHandler
@@ -40,5 +44,6 @@ struct ConnectionState {
         static let armedOnce = Flags(rawValue: 1 << 16)      // a receive was armed before (re-arm counting)
         static let connecting = Flags(rawValue: 1 << 17)     // outbound connect in flight: no handler yet
         static let connectFailed = Flags(rawValue: 1 << 18)  // outbound connect failed: free in `service`
+        static let eofPending = Flags(rawValue: 1 << 19)     // EOF seen behind held chunks: tell the handler after them
     }
 }

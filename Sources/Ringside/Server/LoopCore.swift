@@ -73,7 +73,7 @@ final class LoopCore {
     /// Frees a slot whose connection is fully torn down; bumps its generation.
     func freeSlot(_ s: Int32) {
         let i = Int(s)
-        precondition(states[i].sendHead == -1 && states[i].inflight == 0, "freeing a busy slot")
+        precondition(states[i].sendHead == -1 && states[i].heldHead == -1 && states[i].inflight == 0, "freeing a busy slot")
         // Only from `service` (after popDirty): a slot still linked in the dirty list must not be reused.
         precondition(!states[i].flags.contains(.dirty), "freeing a slot that is in the dirty list")
         timers.cancel(s)
@@ -190,6 +190,36 @@ final class LoopCore {
             } else {
                 pool.setRange(h, s + take, e)
             }
+        }
+    }
+
+    /// Holds a received chunk (bytes `0..<count`) behind any already held, for delivery on resume.
+    func hold(slot: Int32, chunk: Int32, count: Int) {
+        let i = Int(slot)
+        pool.setRange(chunk, 0, count)
+        pool.setNext(chunk, -1)
+        if states[i].heldTail >= 0 { pool.setNext(states[i].heldTail, chunk) } else { states[i].heldHead = chunk }
+        states[i].heldTail = chunk
+        counters.receivesHeld += 1
+    }
+
+    /// Takes the oldest held chunk (-1: none).
+    func popHeld(slot: Int32) -> Int32 {
+        let i = Int(slot)
+        let c = states[i].heldHead
+        if c >= 0 {
+            states[i].heldHead = pool.next(c)
+            if states[i].heldHead < 0 { states[i].heldTail = -1 }
+        }
+        return c
+    }
+
+    /// Releases every held chunk (teardown).
+    func discardHeld(slot: Int32) {
+        while true {
+            let c = popHeld(slot: slot)
+            if c < 0 { return }
+            pool.release(c)
         }
     }
 

@@ -39,6 +39,8 @@ public struct ServerStats: Sendable, Equatable {
     public var shortSends = 0
     /// Times reading was paused because a connection's queue went above the high watermark.
     public var readPauses = 0
+    /// Receives held back (not delivered) because they completed while the connection was paused.
+    public var receivesHeld = 0
     /// Writes refused because the pool had no free send chunk.
     public var writesRefused = 0
     /// Accept failures (EMFILE, ENFILE, ...), retried after a delay.

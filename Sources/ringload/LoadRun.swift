@@ -1,0 +1,155 @@
+import Glibc
+import Histogram
+import Logging
+import Ringside
+
+/// The engine's own log, quiet unless something is wrong (the results are the output here).
+let quietLogger: Logger = {
+    var l = Logger(label: "ringload")
+    l.logLevel = .warning
+    return l
+}()
+
+/// What to run.
+struct LoadOptions: Sendable {
+    enum Mode: String, Sendable, Codable { case echo, http }
+    var mode: Mode = .echo
+    var host = "127.0.0.1"
+    var port = 0
+    var connections = 50
+    var size = 64
+    var pipeline = 1
+    var duration = 10.0
+    var warmup = 2.0
+    var rate: Double? = nil
+    var timeout = 5.0
+    var backend: BackendKind = .uring
+    var path = "/plaintext"
+    var expectStatus = 200
+    var progress = false
+}
+
+/// One run's figures (the JSON form of the result).
+struct LoadResult: Codable, Sendable {
+    var mode: String
+    var target: String
+    var backend: String
+    var connections: Int
+    var size: Int
+    var pipeline: Int
+    var rate: Double?
+    var seconds: Double
+    var messages: Int
+    var messagesPerSecond: Double
+    var megabytesPerSecond: Double
+    var latencyMicros: Latency
+    var errors: Errors
+    var clientCPUPercent: Double
+    var clientCPUMicrosPerMessage: Double
+    var clientBound: Bool
+    var warnings: [String]
+
+    struct Latency: Codable, Sendable { var p50, p90, p99, p999, max, mean: Double }
+    struct Errors: Codable, Sendable {
+        var corrupt = 0, badStatus = 0, resets = 0, timeouts = 0, connectFailures = 0, backlogged = 0
+        var total: Int { corrupt + badStatus + resets + timeouts + connectFailures }
+    }
+}
+
+/// CPU time of this process (user + system), in seconds.
+func processCPUSeconds() -> Double {
+    var ru = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &ru)
+    return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6
+        + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
+}
+
+func sleepSeconds(_ s: Double) { if s > 0 { usleep(UInt32(min(s, 4000) * 1e6)) } }
+
+/// Runs one load: connects every connection through the engine's client path, warms up, measures for
+/// `duration`, stops. `window` is called on this thread right at the start and end of the measured
+/// window (the compare runner samples the server's CPU there).
+func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> LoadResult {
+    var request: [UInt8] = []
+    if o.mode == .http {
+        request = Array("GET \(o.path) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nUser-Agent: ringload\r\n\r\n".utf8)
+    }
+    let state = LoadState(size: o.size, pipeline: o.pipeline, connections: o.connections, rate: o.rate,
+                          timeout: o.timeout, request: request, expectStatus: o.expectStatus)
+    var config = ServerConfiguration(host: o.host, port: 0, backend: o.backend)
+    config.listen = false
+    config.connect = OutboundConnections(host: o.host, port: o.port, count: o.connections)
+    config.maxConnections = o.connections + 8
+    config.sendBuffers = max(512, o.connections * max(1, (o.size * o.pipeline + 4095) / 4096) + 64)
+    config.drainTimeout = .seconds(1)
+    let loop: RunningServer
+    switch o.mode {
+    case .echo: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { EchoLoadHandler(state: state) }
+    case .http: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { HTTPLoadHandler(state: state) }
+    }
+    // Wait for every connection to be up (or failed), bounded.
+    let connectDeadline = nowNanos() + 10_000_000_000
+    while nowNanos() < connectDeadline {
+        let s = loop.stats
+        if s.connectionsConnected + s.connectFailures >= o.connections { break }
+        usleep(2_000)
+    }
+    let start = nowNanos() + UInt64(o.warmup * 1e9)
+    let end = start + UInt64(o.duration * 1e9)
+    state.windowStart.store(start, ordering: .relaxed)
+    state.windowEnd.store(end, ordering: .relaxed)
+    sleepSeconds(o.warmup)
+    window(true)
+    let cpu0 = processCPUSeconds()
+    let t0 = nowNanos()
+    let tty = o.progress && isatty(STDERR_FILENO) != 0
+    while nowNanos() < end {
+        let left = Double(end - min(end, nowNanos())) / 1e9
+        sleepSeconds(min(1, left))
+        if tty {
+            let done = state.completedInWindow.load(ordering: .relaxed)
+            let el = max(1e-9, Double(nowNanos() - t0) / 1e9)
+            printError(String(format: "\r  %.0fs  %d msgs  %.0f msgs/s   ", el, done, Double(done) / el))
+        }
+    }
+    window(false)
+    let cpu1 = processCPUSeconds()
+    let t1 = nowNanos()
+    if tty { printError("\r\u{1B}[K") }
+    state.stopping.store(true, ordering: .relaxed)
+    loop.stop()
+    try loop.wait()
+    let stats = loop.stats
+
+    let secs = Double(t1 - t0) / 1e9
+    let msgs = Int(state.histogram.totalCount)
+    let h = state.histogram
+    func us(_ v: UInt64) -> Double { Double(v) / 1000 }
+    let cpuPct = (cpu1 - cpu0) / secs * 100
+    var warnings: [String] = []
+    let clientBound = cpuPct >= 90
+    if clientBound {
+        warnings.append(String(format: "load generator used %.0f%% of a core: it may be the bottleneck, not the server", cpuPct))
+    }
+    if state.backlogged > 0 {
+        warnings.append("\(state.backlogged) open-loop sends could not be issued on time (window full): the server cannot keep up with --rate")
+    }
+    var errors = LoadResult.Errors()
+    errors.corrupt = state.corrupt
+    errors.badStatus = state.badStatus
+    errors.resets = state.resets
+    errors.timeouts = state.timeouts
+    errors.connectFailures = stats.connectFailures
+    errors.backlogged = state.backlogged
+    return LoadResult(
+        mode: o.mode.rawValue, target: "\(o.host):\(o.port)", backend: loop.backend.rawValue,
+        connections: o.connections, size: o.mode == .echo ? o.size : 0, pipeline: o.pipeline, rate: o.rate,
+        seconds: secs, messages: msgs, messagesPerSecond: Double(msgs) / secs,
+        megabytesPerSecond: Double(state.bytesInWindow) / secs / 1e6,
+        latencyMicros: .init(p50: us(h.valueAtPercentile(50)), p90: us(h.valueAtPercentile(90)),
+                             p99: us(h.valueAtPercentile(99)), p999: us(h.valueAtPercentile(99.9)),
+                             max: us(h.max), mean: h.mean / 1000),
+        errors: errors, clientCPUPercent: cpuPct,
+        clientCPUMicrosPerMessage: msgs > 0 ? (cpu1 - cpu0) * 1e6 / Double(msgs) : 0,
+        clientBound: clientBound, warnings: warnings)
+}

@@ -1,0 +1,109 @@
+import ArgumentParser
+import CLiburing
+import Foundation
+import Ringside
+
+extension BackendKind: ExpressibleByArgument {}
+
+/// Parses "10s", "500ms", "2m" or a plain number of seconds.
+struct Seconds: ExpressibleByArgument {
+    let value: Double
+    init?(argument: String) {
+        let a = argument.lowercased()
+        if a.hasSuffix("ms"), let v = Double(a.dropLast(2)) { value = v / 1000 }
+        else if a.hasSuffix("s"), let v = Double(a.dropLast()) { value = v }
+        else if a.hasSuffix("m"), let v = Double(a.dropLast()) { value = v * 60 }
+        else if let v = Double(a) { value = v }
+        else { return nil }
+    }
+}
+
+/// Options every load mode shares.
+struct CommonLoadOptions: ParsableArguments {
+    @Option(help: "Target HOST:PORT (loopback only in this project's tests).") var target: String
+    @Option(help: "Connections.") var connections = 50
+    @Option(help: "Requests kept outstanding per connection (1: ping-pong).") var pipeline = 1
+    @Option(help: "Measured duration (e.g. 10s); a hard stop.") var duration = Seconds(argument: "10s")!
+    @Option(help: "Warm-up before measuring (excluded).") var warmup = Seconds(argument: "2s")!
+    @Option(help: "Open loop: total requests per second (latency from intended send times).") var rate: Double?
+    @Option(help: "A request outstanding this long counts as a timeout.") var timeout = Seconds(argument: "5s")!
+    @Option(help: "Client backend (uring, epoll, auto).") var backend: BackendKind = .uring
+    @Option(help: "Pin the load generator to this CPU.") var cpu: Int?
+    @Flag(help: "Print one JSON result instead of the table.") var json = false
+
+    func options(_ mode: LoadOptions.Mode) throws -> LoadOptions {
+        let parts = target.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--target must be HOST:PORT") }
+        var o = LoadOptions()
+        o.mode = mode
+        o.host = String(parts[0]) == "localhost" ? "127.0.0.1" : String(parts[0])
+        o.port = port
+        o.connections = connections
+        o.pipeline = max(1, pipeline)
+        o.duration = duration.value
+        o.warmup = warmup.value
+        o.rate = rate
+        o.timeout = timeout.value
+        o.backend = backend
+        o.progress = !json
+        return o
+    }
+
+    func pin() {
+        if let cpu, rs_pin_to_cpu(Int32(cpu)) != 0 { printError("ringload: cannot pin to CPU \(cpu)\n") }
+    }
+}
+
+struct RingLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ringload",
+        abstract: "Ringside's load generator: echo and HTTP/1.1 load through the engine's io_uring client path.",
+        subcommands: [Echo.self, HTTP.self, Compare.self]
+    )
+}
+
+/// Prints a result as the table or JSON; exits 1 when any response was wrong.
+func report(_ r: LoadResult, json: Bool) throws {
+    if json {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        print(String(decoding: try enc.encode(r), as: UTF8.self))
+    } else {
+        print(formatTable([r.tableRow(name: "\(r.mode) \(r.target)")]))
+        for w in r.warnings { print("warning: \(w)") }
+    }
+    if r.errors.total > 0 {
+        printError("ringload: \(r.errors.total) wrong or failed responses: \(r.errors)\n")
+        throw ExitCode(1)
+    }
+}
+
+struct Echo: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Echo load: ping-pong or pipelined messages, every byte verified.")
+    @OptionGroup var common: CommonLoadOptions
+    @Option(help: "Message size in bytes.") var size = 64
+
+    func run() throws {
+        common.pin()
+        var o = try common.options(.echo)
+        o.size = max(1, size)
+        try report(try runLoad(o), json: common.json)
+    }
+}
+
+struct HTTP: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "HTTP/1.1 keep-alive GET load; status and body length of every response checked.")
+    @OptionGroup var common: CommonLoadOptions
+    @Option(help: "Request path.") var path = "/plaintext"
+    @Option(help: "Expected status.") var expectStatus = 200
+
+    func run() throws {
+        common.pin()
+        var o = try common.options(.http)
+        o.path = path
+        o.expectStatus = expectStatus
+        try report(try runLoad(o), json: common.json)
+    }
+}
+
+RingLoad.main()
