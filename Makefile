@@ -1,9 +1,10 @@
 # Ringside: the two commands.
-#   make demo   serve echo on io_uring and epoll (and the C liburing reference), drive each with the
-#               bundled load client pinned to the other core, print the side-by-side figures
+#   make demo   the side-by-side comparison (bench/compare.sh): Ringside io_uring and epoll, the
+#               SwiftNIO peers and the C liburing reference, driven by ringload on the other core;
+#               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools
+.PHONY: demo test setup build release bench-tools echo-bench
 
 setup:
 	@bash scripts/setup.sh
@@ -21,7 +22,11 @@ test: setup
 	swift build --build-tests
 	swift test --skip-build --disable-xctest
 
-demo: release bench-tools
+demo: setup
+	bash bench/compare.sh $(if $(QUICK),--quick,)
+
+# The C load client against ringside and the C reference (bench/echo-bench.sh), for cross-checking ringload.
+echo-bench: release bench-tools
 	bash bench/echo-bench.sh --duration 5 --reps 3 --connections 50 --size 64 \
 	  uring="$$(swift build -c release --show-bin-path)/ringside serve --backend uring --port 0" \
 	  epoll="$$(swift build -c release --show-bin-path)/ringside serve --backend epoll --port 0" \

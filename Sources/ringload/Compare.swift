@@ -39,6 +39,8 @@ struct CompareRun: Codable, Sendable {
     var serverCPUPercent: Double
     var peakRSSKiB: Int
     var idleRSSKiBPerConnection: Double?
+    /// Server RSS before the idle connections were opened (preallocated slabs live here).
+    var idleBaselineRSSKiB: Int?
     var exitStatus: Int32
     var error: String?
 }
@@ -138,6 +140,7 @@ struct Compare: ParsableCommand {
         print(table)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         struct Output: Codable { var runs: [CompareRun]; var summaries: [CompareSummary]; var meta: [String: String] }
         let meta = ["date": stamp, "duration": "\(duration.value)", "warmup": "\(warmup.value)", "reps": "\(reps)",
                     "serverCPU": "\(serverCPU)", "clientCPU": "\(clientCPU)", "clientBackend": clientBackend.rawValue,
@@ -151,7 +154,9 @@ struct Compare: ParsableCommand {
 
     private func describe(_ r: CompareRun) -> String {
         if let e = r.error { return "ERROR \(e)" }
-        if let idle = r.idleRSSKiBPerConnection { return String(format: "%.2f KiB/conn", idle) }
+        if let idle = r.idleRSSKiBPerConnection {
+            return String(format: "%.2f KiB/conn (RSS before: %d KiB)", idle, r.idleBaselineRSSKiB ?? 0)
+        }
         guard let l = r.load else { return "" }
         return String(format: "%9.0f msgs/s  %6.2f µs/msg srv  p99 %7.0f µs  cli %3.0f%%", l.messagesPerSecond,
                       r.serverCPUMicrosPerMessage, l.latencyMicros.p99, l.clientCPUPercent)
@@ -168,7 +173,7 @@ struct Compare: ParsableCommand {
         }
         do {
             if sc.mode == "idle" {
-                run.idleRSSKiBPerConnection = try idleRun(sc, proc: proc)
+                (run.idleRSSKiBPerConnection, run.idleBaselineRSSKiB) = try idleRun(sc, proc: proc)
             } else {
                 var o = LoadOptions()
                 o.mode = sc.mode == "http" ? .http : .echo
@@ -199,8 +204,9 @@ struct Compare: ParsableCommand {
         return run
     }
 
-    /// Opens `connections` idle connections and returns the server's RSS growth per connection (KiB).
-    private func idleRun(_ sc: Scenario, proc: ServerProcess) throws -> Double {
+    /// Opens `connections` idle connections and returns the server's RSS growth per connection (KiB)
+    /// and its RSS before them.
+    private func idleRun(_ sc: Scenario, proc: ServerProcess) throws -> (Double, Int) {
         struct Idle: ConnectionHandler {
             mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {}
         }
@@ -223,7 +229,7 @@ struct Compare: ParsableCommand {
         let connected = loop.stats.connectionsConnected
         try loop.shutdown()
         if failures > 0 { throw ValidationErrorText("\(failures) of \(sc.connections) idle connections failed") }
-        return Double(after - before) / Double(max(1, connected))
+        return (Double(after - before) / Double(max(1, connected)), before)
     }
 
     private func summarize(_ runs: [CompareRun]) -> [CompareSummary] {

@@ -1,0 +1,73 @@
+import Foundation
+import Glibc
+import Ringside
+import RingsideProtocols
+import Testing
+
+/// Echoes, but flips one byte of everything past the first 1,000 bytes received.
+private struct CorruptingEcho: ConnectionHandler {
+    var seen = 0
+    mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+        var copy = [UInt8](bytes.bytes)
+        if seen + copy.count > 1000 { copy[copy.count - 1] ^= 0x5A }
+        seen += copy.count
+        try? connection.write(copy)
+    }
+}
+
+/// Runs the ringload binary built next to the tests; returns its exit status and stdout.
+private func ringload(_ args: [String]) throws -> (Int32, String) {
+    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    var exe = dir.appendingPathComponent("ringload")
+    if !FileManager.default.fileExists(atPath: exe.path) {
+        exe = dir.deletingLastPathComponent().appendingPathComponent("ringload")
+    }
+    let p = Process()
+    p.executableURL = exe
+    p.arguments = args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+private func json(_ s: String) throws -> [String: Any] {
+    try JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] ?? [:]
+}
+
+@Suite(.serialized) struct RingloadTests {
+    @Test(arguments: allBackends) func verifiesEveryEchoedByte(_ backend: BackendKind) throws {
+        try skipIfUnavailable(backend)
+        try withEchoServer(.epoll) { server in
+            let (status, out) = try ringload(["echo", "--target", "127.0.0.1:\(server.port)", "--connections", "8",
+                                              "--duration", "1s", "--warmup", "0.2s", "--backend", backend.rawValue, "--json"])
+            #expect(status == 0, "\(out)")
+            let r = try json(out)
+            #expect((r["messages"] as? Int ?? 0) > 100)
+            #expect(((r["errors"] as? [String: Any])?["corrupt"] as? Int) == 0)
+        }
+    }
+
+    @Test func corruptionIsCountedAndFailsTheRun() throws {
+        try withServer(.epoll, handler: { CorruptingEcho() }) { server in
+            let (status, out) = try ringload(["echo", "--target", "127.0.0.1:\(server.port)", "--connections", "4",
+                                              "--size", "100", "--duration", "1s", "--warmup", "0.1s", "--json"])
+            #expect(status == 1)
+            let r = try json(out)
+            #expect((((r["errors"] as? [String: Any])?["corrupt"] as? Int) ?? 0) >= 4, "\(out)")
+        }
+    }
+
+    @Test func openLoopHoldsTheRequestedRate() throws {
+        try withEchoServer(.epoll) { server in
+            let (status, out) = try ringload(["echo", "--target", "127.0.0.1:\(server.port)", "--connections", "10",
+                                              "--rate", "2000", "--duration", "2s", "--warmup", "0.3s", "--json"])
+            #expect(status == 0)
+            let rate = try json(out)["messagesPerSecond"] as? Double ?? 0
+            #expect(rate > 1700 && rate < 2300, "open loop at 2000/s measured \(rate)")
+        }
+    }
+}
