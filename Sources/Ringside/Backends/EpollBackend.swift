@@ -136,11 +136,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         while true {
             var timeoutMS: Int32 = -1
             let now = ContinuousClock.now
-            for d in [drainDeadline, acceptResume].compactMap({ $0 }) {
-                let left = now.duration(to: d)
-                let ms = Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1))
-                timeoutMS = timeoutMS < 0 ? ms : min(timeoutMS, ms)
-            }
+            timeoutMS = Self.tighten(timeoutMS, drainDeadline, now: now)
+            timeoutMS = Self.tighten(timeoutMS, acceptResume, now: now)
             if let ms = core.millisUntilNextTimer() {
                 let t = Int32(min(ms, 60_000))
                 timeoutMS = timeoutMS < 0 ? t : min(timeoutMS, t)
@@ -171,6 +168,13 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             if stopping && core.openCount == 0 { break }
         }
         logger.debug("epoll loop finished", metadata: ["stats": "\(core.counters)"])
+    }
+
+    @inline(__always) private static func tighten(_ timeoutMS: Int32, _ deadline: ContinuousClock.Instant?, now: ContinuousClock.Instant) -> Int32 {
+        guard let d = deadline else { return timeoutMS }
+        let left = now.duration(to: d)
+        let ms = Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1))
+        return timeoutMS < 0 ? ms : min(timeoutMS, ms)
     }
 
     private func acceptReady() {
@@ -227,6 +231,11 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         }
         if mask & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue | EPOLLRDHUP.rawValue) != 0 {
             readReady(ud.slot)
+        }
+        // EPOLLHUP/EPOLLERR are reported whatever the interest set: once input is closed too, the peer
+        // is gone both ways; close rather than wake on the same level-triggered event forever.
+        if mask & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 && core.states[i].flags.contains(.inputClosed) {
+            core.requestClose(slot: ud.slot, abort: true, reason: .peerClosed)
         }
         if mask & EPOLLOUT.rawValue != 0 { core.markDirty(ud.slot) }
     }

@@ -1,0 +1,168 @@
+// EngineMallocs: heap allocations per echoed message through the Ringside engine.
+//
+// Each benchmark starts an in-process Ringside echo server (`EchoHandler`, the zero-copy echo) on
+// the given backend, connects ONE plain blocking client socket and, per benchmark iteration, does
+// `roundTripsPerIteration` ping-pongs of 64 bytes (send 64, receive exactly 64). The client uses only
+// Glibc calls on preallocated buffers, so every malloc counted (the interposer counts all threads of
+// the process, the server's loop thread included) comes from the engine — or from the benchmark
+// framework's own per-iteration bookkeeping, which is a small constant.
+//
+// Target: 0 mallocs per echoed message, i.e. mallocCountTotal per iteration (10,000 round trips)
+// stays a small constant. `Thresholds/EngineMallocs.<name>.p90.json` stores the p90 measured when the
+// thresholds were last updated; `swift package benchmark thresholds check` fails (exit 2) if the
+// p90 grows by more than `mallocTolerance` (far below one malloc per message). Wall clock and
+// throughput are reported but deliberately not checked (they depend on the machine and its load).
+//
+//   swift package benchmark --target EngineMallocs
+//   swift package benchmark thresholds check --target EngineMallocs
+//   swift package --allow-writing-to-package-directory benchmark thresholds update --target EngineMallocs
+
+import Benchmark
+import Glibc
+import Ringside
+import RingsideProtocols
+
+/// Round trips per measured benchmark iteration: mallocCountTotal is "mallocs per 10k messages".
+let roundTripsPerIteration = 10_000
+/// Round trips before measurement starts (connection setup, first buffer-ring use, lazy init).
+let warmUpRoundTrips = 2_000
+/// Message size.
+let messageSize = 64
+/// Allowed growth of the p90 mallocs per iteration over the stored threshold: constant noise is
+/// fine, one allocation per message (>= 10,000 per iteration) is not.
+let mallocTolerance = 200
+
+/// Round trips per second of the measured loop (the built-in throughput counts iterations, i.e.
+/// batches of 10,000). Recorded after `stopMeasurement()`, so recording it is not counted as mallocs.
+let roundTripsPerSecond = BenchmarkMetric.custom("Round trips / s", polarity: .prefersLarger, useScalingFactor: false)
+
+let benchmarks: @Sendable () -> Void = {
+    let notChecked = BenchmarkThresholds(relative: BenchmarkThresholds.Relative.none,
+                                         absolute: BenchmarkThresholds.Absolute.none)
+    let configuration = Benchmark.Configuration(
+        metrics: [.mallocCountTotal, .wallClock, .throughput, roundTripsPerSecond],
+        units: [.mallocCountTotal: .count, roundTripsPerSecond: .count],
+        warmupIterations: 2,
+        scalingFactor: .one,
+        maxDuration: .seconds(3),
+        maxIterations: 30,
+        thresholds: [
+            .mallocCountTotal: BenchmarkThresholds(absolute: [.p90: mallocTolerance]),
+            .wallClock: notChecked,
+            .throughput: notChecked,
+            roundTripsPerSecond: notChecked,
+        ]
+    )
+    for backend in [BackendKind.uring, .epoll] {
+        let fixture = EchoFixture(backend: backend)
+        Benchmark("echo-64B-pingpong-\(backend)", configuration: configuration) { benchmark in
+            let start = ContinuousClock.now
+            fixture.run(roundTrips: roundTripsPerIteration)
+            let elapsed = ContinuousClock.now - start
+            benchmark.stopMeasurement()
+            let ns = elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000
+            benchmark.measurement(roundTripsPerSecond, Int(Int64(roundTripsPerIteration) * 1_000_000_000 / max(1, ns)))
+        } setup: {
+            try fixture.start()
+        } teardown: {
+            try fixture.stop()
+        }
+    }
+}
+
+/// A Ringside echo server plus one blocking client connection with preallocated buffers.
+/// Used from the benchmark thread only (setup, iterations, teardown run sequentially).
+final class EchoFixture: @unchecked Sendable {
+    let backend: BackendKind
+    private var server: RunningServer?
+    private var fd: Int32 = -1
+    private let sendBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
+    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
+
+    init(backend: BackendKind) {
+        self.backend = backend
+        for i in 0..<messageSize { sendBuffer[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 1) }
+    }
+
+    deinit {
+        sendBuffer.deallocate()
+        receiveBuffer.deallocate()
+    }
+
+    func start() throws {
+        let server = try RingsideServer.start(
+            configuration: ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
+        ) { EchoHandler() }
+        self.server = server
+        fd = try connectClient(port: server.port)
+        run(roundTrips: warmUpRoundTrips)
+        // The round trip's contents are checked once here, outside the measured loop.
+        precondition(memcmp(sendBuffer.baseAddress!, receiveBuffer.baseAddress!, messageSize) == 0,
+                     "echo returned different bytes")
+    }
+
+    func stop() throws {
+        if fd >= 0 { Glibc.close(fd); fd = -1 }
+        if let server {
+            self.server = nil
+            try server.shutdown()
+        }
+    }
+
+    /// `roundTrips` ping-pongs of `messageSize` bytes. Allocation-free: syscalls on fixed buffers.
+    @inline(never)
+    func run(roundTrips: Int) {
+        let out = UnsafeRawPointer(sendBuffer.baseAddress!)
+        let into = receiveBuffer.baseAddress!
+        for _ in 0..<roundTrips {
+            var sent = 0
+            while sent < messageSize {
+                let n = Glibc.send(fd, out + sent, messageSize - sent, Int32(MSG_NOSIGNAL))
+                if n <= 0 { if n < 0 && errno == EINTR { continue }; fail("send", n) }
+                sent += n
+            }
+            var got = 0
+            while got < messageSize {
+                let n = Glibc.recv(fd, into + got, messageSize - got, 0)
+                if n <= 0 { if n < 0 && errno == EINTR { continue }; fail("recv", n) }
+                got += n
+            }
+        }
+    }
+
+    private func fail(_ what: StaticString, _ n: Int) -> Never {
+        let e = errno
+        fatalError("\(what) on the echo client returned \(n) (errno \(e)); backend \(backend)")
+    }
+
+    private func connectClient(port: Int) throws -> Int32 {
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw ClientError(call: "socket", errno: errno) }
+        var one: Int32 = 1
+        _ = setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        // A lost echo must fail the benchmark, not hang it.
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        _ = setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard r == 0 else {
+            let e = errno
+            Glibc.close(s)
+            throw ClientError(call: "connect", errno: e)
+        }
+        return s
+    }
+}
+
+struct ClientError: Error, CustomStringConvertible {
+    let call: String
+    let errno: Int32
+    var description: String { "\(call) failed: \(String(cString: strerror(errno)))" }
+}

@@ -1,0 +1,58 @@
+// swift-tools-version: 6.1
+//
+// Ringside benchmark package (separate from the root package so that the engine itself does not
+// depend on SwiftNIO or the benchmark framework).
+//
+//   nio-echo       SwiftNIO echo server, one event loop (baseline for bench/echo-bench.sh)
+//   nio-http       SwiftNIO HTTP/1.1 plaintext server, one event loop (baseline for wrk)
+//   EngineMallocs  ordo-one/benchmark suite: mallocs per echoed message through the Ringside engine
+//
+//   cd bench && swift build -c release
+//   swift package benchmark                               # run the suite
+//   swift package benchmark thresholds check              # fail if mallocs grew (Thresholds/)
+import PackageDescription
+
+let package = Package(
+    name: "RingsideBench",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "Ringside", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        // Only the malloc interposer trait: the default RuntimeInterposer trait (ARC counters on
+        // Linux + Swift 6.3) is not needed for malloc counts.
+        .package(url: "https://github.com/ordo-one/benchmark.git", exact: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "nio-echo",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/nio-echo"
+        ),
+        .executableTarget(
+            name: "nio-http",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/nio-http"
+        ),
+        .executableTarget(
+            name: "EngineMallocs",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "Ringside", package: "Ringside"),
+                .product(name: "RingsideProtocols", package: "Ringside"),
+            ],
+            path: "Benchmarks/EngineMallocs",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,126 @@
+// nio-http: a SwiftNIO HTTP/1.1 plaintext server on ONE event loop (the NIO baseline for wrk).
+//
+//   nio-http --host 127.0.0.1 --port 0
+//   prints:  listening on 127.0.0.1:PORT backend=swiftnio-http
+//
+// `GET /plaintext` answers `Hello, World!` (text/plain, content-length 13); anything else 404.
+// Keep-alive is honoured (HTTP/1.1 default, HTTP/1.0 with `Connection: keep-alive`); otherwise the
+// connection is closed after the response. Responses are written on `.end` and flushed on
+// channelReadComplete, so pipelined requests leave in one write. SIGINT/SIGTERM: exit 0.
+
+import ArgumentParser
+import Dispatch
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class PlaintextHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let helloBody: ByteBuffer
+    private let notFoundBody: ByteBuffer
+    private var keepAlive = true
+    private var version = HTTPVersion.http1_1
+    private var found = false
+
+    init() {
+        helloBody = ByteBuffer(string: "Hello, World!")
+        notFoundBody = ByteBuffer(string: "Not Found")
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let request):
+            keepAlive = request.isKeepAlive
+            version = request.version
+            found = request.method == .GET && request.uri == "/plaintext"
+        case .body:
+            break
+        case .end:
+            let body = found ? helloBody : notFoundBody
+            var headers = HTTPHeaders()
+            headers.reserveCapacity(3)
+            headers.add(name: "content-type", value: "text/plain")
+            headers.add(name: "content-length", value: String(body.readableBytes))
+            if version.major == 1 && version.minor == 0 && keepAlive {
+                headers.add(name: "connection", value: "keep-alive")
+            } else if !keepAlive {
+                headers.add(name: "connection", value: "close")
+            }
+            let head = HTTPResponseHead(version: version, status: found ? .ok : .notFound, headers: headers)
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            if keepAlive {
+                context.write(wrapOutboundOut(.end(nil)), promise: nil)
+            } else {
+                let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                    loopBound.value.close(promise: nil)
+                }
+            }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+@main
+struct NIOHTTPPlaintext: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nio-http",
+        abstract: "SwiftNIO HTTP/1.1 plaintext server on one event loop (GET /plaintext).")
+
+    @Option(help: "Address to bind.") var host = "127.0.0.1"
+    @Option(help: "Port; 0 picks a free one (printed).") var port = 0
+    @Option(help: "listen(2) backlog.") var backlog: Int32 = 4096
+
+    func run() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: backlog)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(PlaintextHandler())
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
+
+        let channel = try bootstrap.bind(host: host, port: port).wait()
+        let boundPort = channel.localAddress?.port ?? port
+        print("listening on \(host):\(boundPort) backend=swiftnio-http")
+        fflush(nil)  // all output streams (stdout is a pipe under echo-bench.sh)
+
+        let signals = stopOnSignals { channel.close(promise: nil) }
+        try channel.closeFuture.wait()
+        try group.syncShutdownGracefully()
+        withExtendedLifetime(signals) {}
+    }
+}
+
+/// Routes SIGINT and SIGTERM to `stop` (on a private queue) instead of the default termination.
+func stopOnSignals(_ stop: @escaping @Sendable () -> Void) -> [any DispatchSourceSignal] {
+    let queue = DispatchQueue(label: "signals")
+    return [SIGINT, SIGTERM].map { sig in
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+        source.setEventHandler(handler: stop)
+        source.resume()
+        return source
+    }
+}
