@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench
+.PHONY: demo test setup build release bench-tools echo-bench bench-check
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,12 @@ bench-tools: setup
 test: setup
 	swift build --build-tests
 	swift test --skip-build --disable-xctest
+	$(MAKE) -s bench-check
+
+# Steady-state mallocs per echoed message through the engine's real paths, against stored thresholds
+# (bench/Thresholds: 0 per message on both backends).
+bench-check:
+	cd bench && swift package benchmark thresholds check --no-progress
 
 demo: setup
 	bash bench/compare.sh $(if $(QUICK),--quick,)

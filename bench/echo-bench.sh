@@ -5,7 +5,9 @@
 #   bench/echo-bench.sh [--duration S] [--warmup S] [--size B] [--connections N]
 #                       [--pipeline D] [--reps R] [--out FILE]
 #                       [--server-cpu C] [--client-cpu C] [--start-timeout S]
-#                       NAME=COMMAND [NAME=COMMAND ...]
+#                       [--wait-idle S] NAME=COMMAND [NAME=COMMAND ...]
+#   defaults: --duration 10 --warmup 1 --size 64 --connections 50 --pipeline 1
+#             --reps 3 --server-cpu 0 --client-cpu 1 --start-timeout 60
 #
 # COMMAND is run as given (through `bash -c "exec COMMAND"`) and must print a
 # line containing "listening on HOST:PORT" on stdout; the port is taken from
@@ -34,6 +36,10 @@
 # connection setup, warm-up and teardown) is recorded as server_ticks_total in
 # the JSON for cross-checking only.
 #
+# --wait-idle S (default 0 = off): before each run wait up to S seconds for
+# the machine to be >= 95% idle for 2 consecutive seconds (useful on a shared
+# box; other_cpu_pct in the results shows how much interference remained).
+#
 # Output: a table on stdout (medians over reps, ratios vs the first server)
 # and JSON lines (one "meta", one "run" per run, one "summary" per server) in
 # --out FILE (default bench/results/echo-YYYYmmdd-HHMMSS.jsonl).
@@ -56,9 +62,10 @@ client_cpu=1
 start_timeout=60
 stop_timeout=10
 connect_timeout=20
+wait_idle=0
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -79,6 +86,7 @@ while [[ $# -gt 0 ]]; do
         --server-cpu)    server_cpu=${2:?}; shift 2 ;;
         --client-cpu)    client_cpu=${2:?}; shift 2 ;;
         --start-timeout) start_timeout=${2:?}; shift 2 ;;
+        --wait-idle)     wait_idle=${2:?}; shift 2 ;;
         -h|--help)       usage ;;
         --*)             echo "echo-bench: unknown option $1" >&2; usage ;;
         *=*)             names+=("${1%%=*}"); cmds+=("${1#*=}"); shift ;;
@@ -86,7 +94,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ ${#names[@]} -ge 1 ]] || { echo "echo-bench: no NAME=COMMAND given" >&2; usage; }
-is_num "$duration" && is_num "$warmup" && is_num "$start_timeout" || usage
+is_num "$duration" && is_num "$warmup" && is_num "$start_timeout" && is_int "$wait_idle" || usage
 is_int "$size" && is_int "$connections" && is_int "$pipeline" && is_int "$reps" || usage
 is_int "$server_cpu" && is_int "$client_cpu" || usage
 [[ $reps -ge 1 && $connections -ge 1 && $size -ge 1 && $pipeline -ge 1 ]] || usage
@@ -156,6 +164,24 @@ wait_gone() {
     done
 }
 
+# wait up to $1 s until all CPUs together are >= 95% idle for 2 consecutive 1 s samples
+wait_for_idle() {
+    local end=$(( $(date +%s) + $1 )) good=0 a b
+    while (( $(date +%s) < end )); do
+        a=$(head -n 1 /proc/stat); sleep 1; b=$(head -n 1 /proc/stat)
+        if awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); t = 0
+                for (i = 2; i <= 9; i++) t += y[i] - x[i]
+                idle = (y[5] - x[5]) + (y[6] - x[6]); exit !(t > 0 && idle * 100 >= 95 * t) }'; then
+            good=$((good + 1))
+            (( good >= 2 )) && return 0
+        else
+            good=0
+        fi
+    done
+    echo "echo-bench: machine not idle after ${1}s, running anyway" >&2
+    return 1
+}
+
 kv() { # kv KEY LINE -> value of KEY=value in LINE
     awk -v k="$1" '{ for (i = 1; i <= NF; i++) { n = index($i, "="); if (substr($i, 1, n - 1) == k) { print substr($i, n + 1); exit } } }' <<<"$2"
 }
@@ -166,7 +192,7 @@ kv() { # kv KEY LINE -> value of KEY=value in LINE
     printf '"git":%s,"duration":%s,"warmup":%s,"size":%s,"connections":%s,"pipeline":%s,"reps":%s,' \
         "$(json_str "$(git -C "$SCRIPT_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)")" \
         "$duration" "$warmup" "$size" "$connections" "$pipeline" "$reps"
-    printf '"server_cpu":%s,"client_cpu":%s}\n' "$server_cpu" "$client_cpu"
+    printf '"server_cpu":%s,"client_cpu":%s,"wait_idle":%s}\n' "$server_cpu" "$client_cpu" "$wait_idle"
 } >>"$out"
 
 results="$work/results.tsv" # name rep msgs_per_sec cpu_us p50 p99 client_cpu server_cpu errors ok other_cpu
@@ -189,6 +215,7 @@ for ((rep = 1; rep <= reps; rep++)); do
         port=""
         ticks_total=""
 
+        (( wait_idle > 0 )) && wait_for_idle "$wait_idle"
         # SIGINT/SIGTERM are reset to default: bash makes background jobs
         # ignore SIGINT, and SIG_IGN would survive the exec.
         env --default-signal=INT,TERM taskset -c "$server_cpu" bash -c "exec $cmd" \
@@ -285,6 +312,7 @@ for ((rep = 1; rep <= reps; rep++)); do
                 "$([[ $ok -eq 1 ]] && echo true || echo false)" "$(json_str "$note")"
             awk '{ for (i = 1; i <= NF; i++) { n = index($i, "="); if (!n) continue;
                      k = substr($i, 1, n - 1); v = substr($i, n + 1);
+                     if (k == "connections" || k == "size" || k == "pipeline") continue;
                      if (v !~ /^-?[0-9]+([.][0-9]+)?$/) v = "null";
                      printf ",\"%s\":%s", k, v } }' <<<"$line"
             printf '}\n'

@@ -17,7 +17,7 @@ func htmlReport(summaries: [CompareSummary], runs: [CompareRun], meta: [String: 
             let bw = v.isNaN ? 0 : (w - left) * v / maxV
             svg += "<text x='0' y='\(y + 15)'>\(esc(name))</text>"
             svg += "<rect x='\(left)' y='\(y + 3)' width='\(bw)' height='\(rowH - 8)' fill='\(palette[i % palette.count])'/>"
-            svg += "<text x='\(left + bw + 6)' y='\(y + 15)'>\(v.isNaN ? "-" : String(format: "%.4g", v)) \(esc(unit))</text>"
+            svg += "<text x='\(left + bw + 6)' y='\(y + 15)'>\(v.isNaN ? "-" : String(format: v >= 100 ? "%.0f" : "%.2f", v)) \(esc(unit))</text>"
         }
         return svg + "</svg>"
     }

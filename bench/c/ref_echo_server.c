@@ -9,8 +9,19 @@
  *
  * Usage: ref_echo_server [--port N] [--buffers N] [--buf-size BYTES]
  *   --port 0 (default) picks a free port.  Binds 127.0.0.1 only.
+ *   Defaults: --buffers 1024 (power of two) --buf-size 4096 (4 MiB in all).
  *   Prints "listening on 127.0.0.1:PORT backend=c-liburing" once ready.
  *   Exits 0 on SIGINT/SIGTERM.
+ *
+ * A recv that ends with -ENOBUFS (every buffer queued for sending) parks the
+ * connection in a FIFO; parked connections are re-armed, oldest first, as
+ * buffers come back.  A multishot recv that ends without IORING_CQE_F_MORE
+ * for any other non-error reason is re-armed at once.  EOF: finish echoing
+ * what is queued, then close.  Errors: cancel the recv, drop the queue, close.
+ * Accepted sockets get TCP_NODELAY.
+ *
+ * REF_ECHO_STATS=1 in the environment prints counters to stderr on exit
+ * (accepted, enobufs, rearms, short_sends).
  *
  * Built against liburing 2.3 (no io_uring_setup_buf_ring there, so the
  * buffer ring memory is allocated and registered by hand).
@@ -172,7 +183,7 @@ static void maybe_close(int fd)
 static void kill_conn(int fd)
 {
 	struct conn *c = &conns[fd];
-	c->dead = 1; /* if starved, the starved-stack drain will close it */
+	c->dead = 1; /* if starved, popping it off the starved queue closes it */
 	drop_queue(c);
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = get_sqe();
