@@ -19,9 +19,9 @@ bench-tools: setup
 	$(MAKE) -s -C bench/c
 
 test: setup
+	$(MAKE) -s bench-check
 	swift build --build-tests
 	swift test --skip-build --disable-xctest
-	$(MAKE) -s bench-check
 
 # Steady-state mallocs per echoed message through the engine's real paths, against stored thresholds
 # (bench/Thresholds: 0 per message on both backends).
