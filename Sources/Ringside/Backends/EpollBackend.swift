@@ -276,6 +276,11 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             core.requestClose(slot: slot, abort: true, reason: .error(e))
             break
         }
+        // Flush now rather than at the end of the batch: a zero-copy reply holds its receive chunk
+        // until sent, and with many connections ready at once the later ones would find none left.
+        if core.states[i].sendHead >= 0 && core.states[i].flags.isDisjoint(with: [.writeShutDown, .closing, .wantAbort]) {
+            flush(slot)
+        }
         core.markDirty(slot)
     }
 
@@ -385,14 +390,17 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         core.freeSlot(slot)
     }
 
+    /// Serves connections that found no free receive chunk, oldest first, straight away (not through
+    /// the epoll ready list, where newly readable connections would overtake them again and again).
     private func rearmStarved() {
         var k = 0
         while k < starved.count && pool.freeRecvCount > 0 {
             let s = starved[k]
+            k += 1
             core.states[Int(s)].flags.remove(.starved)
             core.counters.recvRearms += 1
-            core.markDirty(s)
-            k += 1
+            guard core.states[Int(s)].flags.contains(.open) else { continue }
+            readReady(s)  // may park it again (at the end) if the chunks ran out once more
         }
         starved.removeFirst(k)
     }
