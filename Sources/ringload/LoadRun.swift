@@ -102,7 +102,7 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     window(true)
     let cpu0 = processCPUSeconds()
     let t0 = nowNanos()
-    let tty = o.progress && isatty(STDERR_FILENO) != 0
+    let tty = o.progress && isatty(STDERR_FILENO) != 0 && isatty(STDOUT_FILENO) != 0  // never into a pipe
     while nowNanos() < end {
         let left = Double(end - min(end, nowNanos())) / 1e9
         sleepSeconds(min(1, left))
