@@ -85,7 +85,7 @@ struct Compare: ParsableCommand {
     @Option(help: "Warm-up seconds per run.") var warmup = Seconds(argument: "1s")!
     @Option(help: "CPU for the servers.") var serverCPU = 0
     @Option(help: "CPU for the load generator.") var clientCPU = 1
-    @Option(help: "Load generator backend.") var clientBackend: BackendKind = .uring
+    @Option(help: "Load generator backend (auto: io_uring unless the kernel refuses it).") var clientBackend: BackendKind = .auto
     @Option(help: "Output folder (default bench/results/compare-DATE).") var out: String?
 
     func run() throws {

@@ -23,7 +23,7 @@ struct LoadOptions: Sendable {
     var warmup = 2.0
     var rate: Double? = nil
     var timeout = 5.0
-    var backend: BackendKind = .uring
+    var backend: BackendKind = .auto
     var path = "/plaintext"
     var expectStatus = 200
     var progress = false

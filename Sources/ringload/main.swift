@@ -27,7 +27,7 @@ struct CommonLoadOptions: ParsableArguments {
     @Option(help: "Warm-up before measuring (excluded).") var warmup = Seconds(argument: "2s")!
     @Option(help: "Open loop: total requests per second (latency from intended send times).") var rate: Double?
     @Option(help: "A request outstanding this long counts as a timeout.") var timeout = Seconds(argument: "5s")!
-    @Option(help: "Client backend (uring, epoll, auto).") var backend: BackendKind = .uring
+    @Option(help: "Client backend (uring, epoll, auto: io_uring unless the kernel refuses it).") var backend: BackendKind = .auto
     @Option(help: "Pin the load generator to this CPU.") var cpu: Int?
     @Flag(help: "Print one JSON result instead of the table.") var json = false
 
