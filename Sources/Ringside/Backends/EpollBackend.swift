@@ -286,13 +286,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
 
     // MARK: per-connection state machine
 
-    private func processDirty() {
-        while true {
-            let s = core.popDirty()
-            if s < 0 { return }
-            service(s)
-        }
-    }
+    private func processDirty() { core.drainDirty { service($0) } }
 
     private func service(_ slot: Int32) {
         let i = Int(slot)

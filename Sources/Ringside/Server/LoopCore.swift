@@ -108,6 +108,15 @@ final class LoopCore {
         return s
     }
 
+    /// Services every dirty slot (and slots marked dirty while doing so) until none is left.
+    @inline(__always) func drainDirty(_ service: (Int32) -> Void) {
+        while true {
+            let s = popDirty()
+            if s < 0 { return }
+            service(s)
+        }
+    }
+
     // MARK: outbound queue (called from Connection during handler calls)
 
     @usableFromInline func enqueueCopy(slot: Int32, _ bytes: UnsafeRawBufferPointer) throws(WriteError) {

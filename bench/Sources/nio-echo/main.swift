@@ -10,6 +10,7 @@
 import ArgumentParser
 import Dispatch
 import NIOCore
+import NIOPeerSupport
 import NIOPosix
 
 #if canImport(Glibc)
@@ -44,40 +45,8 @@ struct NIOEcho: ParsableCommand {
     @Option(help: "listen(2) backlog.") var backlog: Int32 = 4096
 
     func run() throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: backlog)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(EchoHandler())
-                }
-            }
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator())
-
-        let channel = try bootstrap.bind(host: host, port: port).wait()
-        let boundPort = channel.localAddress?.port ?? port
-        print("listening on \(host):\(boundPort) backend=swiftnio")
-        fflush(nil)  // all output streams (stdout is a pipe under echo-bench.sh)
-
-        let signals = stopOnSignals { channel.close(promise: nil) }
-        try channel.closeFuture.wait()
-        try group.syncShutdownGracefully()
-        withExtendedLifetime(signals) {}
-    }
-}
-
-/// Routes SIGINT and SIGTERM to `stop` (on a private queue) instead of the default termination.
-func stopOnSignals(_ stop: @escaping @Sendable () -> Void) -> [any DispatchSourceSignal] {
-    let queue = DispatchQueue(label: "signals")
-    return [SIGINT, SIGTERM].map { sig in
-        signal(sig, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-        source.setEventHandler(handler: stop)
-        source.resume()
-        return source
+        try serveOnOneLoop(host: host, port: port, backlog: backlog, name: "swiftnio") { channel in
+            try channel.pipeline.syncOperations.addHandler(EchoHandler())
+        }
     }
 }
