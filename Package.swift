@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .library(name: "Ringside", targets: ["Ringside"]),
         .library(name: "RingsideProtocols", targets: ["RingsideProtocols"]),
+        .library(name: "RingsideHTTP", targets: ["RingsideHTTP"]),
         .executable(name: "ringside", targets: ["ringside"]),
         .executable(name: "ringload", targets: ["ringload"]),
     ],
@@ -36,11 +37,13 @@ let package = Package(
         ),
         // Bundled protocols (echo first).
         .target(name: "RingsideProtocols", dependencies: ["Ringside"]),
+        // HTTP/1.1: incremental parser, responses into pooled buffers, routes.
+        .target(name: "RingsideHTTP", dependencies: ["Ringside"]),
         // `ringside serve`.
         .executableTarget(
             name: "ringside",
             dependencies: [
-                "Ringside", "RingsideProtocols",
+                "Ringside", "RingsideProtocols", "RingsideHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -57,7 +60,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RingsideTests",
-            dependencies: ["Ringside", "RingsideProtocols", "CLiburing"]
+            dependencies: ["Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -2,13 +2,17 @@ import ArgumentParser
 import Glibc
 import Logging
 import Ringside
+import RingsideHTTP
 import RingsideProtocols
 
 extension BackendKind: ExpressibleByArgument {}
 
 /// The protocols `ringside serve` can serve.
 enum ServedProtocol: String, ExpressibleByArgument, CaseIterable {
+    /// Echo every byte back.
     case echo
+    /// HTTP/1.1: GET /plaintext, GET /json, POST /echo.
+    case http
 }
 
 struct RingsideCommand: ParsableCommand {
@@ -35,6 +39,8 @@ struct Serve: ParsableCommand {
     @Option(help: "Send chunk size in bytes.") var sendBufferSize = 4 * 1024
     @Option(help: "Send chunks for copied writes.") var sendBuffers = 512
     @Option(help: "io_uring SQ entries.") var ringEntries: UInt32 = 1024
+    @Option(help: "HTTP: request bodies larger than this many bytes are spooled to a temporary file.")
+    var spoolThreshold = 1 << 20
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
 
     func run() throws {
@@ -61,6 +67,11 @@ struct Serve: ParsableCommand {
         switch self.protocol {
         case .echo:
             server = try RingsideServer.start(configuration: config, logger: logger) { EchoHandler() }
+        case .http:
+            var http = HTTPServerConfiguration()
+            http.spoolThreshold = spoolThreshold
+            server = try RingsideServer.start(configuration: config, logger: logger,
+                                              handler: HTTPServer.handler(router: .benchmarkRoutes, configuration: http))
         }
         print("listening on \(host):\(server.port) backend=\(server.backend)")
         fflush(nil)  // all output streams: the line must reach a pipe at once

@@ -153,6 +153,7 @@ final class LoopCore {
             src += n; remaining -= n
         }
         states[i].queuedBytes += bytes.count
+        if states[i].queuedBytes > highWatermark { states[i].flags.insert(.wasAboveHigh) }
         markDirty(slot)
     }
 
@@ -170,6 +171,7 @@ final class LoopCore {
         pool.setRange(r.chunk, Int(r.offset), Int(r.offset) + r.count)
         append(slot: slot, chunk: r.chunk)
         states[i].queuedBytes += r.count
+        if states[i].queuedBytes > highWatermark { states[i].flags.insert(.wasAboveHigh) }
         markDirty(slot)
     }
 
@@ -280,17 +282,22 @@ final class LoopCore {
     /// resume (and tell the handler) at or below the low one. Shared by both backends.
     enum Watermark { case none, pause, resume }
 
+    /// `.resume` also follows a crossing that was never seen paused: a queue that went over the high
+    /// mark during a handler call (`wasAboveHigh`, set by the write) and was flushed below the low mark
+    /// before this check still owes the handler its `writable`.
     @inline(__always) func watermark(_ slot: Int32) -> Watermark {
         let i = Int(slot)
         let q = states[i].queuedBytes
         if q > counters.maxQueuedBytes { counters.maxQueuedBytes = q }
-        if q > highWatermark && !states[i].flags.contains(.readPaused) {
+        if q > highWatermark {
+            states[i].flags.insert(.wasAboveHigh)
+            guard !states[i].flags.contains(.readPaused) else { return .none }
             states[i].flags.insert(.readPaused)
             counters.readPauses += 1
             return .pause
         }
-        if states[i].flags.contains(.readPaused) && q <= lowWatermark {
-            states[i].flags.remove(.readPaused)
+        if q <= lowWatermark && !states[i].flags.isDisjoint(with: [.readPaused, .wasAboveHigh]) {
+            states[i].flags.remove([.readPaused, .wasAboveHigh])
             return .resume
         }
         return .none

@@ -1,0 +1,121 @@
+import Glibc
+import Ringside
+
+/// The response a route handler fills in. Headers and body are appended into per-connection buffers
+/// that keep their capacity between requests, so a response allocates nothing in steady state.
+/// The engine adds `Date`, `Server`, `Content-Length` and, when the connection will close,
+/// `Connection: close`.
+public struct HTTPResponse: ~Copyable {
+    /// The status code (200 by default).
+    public var status: Int = 200
+    @usableFromInline let headers: ByteBuffer
+    @usableFromInline let body: ByteBuffer
+    /// A file to send as the body after `body`'s bytes (for example a spooled upload); the engine closes it.
+    public var bodyFile: (fd: Int32, size: Int)? = nil
+
+    init(headers: ByteBuffer, body: ByteBuffer) {
+        self.headers = headers
+        self.body = body
+        headers.clear()
+        body.clear()
+    }
+
+    /// Adds a header line. Names and values must not contain CR or LF (they are dropped if they do).
+    public mutating func setHeader(_ name: StaticString, _ value: StaticString) {
+        headers.appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount),
+                             UnsafeRawBufferPointer(start: value.utf8Start, count: value.utf8CodeUnitCount))
+    }
+
+    /// Adds a header line with a run-time value.
+    public mutating func setHeader(_ name: StaticString, _ value: String) {
+        var v = value
+        v.withUTF8 { vb in
+            headers.appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), UnsafeRawBufferPointer(vb))
+        }
+    }
+
+    /// Appends body bytes.
+    public mutating func write(_ bytes: UnsafeRawBufferPointer) { body.append(bytes) }
+    public mutating func write(_ s: StaticString) {
+        body.append(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+    public mutating func write(_ bytes: [UInt8]) { bytes.withUnsafeBytes { body.append($0) } }
+    public mutating func write(_ s: String) {
+        var s = s
+        s.withUTF8 { body.append(UnsafeRawBufferPointer($0)) }
+    }
+}
+
+/// A growable byte buffer that keeps its capacity (one per connection and purpose).
+@usableFromInline final class ByteBuffer {
+    private(set) var base: UnsafeMutableRawPointer
+    private(set) var capacity: Int
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 64)
+        base = .allocate(byteCount: self.capacity, alignment: 16)
+    }
+    deinit { base.deallocate() }
+
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+    func clear() { count = 0 }
+
+    @usableFromInline func append(_ b: UnsafeRawBufferPointer) {
+        guard b.count > 0 else { return }
+        reserve(count + b.count)
+        (base + count).copyMemory(from: b.baseAddress!, byteCount: b.count)
+        count += b.count
+    }
+    func append(_ s: StaticString) { append(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
+    func append(decimal v: Int) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { d in
+            var n = v, i = 24
+            repeat { i -= 1; d[i] = UInt8(48 + n % 10); n /= 10 } while n > 0 && i > 0
+            append(UnsafeRawBufferPointer(rebasing: d[i..<24]))
+        }
+    }
+    @usableFromInline func appendHeader(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
+        for b in name where b == 13 || b == 10 { return }
+        for b in value where b == 13 || b == 10 { return }
+        append(name); append(": "); append(value); append("\r\n")
+    }
+    private func reserve(_ n: Int) {
+        guard n > capacity else { return }
+        var c = capacity
+        while c < n { c *= 2 }
+        let nb = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 16)
+        nb.copyMemory(from: base, byteCount: count)
+        base.deallocate()
+        base = nb
+        capacity = c
+    }
+}
+
+/// Reason phrases for the statuses the engine and typical handlers send.
+func reasonPhrase(_ status: Int) -> StaticString {
+    switch status {
+    case 100: "Continue"
+    case 200: "OK"
+    case 201: "Created"
+    case 204: "No Content"
+    case 301: "Moved Permanently"
+    case 302: "Found"
+    case 304: "Not Modified"
+    case 400: "Bad Request"
+    case 401: "Unauthorized"
+    case 403: "Forbidden"
+    case 404: "Not Found"
+    case 405: "Method Not Allowed"
+    case 408: "Request Timeout"
+    case 413: "Content Too Large"
+    case 414: "URI Too Long"
+    case 431: "Request Header Fields Too Large"
+    case 500: "Internal Server Error"
+    case 501: "Not Implemented"
+    case 503: "Service Unavailable"
+    case 505: "HTTP Version Not Supported"
+    default: "Status"
+    }
+}
