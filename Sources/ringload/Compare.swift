@@ -98,6 +98,7 @@ struct Compare: ParsableCommand {
         var servers: [(name: String, modes: Set<String>, command: String)] = []
         for b in backends.split(separator: ",") {
             servers.append(("ringside-\(b)", ["echo", "idle"], "\(ringside) serve --protocol echo --backend \(b) --port 0 --max-connections 20000"))
+            servers.append(("ringside-\(b)", ["http"], "\(ringside) serve --protocol http --backend \(b) --port 0"))
         }
         for p in peer {
             guard let eq = p.firstIndex(of: "=") else { throw ValidationError("--peer needs NAME=COMMAND: \(p)") }
@@ -108,13 +109,8 @@ struct Compare: ParsableCommand {
                 if modes.contains("echo") { modes.insert("idle") }
                 name = String(name[name.index(after: colon)...])
             }
-            if let i = servers.firstIndex(where: { $0.name == name }) {
-                servers[i].modes.formUnion(modes)  // same name, another mode: a separate command
-                servers.append((name, modes, String(p[p.index(after: eq)...])))
-                servers[i].modes.subtract(modes)
-            } else {
-                servers.append((name, modes, String(p[p.index(after: eq)...])))
-            }
+            // One entry per command: a name may appear once per mode (e.g. echo:swiftnio and http:swiftnio).
+            servers.append((name, modes, String(p[p.index(after: eq)...])))
         }
         let stamp = { () -> String in
             let f = DateFormatter(); f.dateFormat = "yyyyMMdd-HHmmss"; return f.string(from: Date())
