@@ -56,6 +56,7 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "Ringside", package: "Ringside"),
                 .product(name: "RingsideProtocols", package: "Ringside"),
+                .product(name: "RingsideHTTP", package: "Ringside"),
             ],
             path: "Benchmarks/EngineMallocs",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

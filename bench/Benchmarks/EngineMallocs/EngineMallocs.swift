@@ -1,4 +1,5 @@
-// EngineMallocs: heap allocations per echoed message through the Ringside engine.
+// EngineMallocs: heap allocations per echoed message and per HTTP/1.1 keep-alive request through the
+// Ringside engine.
 //
 // Each benchmark starts an in-process Ringside echo server (`EchoHandler`, the zero-copy echo) on
 // the given backend, connects ONE plain blocking client socket and, per benchmark iteration, does
@@ -20,6 +21,7 @@
 import Benchmark
 import Glibc
 import Ringside
+import RingsideHTTP
 import RingsideProtocols
 
 /// Round trips per measured benchmark iteration: mallocCountTotal is "mallocs per 10k messages".
@@ -53,9 +55,13 @@ let benchmarks: @Sendable () -> Void = {
             roundTripsPerSecond: notChecked,
         ]
     )
-    for backend in [BackendKind.uring, .epoll] {
-        let fixture = EchoFixture(backend: backend)
-        Benchmark("echo-64B-pingpong-\(backend)", configuration: configuration) { benchmark in
+    let plaintext = Array("GET /plaintext HTTP/1.1\r\nHost: bench\r\n\r\n".utf8)
+    let fixtures = [BackendKind.uring, .epoll].flatMap { backend in [
+        ("echo-64B-pingpong-\(backend)", EchoFixture(backend: backend, request: nil, handler: .echo)),
+        ("http-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: plaintext, handler: .http)),
+    ] }
+    for (name, fixture) in fixtures {
+        Benchmark(name, configuration: configuration) { benchmark in
             let start = ContinuousClock.now
             fixture.run(roundTrips: roundTripsPerIteration)
             let elapsed = ContinuousClock.now - start
@@ -70,18 +76,33 @@ let benchmarks: @Sendable () -> Void = {
     }
 }
 
-/// A Ringside echo server plus one blocking client connection with preallocated buffers.
+/// A Ringside server (the zero-copy echo, or HTTP/1.1 with the benchmark routes) plus one blocking
+/// client connection with preallocated buffers, doing request/response round trips.
 /// Used from the benchmark thread only (setup, iterations, teardown run sequentially).
 final class EchoFixture: @unchecked Sendable {
+    enum Handler { case echo, http }
     let backend: BackendKind
+    let handler: Handler
     private var server: RunningServer?
     private var fd: Int32 = -1
-    private let sendBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
-    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64, alignment: 16)
+    private let sendBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 16)
+    private let requestSize: Int
+    /// Bytes per response: the echo's size, or an HTTP response's (fixed: the Date header has a fixed width).
+    private var responseSize: Int
 
-    init(backend: BackendKind) {
+    /// `request`: the bytes of one request (nil: a 64-byte echo message).
+    init(backend: BackendKind, request: [UInt8]?, handler: Handler) {
         self.backend = backend
-        for i in 0..<messageSize { sendBuffer[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 1) }
+        self.handler = handler
+        if let request {
+            for (i, b) in request.enumerated() { sendBuffer[i] = b }
+            requestSize = request.count
+        } else {
+            for i in 0..<messageSize { sendBuffer[i] = UInt8(truncatingIfNeeded: i &* 7 &+ 1) }
+            requestSize = messageSize
+        }
+        responseSize = requestSize
     }
 
     deinit {
@@ -90,15 +111,27 @@ final class EchoFixture: @unchecked Sendable {
     }
 
     func start() throws {
-        let server = try RingsideServer.start(
-            configuration: ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
-        ) { EchoHandler() }
+        let config = ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
+        let server = switch handler {
+        case .echo: try RingsideServer.start(configuration: config) { EchoHandler() }
+        case .http: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: .benchmarkRoutes))
+        }
         self.server = server
         fd = try connectClient(port: server.port)
+        if handler == .http {
+            // Learn the response size from one exchange (it arrives in one segment on loopback).
+            _ = Glibc.send(fd, sendBuffer.baseAddress!, requestSize, Int32(MSG_NOSIGNAL))
+            let n = Glibc.recv(fd, receiveBuffer.baseAddress!, receiveBuffer.count, 0)
+            let text = String(decoding: UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<max(0, n)]), as: UTF8.self)
+            precondition(text.hasPrefix("HTTP/1.1 200 OK") && text.hasSuffix("Hello, World!"), "unexpected response: \(text)")
+            responseSize = n
+        }
         run(roundTrips: warmUpRoundTrips)
         // The round trip's contents are checked once here, outside the measured loop.
-        precondition(memcmp(sendBuffer.baseAddress!, receiveBuffer.baseAddress!, messageSize) == 0,
-                     "echo returned different bytes")
+        if handler == .echo {
+            precondition(memcmp(sendBuffer.baseAddress!, receiveBuffer.baseAddress!, messageSize) == 0,
+                         "echo returned different bytes")
+        }
     }
 
     func stop() throws {
@@ -114,16 +147,17 @@ final class EchoFixture: @unchecked Sendable {
     func run(roundTrips: Int) {
         let out = UnsafeRawPointer(sendBuffer.baseAddress!)
         let into = receiveBuffer.baseAddress!
+        let requestSize = self.requestSize, responseSize = self.responseSize
         for _ in 0..<roundTrips {
             var sent = 0
-            while sent < messageSize {
-                let n = Glibc.send(fd, out + sent, messageSize - sent, Int32(MSG_NOSIGNAL))
+            while sent < requestSize {
+                let n = Glibc.send(fd, out + sent, requestSize - sent, Int32(MSG_NOSIGNAL))
                 if n <= 0 { if n < 0 && errno == EINTR { continue }; fail("send", n) }
                 sent += n
             }
             var got = 0
-            while got < messageSize {
-                let n = Glibc.recv(fd, into + got, messageSize - got, 0)
+            while got < responseSize {
+                let n = Glibc.recv(fd, into + got, responseSize - got, 0)
                 if n <= 0 { if n < 0 && errno == EINTR { continue }; fail("recv", n) }
                 got += n
             }
