@@ -46,6 +46,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// Stable memory: the kernel reads the timespec when the SQE is submitted, after `fill` returns.
     private let acceptRetryTimespec: UnsafeMutablePointer<__kernel_timespec>
     private let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
+    private let sendVectors: SendVectors
     private let cqeBatch = 256
 
     let port: Int
@@ -104,6 +105,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         deferred.reserveCapacity(1024)
         starved.reserveCapacity(config.maxConnections)
         cqes = .allocate(capacity: cqeBatch)
+        sendVectors = try SendVectors(capacity: config.maxConnections)
         acceptRetryTimespec = .allocate(capacity: 1)
         acceptRetryTimespec.initialize(to: __kernel_timespec(tv_sec: 0, tv_nsec: 50_000_000))
     }
@@ -227,9 +229,17 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             rs_sqe_set_buf_group(s, provided.groupID)
         case .send:
             let h = core.states[slot].sendHead
-            let (a, b) = pool.range(h)
-            core.states[slot].inflightBytes = Int32(b - a)
-            io_uring_prep_send(s, core.states[slot].fd, pool.pointer(h) + a, b - a, Int32(MSG_NOSIGNAL))
+            if pool.next(h) < 0 {
+                // One chunk (the common reply): a plain SEND.
+                let (a, b) = pool.range(h)
+                core.states[slot].inflightBytes = Int32(b - a)
+                io_uring_prep_send(s, core.states[slot].fd, pool.pointer(h) + a, b - a, Int32(MSG_NOSIGNAL))
+            } else {
+                // Several queued chunks leave in one SENDMSG.
+                let (msg, total) = sendVectors.prepare(slot: ud.slot, head: h, pool: pool)
+                core.states[slot].inflightBytes = Int32(truncatingIfNeeded: total)
+                io_uring_prep_sendmsg(s, core.states[slot].fd, msg, UInt32(MSG_NOSIGNAL))
+            }
         case .close:
             io_uring_prep_close(s, core.states[slot].fd)
         case .cancelRecv:

@@ -1,0 +1,51 @@
+import CLiburing
+import Glibc
+
+/// Per-slot `msghdr` + iovec blocks for io_uring SENDMSG, so one send can carry several queued chunks
+/// (a large copied write, a streamed file) instead of one chunk per SQE.
+///
+/// The area is one anonymous mapping of `capacity` blocks: pages are backed only once a slot sends
+/// more than one chunk at a time, so idle connections cost nothing.
+///
+/// Invariant: the kernel reads a slot's block until that slot's send CQE; a slot has at most one send
+/// in flight, so its block is never rewritten while in use.
+final class SendVectors {
+    static let maxChunks = 64
+    private let base: UnsafeMutableRawPointer
+    private let bytes: Int
+    private let stride: Int
+
+    init(capacity: Int) throws(SyscallError) {
+        let raw = MemoryLayout<msghdr>.stride + Self.maxChunks * MemoryLayout<iovec>.stride
+        stride = (raw + 63) & ~63
+        bytes = max(stride * capacity, 4096)
+        let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let p, p != MAP_FAILED else { throw SyscallError("mmap(send vectors, \(bytes) bytes)", .current) }
+        base = p
+    }
+
+    deinit { munmap(base, bytes) }
+
+    /// Fills slot `slot`'s block with up to `maxChunks` queued chunks starting at `head` and returns
+    /// the message header and the bytes it covers.
+    @inline(__always)
+    func prepare(slot: Int32, head: Int32, pool: BufferPool) -> (UnsafeMutablePointer<msghdr>, Int) {
+        let block = base + Int(slot) * stride
+        let msg = block.bindMemory(to: msghdr.self, capacity: 1)
+        let iov = (block + MemoryLayout<msghdr>.stride).bindMemory(to: iovec.self, capacity: Self.maxChunks)
+        var c = head
+        var n = 0
+        var total = 0
+        while c >= 0 && n < Self.maxChunks {
+            let (s, e) = pool.range(c)
+            iov[n] = iovec(iov_base: pool.pointer(c) + s, iov_len: e - s)
+            total += e - s
+            n += 1
+            c = pool.next(c)
+        }
+        msg.pointee = msghdr()
+        msg.pointee.msg_iov = iov
+        msg.pointee.msg_iovlen = n
+        return (msg, total)
+    }
+}
