@@ -48,6 +48,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // An HTTP service embedding Ringside (README example).
+        .executableTarget(
+            name: "ringside-http-example",
+            dependencies: ["Ringside", "RingsideHTTP"],
+            path: "Examples/HTTPService"
+        ),
         // The bundled load generator, built on the engine's own client path.
         .executableTarget(
             name: "ringload",

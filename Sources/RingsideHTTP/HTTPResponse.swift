@@ -12,6 +12,9 @@ public struct HTTPResponse: ~Copyable {
     @usableFromInline let body: ByteBuffer
     /// A file to send as the body after `body`'s bytes (for example a spooled upload); the engine closes it.
     public var bodyFile: (fd: Int32, size: Int)? = nil
+    /// Send the body with `Transfer-Encoding: chunked` instead of `Content-Length` (HTTP/1.1 only;
+    /// ignored with `bodyFile`).
+    public var chunked = false
 
     init(headers: ByteBuffer, body: ByteBuffer) {
         self.headers = headers

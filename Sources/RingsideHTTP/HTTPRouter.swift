@@ -43,6 +43,15 @@ public enum HTTPBody {
 /// A route handler: reads the request, fills the response. Runs on the connection's loop thread.
 public typealias HTTPRouteHandler = @Sendable (borrowing HTTPRequest, inout HTTPResponse) -> Void
 
+/// A route that takes the request body as it arrives (push), never buffering or spooling it:
+/// `head` first (its `body` is `.none`), then `body` for every piece, then `end` to answer.
+/// One value per request, created by the route's factory, used on the connection's loop thread.
+public protocol HTTPStreamingHandler {
+    mutating func head(_ request: borrowing HTTPRequest)
+    mutating func body(_ bytes: UnsafeRawBufferPointer)
+    mutating func end(_ response: inout HTTPResponse)
+}
+
 /// Routes by method and exact path.
 ///
 /// ```swift
@@ -63,7 +72,8 @@ public struct HTTPRouter: Sendable {
     struct Route: Sendable {
         let method: [UInt8]
         let path: [UInt8]
-        let handler: HTTPRouteHandler
+        let handler: HTTPRouteHandler?
+        let streaming: (@Sendable () -> any HTTPStreamingHandler)?
     }
     var routes: [Route] = []
 
@@ -71,7 +81,13 @@ public struct HTTPRouter: Sendable {
 
     /// Registers `handler` for `method` (e.g. "GET") and the exact `path` (e.g. "/json").
     public mutating func on(_ method: String, _ path: String, _ handler: @escaping HTTPRouteHandler) {
-        routes.append(Route(method: Array(method.utf8), path: Array(path.utf8), handler: handler))
+        routes.append(Route(method: Array(method.utf8), path: Array(path.utf8), handler: handler, streaming: nil))
+    }
+
+    /// Registers a streaming route: `make` creates one handler per request, which gets the body as it
+    /// arrives. (The handler value is boxed per request, unlike buffered routes.)
+    public mutating func stream(_ method: String, _ path: String, _ make: @escaping @Sendable () -> any HTTPStreamingHandler) {
+        routes.append(Route(method: Array(method.utf8), path: Array(path.utf8), handler: nil, streaming: make))
     }
     public mutating func get(_ path: String, _ handler: @escaping HTTPRouteHandler) { on("GET", path, handler) }
     public mutating func post(_ path: String, _ handler: @escaping HTTPRouteHandler) { on("POST", path, handler) }

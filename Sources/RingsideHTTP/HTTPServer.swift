@@ -59,6 +59,7 @@ final class HTTPConnection {
     private var version = HTTPVersion.http11
     private var keepAlive = true
     private var isHead = false
+    private var streaming: (any HTTPStreamingHandler)? = nil
     private var spoolFD: Int32 = -1
     private var spoolSize = 0
     private var headComplete = false
@@ -132,7 +133,14 @@ final class HTTPConnection {
         route = router.match(method: head.slice(head.method).buffer, path: path)
         bodyBuffer.clear()
         spoolSize = 0
-        if let n = h.contentLength, n > config.spoolThreshold { openSpool() }
+        streaming = nil
+        if case .route(let i) = route, let make = router.routes[i].streaming {
+            var handler = make()
+            handler.head(request(body: .none))
+            streaming = handler
+        } else if let n = h.contentLength, n > config.spoolThreshold {
+            openSpool()
+        }
         if h.expectsContinue, case .route = route {
             try? connection.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
         }
@@ -140,6 +148,7 @@ final class HTTPConnection {
 
     private func onBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         guard case .route = route else { return }  // 404/405: the body is read and dropped
+        if streaming != nil { streaming!.body(bytes); return }
         if spoolFD < 0 && bodyBuffer.count + bytes.count > config.spoolThreshold {
             openSpool()
             if spoolFD >= 0 { writeSpool(bodyBuffer.bytes); bodyBuffer.clear() }
@@ -152,12 +161,14 @@ final class HTTPConnection {
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         switch route {
         case .route(let i):
-            let body: HTTPBody = spoolFD >= 0 ? .file(fd: spoolFD, size: spoolSize)
-                : bodyBuffer.count > 0 ? .bytes(bodyBuffer.bytes) : .none
-            let req = HTTPRequest(method: head.slice(head.method), target: head.slice(head.target),
-                                  path: HTTPBytes(pathPart(head.slice(head.target).buffer)), version: version,
-                                  keepAlive: keepAlive, store: head, body: body)
-            router.routes[i].handler(req, &res)
+            if streaming != nil {
+                streaming!.end(&res)
+                streaming = nil
+            } else {
+                let body: HTTPBody = spoolFD >= 0 ? .file(fd: spoolFD, size: spoolSize)
+                    : bodyBuffer.count > 0 ? .bytes(bodyBuffer.bytes) : .none
+                router.routes[i].handler!(request(body: body), &res)
+            }
         case .methodNotAllowed:
             res.status = 405
         case .notFound:
@@ -166,6 +177,12 @@ final class HTTPConnection {
         if spoolFD >= 0 && res.bodyFile?.fd != spoolFD { _ = Glibc.close(spoolFD) }
         spoolFD = -1
         send(&res, connection)
+    }
+
+    private func request(body: HTTPBody) -> HTTPRequest {
+        HTTPRequest(method: head.slice(head.method), target: head.slice(head.target),
+                    path: HTTPBytes(pathPart(head.slice(head.target).buffer)), version: version,
+                    keepAlive: keepAlive, store: head, body: body)
     }
 
     private func pathPart(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
@@ -188,17 +205,36 @@ final class HTTPConnection {
         HTTPDate.withCurrent { h.append($0) }
         h.append("\r\n")
         h.append(userHeaders.bytes)
+        let chunked = res.chunked && res.bodyFile == nil && version == .http11
         if res.status != 204 && res.status != 304 {
-            h.append("Content-Length: ")
-            h.append(decimal: responseBody.count + fileSize)
-            h.append("\r\n")
+            if chunked {
+                h.append("Transfer-Encoding: chunked\r\n")
+            } else {
+                h.append("Content-Length: ")
+                h.append(decimal: responseBody.count + fileSize)
+                h.append("\r\n")
+            }
         }
         if close { h.append("Connection: close\r\n") }
         else if version == .http10 { h.append("Connection: keep-alive\r\n") }
         h.append("\r\n")
         do {
-            try connection.write(h.bytes)
-            if !isHead && responseBody.count > 0 { try connection.write(responseBody.bytes) }
+            if chunked && !isHead {
+                // One chunk with the whole body, then the last chunk.
+                if responseBody.count > 0 {
+                    appendHex(responseBody.count, to: h)
+                    h.append("\r\n")
+                    try connection.write(h.bytes)
+                    try connection.write(responseBody.bytes)
+                    h.clear()
+                    h.append("\r\n")
+                }
+                h.append("0\r\n\r\n")
+                try connection.write(h.bytes)
+            } else {
+                try connection.write(h.bytes)
+                if !isHead && responseBody.count > 0 { try connection.write(responseBody.bytes) }
+            }
         } catch {
             if let f = res.bodyFile { _ = Glibc.close(f.fd) }
             connection.abort()
@@ -276,6 +312,15 @@ final class HTTPConnection {
         finishFile()
     }
 
+    private func appendHex(_ v: Int, to b: ByteBuffer) {
+        var digits: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &digits) { d in
+            var n = v, i = 16
+            repeat { i -= 1; d[i] = hexDigit(n & 15); n >>= 4 } while n > 0 && i > 0
+            b.append(UnsafeRawBufferPointer(rebasing: d[i..<16]))
+        }
+    }
+
     // MARK: spooling
 
     private func openSpool() {
@@ -298,3 +343,5 @@ final class HTTPConnection {
     }
 }
 
+
+@inline(__always) private func hexDigit(_ v: Int) -> UInt8 { v < 10 ? UInt8(48 + v) : UInt8(87 + v) }

@@ -48,7 +48,43 @@ private func splitResponses(_ bytes: [UInt8]) -> [(status: Int, head: String, bo
 
 private func have(_ tool: String) -> Bool { FileManager.default.isExecutableFile(atPath: tool) }
 
+/// Counts a streamed body; answers with a chunked response.
+private struct CountingUpload: HTTPStreamingHandler {
+    var bytes = 0
+    var pieces = 0
+    mutating func head(_ request: borrowing HTTPRequest) {
+        if case .none = request.body {} else { bytes = -1_000_000 }  // streaming routes never get a body up front
+    }
+    mutating func body(_ chunk: UnsafeRawBufferPointer) { bytes += chunk.count; pieces += 1 }
+    mutating func end(_ response: inout HTTPResponse) {
+        response.chunked = true
+        response.write("\(bytes)")
+    }
+}
+
 @Suite(.serialized) struct HTTPServerTests {
+    @Test(arguments: allBackends) func streamingRouteGetsTheBodyAsItArrivesAndAnswersChunked(_ backend: BackendKind) throws {
+        var router = HTTPRouter()
+        router.stream("POST", "/count") { CountingUpload() }
+        try withServer(backend, handler: HTTPServer.handler(router: router)) { server in
+            let c = try TestClient(port: server.port)
+            let body = randomBytes(3 << 20, seed: 3)
+            try c.send(Array("POST /count HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".utf8))
+            for k in 0..<3 {
+                try c.send(Array("100000\r\n".utf8))  // 1 MiB chunks
+                try c.send(Array(body[(k << 20)..<((k + 1) << 20)]))
+                try c.send(Array("\r\n".utf8))
+            }
+            try c.send(Array("0\r\n\r\nGET /count HTTP/1.0\r\n\r\n".utf8))
+            let text = String(decoding: try c.receiveUntilEOF(), as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 200 OK\r\n"))
+            #expect(text.contains("Transfer-Encoding: chunked\r\n"))
+            #expect(text.contains("\r\n\r\n7\r\n3145728\r\n0\r\n\r\n"), "\(text.prefix(300))")
+            // The HTTP/1.0 request that followed gets a Content-Length answer (no chunked in 1.0) and a close.
+            #expect(text.contains("HTTP/1.0 405 Method Not Allowed"))
+        }
+    }
+
     @Test(arguments: allBackends) func rawPipelinedRequestsGetOrderedResponses(_ backend: BackendKind) throws {
         try withHTTPServer(backend) { server in
             let c = try TestClient(port: server.port)
