@@ -204,13 +204,11 @@ public struct HTTPRequestParser: ~Copyable {
 
     /// tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~"
     ///         / DIGIT / ALPHA
+    /// As a 128-bit set: bit b of the first constant (b < 64) or bit b - 64 of the second
+    /// (64 <= b < 128); nothing above 127. The test `tcharBitmapMatchesDefinition` checks every byte.
     @inline(__always) static func isTChar(_ b: UInt8) -> Bool {
-        switch b {
-        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true                    // DIGIT ALPHA
-        case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E,    // ! # $ % & ' * + - .
-             0x5E, 0x5F, 0x60, 0x7C, 0x7E: true                             // ^ _ ` | ~
-        default: false
-        }
+        let word: UInt64 = b < 64 ? 0x03FF_6CFA_0000_0000 : (b < 128 ? 0x57FF_FFFF_C7FF_FFFE : 0)
+        return (word >> UInt64(b & 63)) & 1 != 0
     }
 
     /// Request-target byte: anything but CTL, SP and DEL.
@@ -247,6 +245,27 @@ public struct HTTPRequestParser: ~Copyable {
         try store(b)
     }
 
+    /// Appends the `count` input bytes at `run` to the head buffer: the same outcome as `store` on each
+    /// in turn (431 when they do not all fit).
+    @inline(__always) mutating func storeRun(_ run: UnsafeRawPointer, _ count: Int) throws(HTTPParseError) {
+        guard count <= headCapacity - headLen else {
+            throw fail(431, inTrailers ? "trailer section too large" : "request header too large")
+        }
+        // Safe: headLen + count <= headCapacity; `run` points at `count` readable input bytes, which
+        // cannot overlap `head` (the parser's own allocation, never handed out for writing).
+        (head + headLen).initialize(from: run.assumingMemoryBound(to: UInt8.self), count: count)
+        headLen += count
+    }
+
+    /// `lineByte` on each of `count` input bytes: 414 first if the request line limit is crossed no
+    /// later than the head limit, else 431.
+    @inline(__always) mutating func lineRun(_ run: UnsafeRawPointer, _ count: Int) throws(HTTPParseError) {
+        let lineRoom = limits.maxRequestLine - lineLen
+        if count > lineRoom && lineRoom <= headCapacity - headLen { throw fail(414, "request line too long") }
+        try storeRun(run, count)
+        lineLen += count
+    }
+
     /// A byte of a chunk-size line (not its CRLF): 400 past maxChunkLine.
     @inline(__always) mutating func chunkLineByte() throws(HTTPParseError) {
         lineLen += 1
@@ -276,23 +295,13 @@ public struct HTTPRequestParser: ~Copyable {
         defer { index = i }
         // Invariant of the loop: 0 <= i <= n; p[0..<n] is readable (it is `bytes`).
         while i < n {
-            switch state {
-            case .fixedBody:
-                let take = min(remaining, n - i)      // remaining > 0 in this state
+            if state == .fixedBody || state == .chunkData {
+                let take = min(remaining, n - i)      // remaining > 0 in these states
                 let start = i
                 remaining -= take
                 i += take
-                if remaining == 0 { state = .endPending }
+                if remaining == 0 { state = state == .fixedBody ? .endPending : .chunkDataCR }
                 return .body(start: start, count: take)
-            case .chunkData:
-                let take = min(remaining, n - i)      // remaining > 0 in this state
-                let start = i
-                remaining -= take
-                i += take
-                if remaining == 0 { state = .chunkDataCR }
-                return .body(start: start, count: take)
-            default:
-                break
             }
 
             let b = p.load(fromByteOffset: i, as: UInt8.self)
@@ -306,6 +315,21 @@ public struct HTTPRequestParser: ~Copyable {
                     inTrailers = false
                     lineLen = 0
                     emptyLines = 0
+                    if let line = Self.scanRequestLine(p, i - 1, n) {
+                        // Fast path, the whole request line is in this input: the same stores and
+                        // checks as the byte-by-byte path below, in the same order.
+                        let start = i - 1
+                        try lineRun(p + start, line.end - start)
+                        methodEnd = line.methodEnd - start
+                        targetStart = line.methodEnd + 1 - start
+                        targetEnd = line.targetEnd - start
+                        versionStart = line.targetEnd + 1 - start
+                        try checkVersion()
+                        try storeRun(p + line.end, 2)
+                        i = line.end + 2
+                        state = .lineStart
+                        continue
+                    }
                     try lineByte(b)
                     state = .method
                 } else if b == Self.CR {
@@ -324,7 +348,10 @@ public struct HTTPRequestParser: ~Copyable {
                 state = .start
             case .method:
                 if Self.isTChar(b) {
-                    try lineByte(b)
+                    var j = i                   // the run of tchars starting at b
+                    while j < n && Self.isTChar(p.load(fromByteOffset: j, as: UInt8.self)) { j += 1 }
+                    try lineRun(p + (i - 1), j - i + 1)
+                    i = j
                 } else if b == Self.SP {
                     methodEnd = headLen
                     try lineByte(b)
@@ -344,7 +371,10 @@ public struct HTTPRequestParser: ~Copyable {
                 }
             case .target:
                 if Self.isTargetChar(b) {
-                    try lineByte(b)
+                    var j = i                   // the run of target chars starting at b
+                    while j < n && Self.isTargetChar(p.load(fromByteOffset: j, as: UInt8.self)) { j += 1 }
+                    try lineRun(p + (i - 1), j - i + 1)
+                    i = j
                 } else if b == Self.SP {
                     targetEnd = headLen
                     try lineByte(b)
@@ -374,6 +404,22 @@ public struct HTTPRequestParser: ~Copyable {
                     guard headerCount < limits.maxHeaderCount else {
                         throw fail(431, inTrailers ? "too many trailer fields" : "too many header fields")
                     }
+                    if let line = Self.scanFieldLine(p, i - 1, n) {
+                        // Fast path, the whole field line is in this input: same outcome as the
+                        // byte-by-byte path (every byte is valid, so only 431 can fail it).
+                        let start = i - 1
+                        let base = headLen
+                        try storeRun(p + start, line.end - start)
+                        // Safe: headerCount < maxHeaderCount <= fieldCapacity (checked above).
+                        let f = fields + 4 * headerCount
+                        f[0] = base
+                        f[1] = base + (line.nameEnd - start)
+                        f[2] = base + (line.valueStart - start)
+                        f[3] = base + (line.valueEnd - start)
+                        headerCount += 1
+                        i = line.end
+                        continue
+                    }
                     nameStart = headLen
                     try store(b)
                     state = .name
@@ -391,7 +437,10 @@ public struct HTTPRequestParser: ~Copyable {
                 }
             case .name:
                 if Self.isTChar(b) {
-                    try store(b)
+                    var j = i                   // the run of tchars starting at b
+                    while j < n && Self.isTChar(p.load(fromByteOffset: j, as: UInt8.self)) { j += 1 }
+                    try storeRun(p + (i - 1), j - i + 1)
+                    i = j
                 } else if b == Self.colon {
                     nameEnd = headLen
                     try store(b)
@@ -418,11 +467,25 @@ public struct HTTPRequestParser: ~Copyable {
                     throw fail(400, b == Self.LF ? "bare LF in header" : "invalid character in field value")
                 }
             case .value:
-                if Self.isFieldVChar(b) {
-                    try store(b)
-                    valueEnd = headLen
-                } else if b == Self.SP || b == Self.HTAB {
-                    try store(b)
+                if Self.isFieldVChar(b) || b == Self.SP || b == Self.HTAB {
+                    // The run of value bytes starting at b (input offsets runStart..<j); visibleEnd is
+                    // the input offset just past its last non-OWS byte (0: none in this run).
+                    let runStart = i - 1
+                    var visibleEnd = Self.isFieldVChar(b) ? i : 0
+                    var j = i
+                    while j < n {
+                        let c = p.load(fromByteOffset: j, as: UInt8.self)
+                        if Self.isFieldVChar(c) {
+                            visibleEnd = j + 1
+                        } else if c != Self.SP && c != Self.HTAB {
+                            break
+                        }
+                        j += 1
+                    }
+                    let runHead = headLen
+                    try storeRun(p + runStart, j - runStart)
+                    if visibleEnd > 0 { valueEnd = runHead + (visibleEnd - runStart) }
+                    i = j
                 } else if b == Self.CR {
                     try store(b)
                     state = .lineLF
@@ -586,12 +649,75 @@ public struct HTTPRequestParser: ~Copyable {
                 state = .chunkSizeStart
 
             case .fixedBody, .chunkData, .endPending, .dead:
-                // .fixedBody/.chunkData are handled above; .endPending/.dead return before the loop
+                // .fixedBody/.chunkData are handled above; .endPending/.dead throw or return before the loop
                 // and are only entered right before a return.
                 preconditionFailure("unreachable parser state")
             }
         }
         return .needMore
+    }
+
+    // MARK: - whole-line fast paths (read-only scans of the input; nil: not a complete valid line)
+
+    /// A complete request line `method SP target SP version CRLF` at p[start..<n] (version: visible
+    /// ASCII, checked later by `checkVersion`). Returns the input offsets of the first SP, the second
+    /// SP and the CR.
+    @inline(__always)
+    static func scanRequestLine(_ p: UnsafeRawPointer, _ start: Int, _ n: Int)
+        -> (methodEnd: Int, targetEnd: Int, end: Int)? {
+        // Every load is at an offset j with start <= j < n (checked before each load).
+        var j = start
+        while j < n && isTChar(p.load(fromByteOffset: j, as: UInt8.self)) { j += 1 }
+        guard j < n, p.load(fromByteOffset: j, as: UInt8.self) == SP else { return nil }
+        let methodEnd = j
+        j += 1
+        let targetStart = j
+        while j < n && isTargetChar(p.load(fromByteOffset: j, as: UInt8.self)) { j += 1 }
+        guard j > targetStart, j < n, p.load(fromByteOffset: j, as: UInt8.self) == SP else { return nil }
+        let targetEnd = j
+        j += 1
+        while j < n {
+            let c = p.load(fromByteOffset: j, as: UInt8.self)
+            guard c > 0x20 && c < 0x7F else { break }
+            j += 1
+        }
+        guard j + 1 < n, p.load(fromByteOffset: j, as: UInt8.self) == CR,
+              p.load(fromByteOffset: j + 1, as: UInt8.self) == LF else { return nil }
+        return (methodEnd, targetEnd, j)
+    }
+
+    /// A complete field line `name ":" OWS value OWS CRLF` at p[start..<n]. Returns input offsets:
+    /// the colon, the value (OWS trimmed; both at the CR when empty), and just past the LF.
+    @inline(__always)
+    static func scanFieldLine(_ p: UnsafeRawPointer, _ start: Int, _ n: Int)
+        -> (nameEnd: Int, valueStart: Int, valueEnd: Int, end: Int)? {
+        // Every load is at an offset j with start <= j < n (checked before each load).
+        var j = start
+        while j < n && isTChar(p.load(fromByteOffset: j, as: UInt8.self)) { j += 1 }
+        guard j > start, j < n, p.load(fromByteOffset: j, as: UInt8.self) == colon else { return nil }
+        let nameEnd = j
+        j += 1
+        while j < n {
+            let c = p.load(fromByteOffset: j, as: UInt8.self)
+            guard c == SP || c == HTAB else { break }
+            j += 1
+        }
+        let valueStart = j
+        var valueEnd = j
+        while j < n {
+            let c = p.load(fromByteOffset: j, as: UInt8.self)
+            if isFieldVChar(c) {
+                j += 1
+                valueEnd = j
+            } else if c == SP || c == HTAB {
+                j += 1
+            } else {
+                break
+            }
+        }
+        guard j + 1 < n, p.load(fromByteOffset: j, as: UInt8.self) == CR,
+              p.load(fromByteOffset: j + 1, as: UInt8.self) == LF else { return nil }
+        return (nameEnd, valueStart, valueEnd, j + 2)
     }
 
     // MARK: - request line and head semantics
@@ -628,8 +754,16 @@ public struct HTTPRequestParser: ~Copyable {
         }
     }
 
-    @inline(__always) func bytes(_ start: Int, _ end: Int) -> HTTPBytes {
-        HTTPBytes(UnsafeRawBufferPointer(start: head + start, count: end - start))
+    /// head[start..<end] equals `lower` ignoring ASCII case, where `lower` holds only lowercase
+    /// letters, digits and "-", and the bytes are field-name or field-value bytes (no CTLs).
+    /// `b | 0x20` maps A-Z to a-z; among non-CTL bytes only a letter's own upper case maps onto a
+    /// lowercase letter, and only "-" and the digits map onto themselves, so the test is exact.
+    @inline(__always) func matches(_ start: Int, _ end: Int, _ lower: StaticString) -> Bool {
+        guard end - start == lower.utf8CodeUnitCount else { return false }
+        let l = lower.utf8Start
+        // Safe: start..<end are initialized offsets of `head`; l has end - start bytes.
+        for k in 0..<(end - start) where head[start + k] | 0x20 != l[k] { return false }
+        return true
     }
 
     /// The head is complete: validate framing and Host, compute the semantic flags, pick the body state.
@@ -641,10 +775,10 @@ public struct HTTPRequestParser: ~Copyable {
         for k in 0..<headerCount {
             // Safe: k < headerCount, entries initialized (see invariants).
             let f = fields + 4 * k
-            let name = bytes(f[0], f[1])
-            let vs = f[2], ve = f[3]
-            switch name.count {
-            case 14 where name.equalsIgnoringCase("content-length"):
+            let ns = f[0], ne = f[1], vs = f[2], ve = f[3]
+            // Cheap filter before the full comparisons: first letter (lowercased) and length.
+            switch (head[ns] | 0x20, ne - ns) {
+            case (0x63, 14) where matches(ns, ne, "content-length"):
                 clCount += 1
                 if vs == ve { clBad = true }
                 for j in vs..<ve {
@@ -655,25 +789,24 @@ public struct HTTPRequestParser: ~Copyable {
                     guard !o1 && !o2 else { clBad = true; break }
                     cl = s
                 }
-            case 17 where name.equalsIgnoringCase("transfer-encoding"):
+            case (0x74, 17) where matches(ns, ne, "transfer-encoding"):
                 teCount += 1
                 forEachListElement(vs, ve) { a, z in
                     codings += 1
-                    if codings > 1 || !bytes(a, z).equalsIgnoringCase("chunked") { teBad = true }
+                    if codings > 1 || !matches(a, z, "chunked") { teBad = true }
                 }
-            case 4 where name.equalsIgnoringCase("host"):
+            case (0x68, 4) where matches(ns, ne, "host"):
                 hostCount += 1
-            case 10 where name.equalsIgnoringCase("connection"):
+            case (0x63, 10) where matches(ns, ne, "connection"):
                 forEachListElement(vs, ve) { a, z in
-                    let token = bytes(a, z)
-                    if token.equalsIgnoringCase("close") {
+                    if matches(a, z, "close") {
                         close = true
-                    } else if token.equalsIgnoringCase("keep-alive") {
+                    } else if matches(a, z, "keep-alive") {
                         keepAliveToken = true
                     }
                 }
-            case 6 where name.equalsIgnoringCase("expect"):
-                if bytes(vs, ve).equalsIgnoringCase("100-continue") { expect = true }
+            case (0x65, 6) where matches(ns, ne, "expect"):
+                if matches(vs, ve, "100-continue") { expect = true }
             default:
                 break
             }
