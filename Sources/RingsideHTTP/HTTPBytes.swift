@@ -16,8 +16,11 @@ public struct HTTPBytes: CustomStringConvertible {
     /// ASCII case-insensitive equality with a literal (header names, tokens).
     @inlinable public func equalsIgnoringCase(_ s: StaticString) -> Bool {
         guard s.utf8CodeUnitCount == buffer.count else { return false }
+        guard let a = buffer.baseAddress else { return true }
         let p = s.utf8Start
-        for i in 0..<buffer.count where asciiLower(buffer[i]) != asciiLower(p[i]) { return false }
+        for i in 0..<buffer.count where asciiLower(a.load(fromByteOffset: i, as: UInt8.self)) != asciiLower(p[i]) {
+            return false
+        }
         return true
     }
 
