@@ -20,6 +20,7 @@ bench-tools: setup
 
 test: setup
 	$(MAKE) -s bench-check
+	bash scripts/release-smoke.sh
 	swift build --build-tests
 	swift test --skip-build --disable-xctest
 

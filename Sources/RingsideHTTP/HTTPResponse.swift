@@ -5,7 +5,7 @@ import Ringside
 /// that keep their capacity between requests, so a response allocates nothing in steady state.
 /// The engine adds `Date`, `Server`, `Content-Length` and, when the connection will close,
 /// `Connection: close`.
-public struct HTTPResponse: ~Copyable {
+public struct HTTPResponse {
     /// The status code (200 by default).
     public var status: Int = 200
     @usableFromInline let headers: ByteBuffer

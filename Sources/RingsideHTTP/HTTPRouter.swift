@@ -1,7 +1,8 @@
 import Ringside
 
 /// A request as a route handler sees it: borrowed views, valid during the handler call only.
-public struct HTTPRequest: ~Copyable {
+/// (Copyable on purpose: with ~Copyable, Swift 6.3 -O emitted a trapping copy when passing it to a route.)
+public struct HTTPRequest {
     public let method: HTTPBytes
     /// The request-target as sent (path and query).
     public let target: HTTPBytes
