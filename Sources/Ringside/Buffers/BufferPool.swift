@@ -41,7 +41,8 @@ final class BufferPool {
     private(set) var peakChunksOut: Int = 0
 
     /// Where released receive chunks go on io_uring (nil on epoll: the receive free list).
-    var providedRing: ProvidedBufferRing?
+    /// Unowned: the io_uring backend owns the ring and outlives the pool's use of it (no ARC per release).
+    unowned(unsafe) var providedRing: ProvidedBufferRing?
 
     init(receiveChunkSize: Int, receiveChunks: Int, sendChunkSize: Int, sendChunks: Int) throws(SyscallError) {
         precondition(receiveChunkSize > 0 && receiveChunkSize <= Int(Int32.max) && receiveChunks > 0)
