@@ -23,7 +23,6 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     private let iov: UnsafeMutablePointer<iovec>
     private let maxIOV = 64
     private var stopping = false
-    private var drainDeadline: ContinuousClock.Instant? = nil
     /// Accept is paused after EMFILE/ENFILE until this instant (level-triggered would spin).
     private var acceptResume: ContinuousClock.Instant? = nil
     /// Slots that found no free receive chunk; EPOLLIN is off for them until chunks return.
@@ -136,7 +135,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         while true {
             var timeoutMS: Int32 = -1
             let now = ContinuousClock.now
-            timeoutMS = Self.tighten(timeoutMS, drainDeadline, now: now)
+            timeoutMS = Self.tighten(timeoutMS, core.drainDeadline, now: now)
             timeoutMS = Self.tighten(timeoutMS, acceptResume, now: now)
             if let ms = core.millisUntilNextTimer() {
                 let t = Int32(min(ms, 60_000))
@@ -404,23 +403,16 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     private func beginStop() {
         guard !stopping else { return }
         stopping = true
-        drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
+        core.drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
         if listenFD >= 0 {
             closeDescriptor(listenFD)
             listenFD = -1
         }
-        for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
-            core.requestClose(slot: s, abort: false, reason: .serverShutdown)
-        }
+        core.requestCloseAll(abort: false)
         starved.removeAll(keepingCapacity: true)
     }
 
     private func checkDrainDeadline() {
-        guard let d = drainDeadline, ContinuousClock.now >= d else { return }
-        drainDeadline = nil
-        for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
-            core.requestClose(slot: s, abort: true, reason: .serverShutdown)
-        }
-        processDirty()
+        if core.abortAllIfDrainDeadlinePassed() { processDirty() }
     }
 }

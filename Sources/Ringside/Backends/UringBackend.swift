@@ -36,7 +36,6 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     private var acceptArmed = false
     private var listenerClosed = false
     private var stopping = false
-    private var drainDeadline: ContinuousClock.Instant? = nil
 
     /// Operations that found no free SQE even after a submit; drained first on every iteration.
     private var deferred: [UserData] = []
@@ -146,7 +145,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         while true {
             drainDeferred()
             var timeout: Int64? = nil
-            if let d = drainDeadline {
+            if let d = core.drainDeadline {
                 let left = ContinuousClock.now.duration(to: d)
                 timeout = max(1_000_000, left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000)
             }
@@ -579,7 +578,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     private func beginStop() {
         guard !stopping else { return }
         stopping = true
-        drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
+        core.drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
         if acceptArmed { prepare(UserData(.cancelAccept)) }
         if listenFD >= 0 { prepare(UserData(.closeListener)) }
         for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
@@ -593,11 +592,6 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     private func checkDrainDeadline() {
-        guard let d = drainDeadline, ContinuousClock.now >= d else { return }
-        drainDeadline = nil
-        for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
-            core.requestClose(slot: s, abort: true, reason: .serverShutdown)
-        }
-        processDirty()
+        if core.abortAllIfDrainDeadlinePassed() { processDirty() }
     }
 }

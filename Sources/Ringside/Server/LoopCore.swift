@@ -313,6 +313,26 @@ final class LoopCore {
     /// How long the loop may sleep before a timer is due (nil: no timer armed).
     func millisUntilNextTimer() -> UInt64? { timers.millisUntilNext(now: monotonicMillis()) }
 
+    // MARK: stopping
+
+    /// When a graceful stop gives up on draining and aborts what is left.
+    var drainDeadline: ContinuousClock.Instant? = nil
+
+    /// Asks every open connection to close (gracefully: flush first, or at once when `abort`).
+    func requestCloseAll(abort: Bool) {
+        for s in 0..<Int32(capacity) where states[Int(s)].flags.contains(.open) {
+            requestClose(slot: s, abort: abort, reason: .serverShutdown)
+        }
+    }
+
+    /// Aborts every remaining connection once the drain deadline has passed; returns whether it did.
+    func abortAllIfDrainDeadlinePassed() -> Bool {
+        guard let d = drainDeadline, ContinuousClock.now >= d else { return false }
+        drainDeadline = nil
+        requestCloseAll(abort: true)
+        return true
+    }
+
     /// Publishes counters that are derived from the pool.
     func refreshGauges() {
         counters.buffersInUse = pool.chunksOut
