@@ -30,6 +30,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     private let outbound: UnsafeMutablePointer<Socket.Address>?
     private let logger: Logger
     private var registeredBuffers = false
+    /// Accepted connections are registered (direct) descriptors: no fget/fput per operation, and they
+    /// do not count against RLIMIT_NOFILE. Falls back to ordinary descriptors if registration fails.
+    private var directFiles = false
 
     /// Ring-level operations in flight (accept, wake read, timers, listener cancel/close).
     private var ringInflight = 0
@@ -82,6 +85,11 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             registeredBuffers = true
         }
         pool.providedRing = provided
+        if config.directDescriptors {
+            let r = io_uring_register_files_sparse(ring.ring, UInt32(config.maxConnections))
+            directFiles = r >= 0
+            if r < 0 { logger.notice("direct descriptors unavailable (\(Errno(rawValue: -r))): using ordinary ones") }
+        }
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
         core = LoopCore(pool: pool, capacity: config.maxConnections,
@@ -89,6 +97,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         handlers = HandlerTable(core: core, factory: factory)
         if config.listen {
             listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false)
+            // Accepted sockets inherit TCP_NODELAY from the listener (needed for direct descriptors,
+            // which setsockopt(2) cannot reach).
+            if config.noDelay { try? Socket.setOption(listenFD, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
             port = (try? Socket.localPort(listenFD)) ?? config.port
         } else {
             listenFD = -1
@@ -120,7 +131,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     var summary: String {
-        "\(ring.summary) \(pool.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
+        "\(ring.summary) \(pool.summary) direct-descriptors=\(directFiles ? "on" : "off") fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
     }
 
     // MARK: the loop
@@ -221,7 +232,11 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         let slot = Int(ud.slot)
         switch ud.kind! {
         case .accept:
-            io_uring_prep_multishot_accept(s, listenFD, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            if directFiles {
+                io_uring_prep_multishot_accept_direct(s, listenFD, nil, nil, 0)
+            } else {
+                io_uring_prep_multishot_accept(s, listenFD, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            }
         case .recv:
             io_uring_prep_recv_multishot(s, core.states[slot].fd, nil, 0, 0)
             s.pointee.flags |= UInt8(RS_IOSQE_BUFFER_SELECT)
@@ -240,12 +255,19 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                 io_uring_prep_sendmsg(s, core.states[slot].fd, msg, UInt32(MSG_NOSIGNAL))
             }
         case .close:
-            io_uring_prep_close(s, core.states[slot].fd)
+            if core.states[slot].flags.contains(.direct) {
+                io_uring_prep_close_direct(s, UInt32(core.states[slot].fd))
+            } else {
+                io_uring_prep_close(s, core.states[slot].fd)
+            }
+        case .closeDirect:
+            io_uring_prep_close_direct(s, UInt32(ud.slot))  // a refused direct accept: slot = its index
         case .cancelRecv:
             io_uring_prep_cancel64(s, UserData(.recv, slot: ud.slot, generation: ud.generation).raw, 0)
         case .cancel:
             // Every operation on this connection's file (receive and a send stuck on a full socket).
-            io_uring_prep_cancel_fd(s, core.states[slot].fd, UInt32(IORING_ASYNC_CANCEL_ALL))
+            let fixed = core.states[slot].flags.contains(.direct) ? UInt32(IORING_ASYNC_CANCEL_FD_FIXED) : 0
+            io_uring_prep_cancel_fd(s, core.states[slot].fd, UInt32(IORING_ASYNC_CANCEL_ALL) | fixed)
         case .shutdown:
             io_uring_prep_shutdown(s, core.states[slot].fd, Int32(SHUT_WR))
         case .connect:
@@ -260,6 +282,11 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             io_uring_prep_cancel64(s, UserData(.accept).raw, 0)
         case .closeListener:
             io_uring_prep_close(s, listenFD)
+        }
+        switch ud.kind! {
+        case .recv, .send, .shutdown:
+            if core.states[slot].flags.contains(.direct) { s.pointee.flags |= UInt8(RS_IOSQE_FIXED_FILE) }
+        default: break
         }
         io_uring_sqe_set_data64(s, ud.raw)
         return true
@@ -284,7 +311,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         case .acceptRetryTimer:
             ringInflight -= 1
             if !stopping && !acceptArmed { acceptArmed = true; prepare(UserData(.accept)) }
-        case .cancelAccept:
+        case .cancelAccept, .closeDirect:
             ringInflight -= 1
         case .closeListener:
             ringInflight -= 1
@@ -414,14 +441,16 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             ringInflight -= 1
         }
         if res >= 0 {
-            if stopping {
-                closeDescriptor(res)
-            } else if let slot = core.allocateSlot(fd: res) {
-                _ = Socket.configureAccepted(res, noDelay: config.noDelay)
+            if !stopping, let slot = core.allocateSlot(fd: res) {
+                if directFiles {
+                    core.states[Int(slot)].flags.insert(.direct)  // TCP_NODELAY is inherited from the listener
+                } else {
+                    _ = Socket.configureAccepted(res, noDelay: config.noDelay)
+                }
                 handlers.open(slot)
             } else {
-                core.counters.connectionsRefused += 1
-                closeDescriptor(res)
+                if !stopping { core.counters.connectionsRefused += 1 }
+                if directFiles { prepare(UserData(.closeDirect, slot: res)) } else { closeDescriptor(res) }
             }
         } else if -res == ECANCELED {
             core.counters.canceledCompletions += 1

@@ -45,5 +45,6 @@ struct ConnectionState {
         static let connecting = Flags(rawValue: 1 << 17)     // outbound connect in flight: no handler yet
         static let connectFailed = Flags(rawValue: 1 << 18)  // outbound connect failed: free in `service`
         static let eofPending = Flags(rawValue: 1 << 19)     // EOF seen behind held chunks: tell the handler after them
+        static let direct = Flags(rawValue: 1 << 20)         // io_uring: `fd` is a registered (direct) descriptor index
     }
 }

@@ -41,6 +41,9 @@ public struct ServerConfiguration: Sendable {
     public var ringEntries: UInt32 = 1024
     /// CQ entries; 0 means 8x the SQ (multishot operations post many completions per submission).
     public var completionEntries: UInt32 = 0
+    /// io_uring: accept connections as registered (direct) descriptors, saving a file lookup per
+    /// operation (falls back to ordinary descriptors when the kernel refuses the file table).
+    public var directDescriptors: Bool = true
     /// Register the buffer slab as fixed buffers (IORING_REGISTER_BUFFERS).
     public var registerBuffers: Bool = true
     /// Disable TCP Nagle on accepted sockets (request/response latency).
