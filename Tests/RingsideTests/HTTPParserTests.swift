@@ -150,18 +150,6 @@ private func hpHead(_ method: String, _ target: String, _ fields: [(String, Stri
            expectsContinue: expectsContinue)
 }
 
-/// SplitMix64: a tiny seeded generator so fuzz failures reproduce.
-private struct HPRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private let hpTChars: [UInt8] = hpBytes("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -742,15 +730,15 @@ struct HTTPParserTests {
         var events: [HPEvent] = []
     }
 
-    private static func randomToken(_ rng: inout HPRandom, _ range: ClosedRange<Int>) -> [UInt8] {
+    private static func randomToken(_ rng: inout SplitMix, _ range: ClosedRange<Int>) -> [UInt8] {
         (0..<Int.random(in: range, using: &rng)).map { _ in hpTChars.randomElement(using: &rng)! }
     }
 
-    private static func randomFieldValue(_ rng: inout HPRandom) -> (wire: [UInt8], trimmed: [UInt8]) {
-        func vchar(_ rng: inout HPRandom) -> UInt8 {
+    private static func randomFieldValue(_ rng: inout SplitMix) -> (wire: [UInt8], trimmed: [UInt8]) {
+        func vchar(_ rng: inout SplitMix) -> UInt8 {
             Bool.random(using: &rng) ? UInt8.random(in: 0x21...0x7E, using: &rng) : UInt8.random(in: 0x80...0xFF, using: &rng)
         }
-        func ows(_ rng: inout HPRandom) -> [UInt8] {
+        func ows(_ rng: inout SplitMix) -> [UInt8] {
             (0..<Int.random(in: 0...2, using: &rng)).map { _ in Bool.random(using: &rng) ? 0x20 : 0x09 }
         }
         var core: [UInt8] = []
@@ -767,7 +755,7 @@ struct HTTPParserTests {
 
     private static let reservedNames: [String] = ["content-length", "transfer-encoding", "host", "connection", "expect"]
 
-    private static func randomFields(_ rng: inout HPRandom, count: ClosedRange<Int>) -> (wire: [UInt8], fields: [HPField]) {
+    private static func randomFields(_ rng: inout SplitMix, count: ClosedRange<Int>) -> (wire: [UInt8], fields: [HPField]) {
         var wire: [UInt8] = []
         var fields: [HPField] = []
         for _ in 0..<Int.random(in: count, using: &rng) {
@@ -782,7 +770,7 @@ struct HTTPParserTests {
         return (wire, fields)
     }
 
-    private static func randomChunkExtension(_ rng: inout HPRandom) -> String {
+    private static func randomChunkExtension(_ rng: inout SplitMix) -> String {
         switch Int.random(in: 0..<6, using: &rng) {
         case 0, 1, 2: ""
         case 3: ";a"
@@ -792,7 +780,7 @@ struct HTTPParserTests {
     }
 
     /// One random valid request appended to `g`.
-    private static func generateRequest(_ rng: inout HPRandom, into g: inout Generated) {
+    private static func generateRequest(_ rng: inout SplitMix, into g: inout Generated) {
         for _ in 0..<Int.random(in: 0...3, using: &rng) where Int.random(in: 0..<4, using: &rng) == 0 {
             g.bytes += [0x0D, 0x0A]
         }
@@ -810,7 +798,7 @@ struct HTTPParserTests {
             fieldsWire += hpBytes("\(name): \(value)\r\n")
             fields.append(HPField(name, value))
         }
-        func addRandom(_ rng: inout HPRandom) {
+        func addRandom(_ rng: inout SplitMix) {
             let r = randomFields(&rng, count: 0...2)
             fieldsWire += r.wire
             fields += r.fields
@@ -870,7 +858,7 @@ struct HTTPParserTests {
         g.events.append(.end(trailers))
     }
 
-    private static func randomSplit(_ bytes: [UInt8], _ rng: inout HPRandom) -> [[UInt8]] {
+    private static func randomSplit(_ bytes: [UInt8], _ rng: inout SplitMix) -> [[UInt8]] {
         guard !bytes.isEmpty else { return [bytes] }
         let cuts = (0..<Int.random(in: 0...6, using: &rng)).map { _ in Int.random(in: 0...bytes.count, using: &rng) }.sorted()
         var pieces: [[UInt8]] = []
@@ -890,7 +878,7 @@ struct HTTPParserTests {
 
     @Test func fuzzRandomValidRequestsParseToWhatWasGenerated() {
         let seed = Self.fuzzSeed()
-        var rng = HPRandom(seed: seed)
+        var rng = SplitMix(seed: seed)
         var failures = 0
         for iteration in 0..<3000 {
             var g = Generated()
@@ -912,7 +900,7 @@ struct HTTPParserTests {
 
     @Test func fuzzMutationsNeverCrashAndAreSplitIndependent() {
         let seed = Self.fuzzSeed() &+ 1
-        var rng = HPRandom(seed: seed)
+        var rng = SplitMix(seed: seed)
         var failures = 0
         var parsed = 0, rejected = 0
         let interesting: [UInt8] = [0x00, 0x09, 0x0A, 0x0D, 0x20, 0x22, 0x2C, 0x3A, 0x3B, 0x3D, 0x30, 0x46, 0x7F, 0x80, 0xFF]
