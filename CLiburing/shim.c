@@ -14,6 +14,7 @@ int rs_errno(void) { return errno; }
 void rs_set_errno(int value) { errno = value; }
 
 int rs_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
+int rs_accept4_addr(int fd, struct sockaddr *addr, socklen_t *len, int flags) { return accept4(fd, addr, len, flags); }
 
 uint64_t rs_memlock_limit(void) {
     struct rlimit r;

@@ -52,6 +52,13 @@ static inline void rs_sqe_set_buf_group(struct io_uring_sqe *sqe, uint16_t bgid)
     sqe->buf_group = bgid;
 }
 
+/// Caps the total bytes a multishot IORING_OP_RECV delivers before it ends (IORING_RECV_MSHOT_LIM,
+/// Linux 6.16+: the kernel reads `optlen`, which shares its union with `file_index` in liburing 2.3's
+/// sqe). Older kernels reject a non-zero value with -EINVAL.
+static inline void rs_sqe_set_recv_total_limit(struct io_uring_sqe *sqe, uint32_t bytes) {
+    sqe->file_index = bytes;
+}
+
 /// Ring-level state the kernel publishes in the SQ ring flags.
 static inline unsigned rs_sq_flags(const struct io_uring *ring) {
     return IO_URING_READ_ONCE(*ring->sq.kflags);
@@ -68,6 +75,9 @@ int rs_io_uring_setup_raw(unsigned entries, struct io_uring_params *p);
 
 /// accept4(2) without address (declared only under _GNU_SOURCE, which this header cannot set).
 int rs_accept4(int fd, int flags);
+
+/// accept4(2) that also returns the peer's address.
+int rs_accept4_addr(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 
 /// RLIMIT_MEMLOCK soft limit in bytes; UINT64_MAX when unlimited, 0 if it cannot be read.
 uint64_t rs_memlock_limit(void);

@@ -34,6 +34,10 @@ public struct HTTPHandler: ConnectionHandler {
     let c: HTTPConnection
     init(_ c: HTTPConnection) { self.c = c }
 
+    /// HTTP/1.1 authenticates per request (if at all), not per connection; the header deadline and
+    /// the idle timeout bound clients that send nothing useful.
+    public static var requiresAuthentication: Bool { false }
+
     public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) { c.received(bytes.bytes, connection) }
     public mutating func inputClosed(on connection: Connection) { c.inputClosed(connection) }
     public mutating func writable(on connection: Connection) { c.pump(connection) }

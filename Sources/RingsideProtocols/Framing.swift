@@ -178,12 +178,16 @@ public enum FrameEncoder {
 /// What a framed protocol implements: it gets whole frames, and is told (before the engine closes the
 /// connection) when the peer sent an oversized frame.
 public protocol FrameHandler {
+    /// Whether the framed protocol authenticates (then a frame handler calls
+    /// `Connection.markAuthenticated()` once it has). Default: true.
+    static var requiresAuthentication: Bool { get }
     mutating func frame(_ frame: UnsafeRawBufferPointer, on connection: Connection)
     /// The peer broke the framing; the connection is closed right after this call. Default: nothing.
     mutating func frameError(_ error: FrameError, on connection: Connection)
 }
 
 extension FrameHandler {
+    public static var requiresAuthentication: Bool { true }
     public mutating func frameError(_ error: FrameError, on connection: Connection) {}
 }
 
@@ -197,6 +201,8 @@ public struct FramedHandler<D: FrameDecoder & ~Copyable, H: FrameHandler>: Conne
     let box: Box
     public var handler: H
     private var failed = false
+
+    public static var requiresAuthentication: Bool { H.requiresAuthentication }
 
     public init(decoder: consuming D, handler: H) {
         box = Box(decoder)

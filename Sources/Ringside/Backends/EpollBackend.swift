@@ -40,16 +40,23 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         pool = try BufferPool(receiveChunkSize: config.bufferSize, receiveChunks: config.receiveBuffers,
                               sendChunkSize: config.sendBufferSize, sendChunks: config.sendBuffers)
         core = LoopCore(pool: pool, capacity: config.maxConnections,
-                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark)
+                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark,
+                        limits: .init(config, requiresAuthentication: H.requiresAuthentication))
         handlers = HandlerTable(core: core, factory: factory)
         epfd = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        var lfd: Int32 = -1
         do {
-            listenFD = config.listen
-                ? try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: true) : -1
+            if config.listen {
+                lfd = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: true,
+                                        reusePort: config.threads > 1)
+                try Socket.configureListener(lfd, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout)
+            }
         } catch {
+            if lfd >= 0 { closeDescriptor(lfd) }
             closeDescriptor(epfd)
             throw error
         }
+        listenFD = lfd
         port = listenFD >= 0 ? (try? Socket.localPort(listenFD)) ?? config.port : 0
         events = .allocate(capacity: maxEvents)
         iov = .allocate(capacity: maxIOV)
@@ -130,6 +137,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     // MARK: the loop
 
     func run() throws {
+        control.executor.bindToCurrentThread()
         try startOutbound()
         processDirty()
         while true {
@@ -141,10 +149,12 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
                 let t = Int32(min(ms, 60_000))
                 timeoutMS = timeoutMS < 0 ? t : min(timeoutMS, t)
             }
+            if let t = control.executor.waitLimitMillis(stopping: stopping) { timeoutMS = timeoutMS < 0 ? t : min(timeoutMS, t) }
             let n = try syscall("epoll_wait") { () -> Int32 in
                 let r = epoll_wait(epfd, events, Int32(maxEvents), timeoutMS)
                 return (r < 0 && Errno.current == .interrupted) ? 0 : r
             }
+            core.tick()
             for k in 0..<Int(n) {
                 let tag = events[k].data.u64
                 let mask = events[k].events
@@ -156,6 +166,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             }
             core.expireTimers { handlers.timerFired($0) }
             processDirty()
+            if control.executor.runPending() { processDirty() }  // async connection tasks
             if !starved.isEmpty && pool.freeRecvCount > 0 { rearmStarved(); processDirty() }
             if let r = acceptResume, ContinuousClock.now >= r, !stopping, listenFD >= 0 {
                 acceptResume = nil
@@ -164,7 +175,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             if stopping { checkDrainDeadline() }
             core.refreshGauges()
             control.publish(core.counters)
-            if stopping && core.openCount == 0 { break }
+            if stopping && core.openCount == 0 && control.executor.shutDownIfIdle(force: core.drainDeadline == nil) { break }
         }
         logger.debug("epoll loop finished", metadata: ["stats": "\(core.counters)"])
     }
@@ -178,7 +189,13 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
 
     private func acceptReady() {
         for _ in 0..<64 {
-            let fd = rs_accept4(listenFD, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+            var peer = sockaddr_storage()
+            var peerLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let fd = withUnsafeMutablePointer(to: &peer) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    rs_accept4_addr(listenFD, $0, &peerLength, Int32(SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue))
+                }
+            }
             if fd < 0 {
                 let e = Errno.current
                 if e == .interrupted { continue }
@@ -192,11 +209,18 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
                 acceptResume = ContinuousClock.now.advanced(by: .milliseconds(50))
                 return
             }
+            // Per-address cap: `.some(key)` admitted (key nil when no cap applies), nil refused (counted).
+            guard let key = withUnsafePointer(to: &peer, { core.admitAddress(UnsafeRawPointer($0)) }) else {
+                closeDescriptor(fd)
+                continue
+            }
             guard let slot = core.allocateSlot(fd: fd) else {
+                core.forgetAddress(key)
                 core.counters.connectionsRefused += 1
                 closeDescriptor(fd)
                 continue
             }
+            core.noteAddress(slot, key)
             _ = Socket.configureAccepted(fd, noDelay: config.noDelay)
             var ev = epoll_event()
             ev.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
@@ -258,6 +282,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             let n = recv(fd, pool.pointer(chunk), size, 0)
             if n > 0 {
                 core.counters.bytesIn += n
+                core.noteReceived(slot)
                 if !handlers.received(slot, chunk: chunk, offset: 0, count: n) { pool.release(chunk) }
                 if n < size { break }
                 continue

@@ -2,18 +2,27 @@ import CLiburing
 import Glibc
 import Synchronization
 
-/// What the owning thread and a loop share: a stop request, an eventfd that wakes the loop, and the
-/// published counters. Everything else in a loop is confined to its thread.
+/// What the owning thread and a loop share: a stop request, an eventfd that wakes the loop, the
+/// published counters, and the loop's task executor (async connections). Everything else in a loop is
+/// confined to its thread.
 final class LoopControl: Sendable {
     let wakeFD: Int32
     private let stopFlag = Atomic<Bool>(false)
     private let published = Mutex(ServerStats())
+    /// Runs async connection tasks on the loop thread; the backends run its jobs after every batch of
+    /// handler calls (`runPending`), never block while it has jobs (`waitLimit…`), and stop it before
+    /// leaving `run()` (`shutDownIfIdle`).
+    let executor: LoopExecutor
 
     init() throws(SyscallError) {
         wakeFD = try syscall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
+        executor = LoopExecutor(wakeFD: wakeFD)
     }
 
-    deinit { closeDescriptor(wakeFD) }
+    deinit {
+        executor.abandon()  // before the eventfd it writes is closed (it may outlive us, held by tasks)
+        closeDescriptor(wakeFD)
+    }
 
     var stopRequested: Bool { stopFlag.load(ordering: .acquiring) }
 

@@ -3,8 +3,11 @@ import Glibc
 
 /// Socket set-up shared by both backends.
 enum Socket {
-    /// A listening TCP socket bound to host:port (IPv4 or IPv6 numeric host).
-    static func listen(host: String, port: Int, backlog: Int32, nonBlocking: Bool) throws(SyscallError) -> Int32 {
+    /// A listening TCP socket bound to host:port (IPv4 or IPv6 numeric host). With `reusePort` the
+    /// socket sets SO_REUSEPORT before bind, so every loop of a multi-loop server binds its own
+    /// listener on the same port and the kernel spreads incoming connections across them.
+    static func listen(host: String, port: Int, backlog: Int32, nonBlocking: Bool,
+                       reusePort: Bool = false) throws(SyscallError) -> Int32 {
         var v4 = sockaddr_in()
         var v6 = sockaddr_in6()
         let isV6: Bool
@@ -24,6 +27,7 @@ enum Socket {
         let fd = try syscall("socket") { socket(isV6 ? AF_INET6 : AF_INET, type, 0) }
         do {
             try setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR")
+            if reusePort { try setOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT") }
             if isV6 {
                 _ = try syscall("bind(\(host):\(port))") {
                     withUnsafePointer(to: &v6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -101,6 +105,26 @@ enum Socket {
         _ = try syscall("setsockopt(\(what))") {
             setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size))
         }
+    }
+
+    /// Listener options that accepted sockets inherit (Linux copies them in the accept path; the
+    /// only way to reach direct descriptors, which setsockopt(2) cannot).
+    ///
+    /// `userTimeout` (TCP_USER_TIMEOUT): the kernel aborts a connection whose sent data stays
+    /// unacknowledged, or whose peer keeps a zero window, for this long. That catches a peer that stopped
+    /// reading after the engine's own queue was flushed into the kernel's send buffer, where the
+    /// engine's write-stall clock cannot see it.
+    static func configureListener(_ fd: Int32, keepAlive: TCPKeepAlive?, userTimeout: Duration? = nil) throws(SyscallError) {
+        if let u = userTimeout {
+            let ms = u.components.seconds * 1000 + u.components.attoseconds / 1_000_000_000_000_000
+            try setOption(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, Int32(clamping: max(1, ms)), "TCP_USER_TIMEOUT")
+        }
+        guard let k = keepAlive else { return }
+        func seconds(_ d: Duration) -> Int32 { Int32(clamping: max(1, d.components.seconds)) }
+        try setOption(fd, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE")
+        try setOption(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, seconds(k.idle), "TCP_KEEPIDLE")
+        try setOption(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, seconds(k.interval), "TCP_KEEPINTVL")
+        try setOption(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, Int32(clamping: max(1, k.count)), "TCP_KEEPCNT")
     }
 
     /// Options for an accepted connection. Failures are not fatal for the connection (the peer may

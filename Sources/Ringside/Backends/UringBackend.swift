@@ -36,7 +36,16 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
 
     /// Ring-level operations in flight (accept, wake read, timers, listener cancel/close).
     private var ringInflight = 0
-    private var acceptArmed = false
+    /// Accept operations: one multishot, or (with a per-address cap, which needs each peer's
+    /// address) `acceptSlots` single-shot accepts, each with its own address buffer.
+    private let acceptSlots: Int
+    private let acceptArmed: UnsafeMutablePointer<Bool>
+    private var acceptsArmed = 0
+    /// Stable memory the kernel writes peer addresses into (single-shot accepts only).
+    private let acceptAddresses: UnsafeMutablePointer<sockaddr_storage>
+    private let acceptAddressLengths: UnsafeMutablePointer<socklen_t>
+    /// Per-arming byte limit of multishot receives (0: none; set to 0 if the kernel refuses it).
+    private var receiveLimit: Int
     private var listenerClosed = false
     private var stopping = false
 
@@ -86,20 +95,36 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         }
         pool.providedRing = provided
         if config.directDescriptors {
-            let r = io_uring_register_files_sparse(ring.ring, UInt32(config.maxConnections))
+            // Headroom above the connection cap: a connection over the cap must still be accepted (and
+            // then closed and counted as refused); a full table would fail the accept itself (ENFILE).
+            let r = io_uring_register_files_sparse(ring.ring, UInt32(config.maxConnections + Self.directHeadroom(config.maxConnections)))
             directFiles = r >= 0
             if r < 0 { logger.notice("direct descriptors unavailable (\(Errno(rawValue: -r))): using ordinary ones") }
         }
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
         core = LoopCore(pool: pool, capacity: config.maxConnections,
-                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark)
+                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark,
+                        limits: .init(config, requiresAuthentication: H.requiresAuthentication))
         handlers = HandlerTable(core: core, factory: factory)
+        acceptSlots = (config.maxConnectionsPerAddress ?? 0) > 0 ? 8 : 1
+        acceptArmed = .allocate(capacity: acceptSlots)
+        acceptArmed.initialize(repeating: false, count: acceptSlots)
+        acceptAddresses = .allocate(capacity: acceptSlots)
+        acceptAddresses.initialize(repeating: sockaddr_storage(), count: acceptSlots)
+        acceptAddressLengths = .allocate(capacity: acceptSlots)
+        acceptAddressLengths.initialize(repeating: 0, count: acceptSlots)
+        receiveLimit = max(0, config.receiveBurstLimit)
         if config.listen {
-            listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false)
+            listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false,
+                                         reusePort: config.threads > 1)
             // Accepted sockets inherit TCP_NODELAY from the listener (needed for direct descriptors,
             // which setsockopt(2) cannot reach).
             if config.noDelay { try? Socket.setOption(listenFD, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
+            do { try Socket.configureListener(listenFD, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout) } catch {
+                closeDescriptor(listenFD)
+                throw error
+            }
             port = (try? Socket.localPort(listenFD)) ?? config.port
         } else {
             listenFD = -1
@@ -120,6 +145,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         acceptRetryTimespec.initialize(to: __kernel_timespec(tv_sec: 0, tv_nsec: 50_000_000))
     }
 
+    /// Spare direct-descriptor entries above the connection cap, for connections accepted only to be
+    /// refused.
+    static func directHeadroom(_ cap: Int) -> Int { min(1024, max(64, cap / 8)) }
+
     deinit {
         provided.unregister(uring: ring.ring)
         if registeredBuffers { _ = io_uring_unregister_buffers(ring.ring) }
@@ -128,6 +157,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         cqes.deallocate()
         outbound?.deallocate()
         acceptRetryTimespec.deallocate()
+        acceptArmed.deallocate()
+        acceptAddresses.deallocate()
+        acceptAddressLengths.deallocate()
     }
 
     var summary: String {
@@ -137,9 +169,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     // MARK: the loop
 
     func run() throws {
+        control.executor.bindToCurrentThread()
         if listenFD >= 0 {
-            acceptArmed = true
-            prepare(UserData(.accept))
+            for k in 0..<acceptSlots { armAccept(k) }
         }
         prepare(UserData(.wake))
         if let c = config.connect, let addr = outbound {
@@ -165,21 +197,25 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                 let t = Int64(min(ms, 60_000)) * 1_000_000
                 timeout = min(timeout ?? t, t)
             }
+            if let t = control.executor.waitLimitNanos(stopping: stopping) { timeout = min(timeout ?? t, t) }
             let r = ring.submitAndWait(1, timeoutNanos: timeout)
             if r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN {
                 throw SyscallError("io_uring_submit_and_wait", Errno(rawValue: -r))
             }
+            core.tick()
             if ring.cqOverflowFlagged { core.counters.cqOverflowEvents += 1 }
             reapAll()
             core.expireTimers { handlers.timerFired($0) }
             processDirty()
+            if control.executor.runPending() { processDirty() }  // async connection tasks
             if provided.publish() > 0 || !starved.isEmpty { rearmStarved() }
             processDirty()
             if stopping { checkDrainDeadline() }
             core.counters.cqDropped = Int(ring.droppedCompletions)
             core.refreshGauges()
             control.publish(core.counters)
-            if stopping && core.openCount == 0 && ringInflight == 0 && deferred.isEmpty { break }
+            if stopping && core.openCount == 0 && ringInflight == 0 && deferred.isEmpty
+                && control.executor.shutDownIfIdle(force: core.drainDeadline == nil) { break }
         }
         logger.debug("uring loop finished", metadata: ["stats": "\(core.counters)"])
     }
@@ -232,15 +268,30 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         let slot = Int(ud.slot)
         switch ud.kind! {
         case .accept:
-            if directFiles {
-                io_uring_prep_multishot_accept_direct(s, listenFD, nil, nil, 0)
+            if acceptSlots == 1 {
+                if directFiles {
+                    io_uring_prep_multishot_accept_direct(s, listenFD, nil, nil, 0)
+                } else {
+                    io_uring_prep_multishot_accept(s, listenFD, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+                }
             } else {
-                io_uring_prep_multishot_accept(s, listenFD, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+                // Single-shot, so the kernel's write of the peer address cannot be overwritten by the
+                // next accept before this completion is read.
+                acceptAddressLengths[slot] = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                (acceptAddresses + slot).withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
+                    if directFiles {
+                        // liburing 2.3 stores index + 1, so "allocate" is passed as ALLOC - 1.
+                        io_uring_prep_accept_direct(s, listenFD, a, acceptAddressLengths + slot, 0, UInt32(IORING_FILE_INDEX_ALLOC) - 1)
+                    } else {
+                        io_uring_prep_accept(s, listenFD, a, acceptAddressLengths + slot, Int32(SOCK_CLOEXEC.rawValue))
+                    }
+                }
             }
         case .recv:
             io_uring_prep_recv_multishot(s, core.states[slot].fd, nil, 0, 0)
             s.pointee.flags |= UInt8(RS_IOSQE_BUFFER_SELECT)
             rs_sqe_set_buf_group(s, provided.groupID)
+            if receiveLimit > 0 { rs_sqe_set_recv_total_limit(s, UInt32(clamping: receiveLimit)) }
         case .send:
             let h = core.states[slot].sendHead
             if pool.next(h) < 0 {
@@ -279,7 +330,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         case .acceptRetryTimer:
             io_uring_prep_timeout(s, acceptRetryTimespec, 0, 0)
         case .cancelAccept:
-            io_uring_prep_cancel64(s, UserData(.accept).raw, 0)
+            io_uring_prep_cancel_fd(s, listenFD, UInt32(IORING_ASYNC_CANCEL_ALL))
         case .closeListener:
             io_uring_prep_close(s, listenFD)
         }
@@ -301,7 +352,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         case .send: completeSend(ud, res: res)
         case .close, .cancel, .cancelRecv, .shutdown: completeSlotOp(ud, kind: kind, res: res)
         case .connect: completeConnect(ud, res: res)
-        case .accept: completeAccept(res: res, flags: flags)
+        case .accept: completeAccept(ud, res: res, flags: flags)
         case .wake:
             ringInflight -= 1
             logger.trace("wake completion res=\(res) stop=\(control.stopRequested) inflight=\(ringInflight)")
@@ -310,7 +361,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             if !stopping { prepare(UserData(.wake)) }
         case .acceptRetryTimer:
             ringInflight -= 1
-            if !stopping && !acceptArmed { acceptArmed = true; prepare(UserData(.accept)) }
+            if !stopping && !acceptArmed[Int(ud.slot)] { armAccept(Int(ud.slot)) }
         case .cancelAccept, .closeDirect:
             ringInflight -= 1
         case .closeListener:
@@ -338,12 +389,14 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         let slot = ud.slot
         let i = Int(slot)
         if flags & IORING_CQE_F_MORE == 0 {
-            // The multishot ended: this is its final CQE.
+            // The multishot ended: this is its final CQE (with data: it reached its byte limit).
             core.states[i].flags.remove(.recvArmed)
             core.states[i].inflight -= 1
+            if res > 0 && receiveLimit > 0 { core.counters.receiveBurstLimitEnds += 1 }
         }
         if res > 0 {
             core.counters.bytesIn += Int(res)
+            core.noteReceived(slot)
             precondition(hasBuffer, "multishot recv completed with data but no buffer")
             let st = core.states[i].flags
             if !st.isDisjoint(with: [.closing, .wantClose, .wantAbort, .inputClosed]) {
@@ -378,6 +431,11 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                 }
             case ECANCELED:
                 core.counters.canceledCompletions += 1
+            case EINVAL where receiveLimit > 0:
+                // A kernel before 6.16 rejects the per-arming limit: receive without it (re-armed in
+                // `service`; the multishot never started, so nothing was lost).
+                logger.notice("multishot receive limit refused (EINVAL): receiving without it")
+                receiveLimit = 0
             default:
                 core.requestClose(slot: slot, abort: true, reason: .error(Errno(rawValue: -res)))
             }
@@ -435,13 +493,24 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         }
     }
 
-    private func completeAccept(res: Int32, flags: UInt32) {
+    private func armAccept(_ k: Int) {
+        acceptArmed[k] = true
+        acceptsArmed += 1
+        prepare(UserData(.accept, slot: Int32(k)))
+    }
+
+    private func completeAccept(_ ud: UserData, res: Int32, flags: UInt32) {
+        let k = Int(ud.slot)
         if flags & IORING_CQE_F_MORE == 0 {
-            acceptArmed = false
+            acceptArmed[k] = false
+            acceptsArmed -= 1
             ringInflight -= 1
         }
         if res >= 0 {
-            if !stopping, let slot = core.allocateSlot(fd: res) {
+            // Per-address cap: `.some(key)` admitted (key nil when no cap applies), nil refused.
+            let admitted = acceptSlots > 1 ? core.admitAddress(UnsafeRawPointer(acceptAddresses + k)) : .some(nil)
+            if !stopping, let key = admitted, let slot = core.allocateSlot(fd: res) {
+                core.noteAddress(slot, key)
                 if directFiles {
                     core.states[Int(slot)].flags.insert(.direct)  // TCP_NODELAY is inherited from the listener
                 } else {
@@ -449,25 +518,32 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                 }
                 handlers.open(slot)
             } else {
-                if !stopping { core.counters.connectionsRefused += 1 }
+                if let key = admitted {
+                    core.forgetAddress(key)
+                    if !stopping { core.counters.connectionsRefused += 1 }
+                }
                 if directFiles { prepare(UserData(.closeDirect, slot: res)) } else { closeDescriptor(res) }
             }
         } else if -res == ECANCELED {
             core.counters.canceledCompletions += 1
+        } else if -res == ENFILE && directFiles {
+            // The direct-descriptor table is full even with its headroom (a flood of refused connections
+            // whose close_direct has not completed yet): the kernel closed the new connection. That is a
+            // refusal, not an error to back off from.
+            core.counters.connectionsRefused += 1
         } else {
             core.counters.acceptErrors += 1
             if core.counters.acceptErrors == 1 || core.counters.acceptErrors % 1000 == 0 {
                 logger.warning("accept failed: \(Errno(rawValue: -res)) (count \(core.counters.acceptErrors)); retrying in 50 ms")
             }
         }
-        if !acceptArmed && !stopping {
-            if res < 0 && -res != ECANCELED {
+        if !acceptArmed[k] && !stopping {
+            if res < 0 && -res != ECANCELED && !(-res == ENFILE && directFiles) {
                 // EMFILE/ENFILE and friends: retry after a pause rather than spinning.
-                prepare(UserData(.acceptRetryTimer))
+                prepare(UserData(.acceptRetryTimer, slot: Int32(k)))
             } else {
-                core.counters.acceptRearms += 1
-                acceptArmed = true
-                prepare(UserData(.accept))
+                if acceptSlots == 1 { core.counters.acceptRearms += 1 }
+                armAccept(k)
             }
         }
     }
@@ -608,7 +684,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         guard !stopping else { return }
         stopping = true
         core.drainDeadline = ContinuousClock.now.advanced(by: config.drainTimeout)
-        if acceptArmed { prepare(UserData(.cancelAccept)) }
+        if acceptsArmed > 0 { prepare(UserData(.cancelAccept)) }
         if listenFD >= 0 { prepare(UserData(.closeListener)) }
         for s in 0..<Int32(core.capacity) where core.states[Int(s)].flags.contains(.open) {
             core.requestClose(slot: s, abort: false, reason: .serverShutdown)

@@ -52,6 +52,24 @@ public struct Connection {
     /// Disarms this connection's timer, if armed.
     public func cancelTimer() { core.timers.cancel(slot) }
 
+    /// Marks the connection authenticated: the authentication deadline
+    /// (``ServerConfiguration/authenticationTimeout``) no longer applies to it.
+    public func markAuthenticated() { core.states[Int(slot)].authDue = 0 }
+
+    /// Whether the connection has been marked authenticated (or needs no authentication).
+    public var isAuthenticated: Bool { core.states[Int(slot)].authDue == 0 }
+
+    /// Closes the connection (``CloseReason/timedOut(_:)``, `.read`) unless ``clearReadDeadline()`` is
+    /// called within `delay`, for example once a complete message has been read. Re-setting replaces
+    /// it. Independent of the handler's timer (``setTimer(after:)``).
+    public func setReadDeadline(after delay: Duration) {
+        let ms = UInt64(max(0, delay.components.seconds)) * 1000 + UInt64(max(0, delay.components.attoseconds)) / 1_000_000_000_000_000
+        core.setReadDeadline(slot, at: core.now + max(ms, 1))
+    }
+
+    /// Removes the read deadline, if any.
+    public func clearReadDeadline() { core.states[Int(slot)].readDue = 0 }
+
     /// Flushes what is queued, then closes the connection. Further input is ignored.
     public func close() { core.requestClose(slot: slot, abort: false, reason: .closedByHandler) }
 

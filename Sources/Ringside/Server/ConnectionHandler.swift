@@ -16,6 +16,12 @@
 /// }
 /// ```
 public protocol ConnectionHandler: SendableMetatype {
+    /// Whether this protocol authenticates its clients. When true (the default), an inbound
+    /// connection that has not called ``Connection/markAuthenticated()`` within
+    /// ``ServerConfiguration/authenticationTimeout`` is closed. Protocols without authentication opt
+    /// out explicitly by returning false.
+    static var requiresAuthentication: Bool { get }
+
     /// The connection was accepted and is ready. Default: nothing.
     mutating func opened(on connection: Connection)
 
@@ -39,6 +45,7 @@ public protocol ConnectionHandler: SendableMetatype {
 }
 
 extension ConnectionHandler {
+    @inlinable public static var requiresAuthentication: Bool { true }
     @inlinable public mutating func opened(on connection: Connection) {}
     @inlinable public mutating func inputClosed(on connection: Connection) { connection.close() }
     @inlinable public mutating func writable(on connection: Connection) {}
@@ -58,6 +65,8 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
     case error(Errno)
     /// The server is shutting down.
     case serverShutdown
+    /// A deadline passed (see ``ServerConfiguration`` and ``Connection/setReadDeadline(after:)``).
+    case timedOut(Deadline)
 
     public var description: String {
         switch self {
@@ -66,8 +75,24 @@ public enum CloseReason: Equatable, Sendable, CustomStringConvertible {
         case .peerClosed: "peer closed"
         case .error(let e): "error: \(e)"
         case .serverShutdown: "server shutdown"
+        case .timedOut(let d): "timed out: \(d)"
         }
     }
+}
+
+/// The deadlines the engine enforces on inbound connections.
+public enum Deadline: String, Equatable, Sendable, CustomStringConvertible {
+    /// Not authenticated within ``ServerConfiguration/authenticationTimeout``.
+    case authentication
+    /// No byte received or sent for ``ServerConfiguration/idleTimeout``.
+    case idle
+    /// A read deadline set with ``Connection/setReadDeadline(after:)`` passed.
+    case read
+    /// Queued output made no progress for ``ServerConfiguration/writeStallTimeout`` (the peer stopped
+    /// reading).
+    case writeStall
+
+    public var description: String { rawValue }
 }
 
 /// Bytes received on a connection, borrowed from the engine's buffer pool for one handler call.

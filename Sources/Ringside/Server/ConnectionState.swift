@@ -23,6 +23,20 @@ struct ConnectionState {
     var nextDirty: Int32 = -1
     var closeReason: CloseReason = .closedByHandler
 
+    // Deadlines (inbound connections; milliseconds on the loop's monotonic clock, 0 = none). Checked
+    // lazily: a receive or a send only stores a timestamp; the deadline wheel re-arms on expiry.
+    /// Last byte received or send progress.
+    var lastActivity: UInt64 = 0
+    /// Last send progress, or when the queue became non-empty.
+    var lastSendProgress: UInt64 = 0
+    /// Authentication deadline; 0 once authenticated or when none applies.
+    var authDue: UInt64 = 0
+    /// Read deadline set by the handler; 0: none.
+    var readDue: UInt64 = 0
+    /// Remote address key (IPv4 mapped into IPv6) counted against `maxConnectionsPerAddress`.
+    var addressHigh: UInt64 = 0
+    var addressLow: UInt64 = 0
+
     struct Flags: OptionSet {
         let rawValue: UInt32
         static let open = Flags(rawValue: 1 << 0)            // slot holds a live connection + handler
@@ -46,5 +60,8 @@ struct ConnectionState {
         static let connectFailed = Flags(rawValue: 1 << 18)  // outbound connect failed: free in `service`
         static let eofPending = Flags(rawValue: 1 << 19)     // EOF seen behind held chunks: tell the handler after them
         static let direct = Flags(rawValue: 1 << 20)         // io_uring: `fd` is a registered (direct) descriptor index
+        static let deadlines = Flags(rawValue: 1 << 21)      // inbound: the engine's deadlines apply
+        static let timedOut = Flags(rawValue: 1 << 22)       // closed by a deadline: only the write stall still applies
+        static let addressCounted = Flags(rawValue: 1 << 23) // counted in the per-address table
     }
 }

@@ -27,15 +27,48 @@ final class LoopCore {
 
     var counters = ServerStats()
 
-    /// One timer per connection slot (deadlines, pacing).
+    /// One timer per connection slot (the handler's: `Connection.setTimer`).
     var timers: TimerWheel
     private let dueTimers: UnsafeMutablePointer<Int32>
 
-    init(pool: BufferPool, capacity: Int, highWatermark: Int, lowWatermark: Int) {
+    /// The engine's deadlines (authentication, idle, read, write stall): one entry per inbound slot,
+    /// armed at the earliest of them and re-checked lazily when it fires.
+    var deadlines: TimerWheel
+    let limits: Limits
+    /// Open connections per remote address (only with `maxConnectionsPerAddress`).
+    var addresses: AddressTable
+    /// The loop's clock (CLOCK_MONOTONIC ms), refreshed once per loop iteration by `tick()`.
+    @usableFromInline var now: UInt64
+
+    /// Deadlines and caps, in milliseconds (0: off).
+    struct Limits {
+        var authenticationMillis: UInt64 = 0
+        var idleMillis: UInt64 = 0
+        var writeStallMillis: UInt64 = 0
+        var maxPerAddress = 0
+
+        init() {}
+        init(_ c: ServerConfiguration, requiresAuthentication: Bool) {
+            func ms(_ d: Duration?) -> UInt64 {
+                guard let d, d > .zero else { return 0 }
+                return max(1, UInt64(d.components.seconds) * 1000 + UInt64(d.components.attoseconds) / 1_000_000_000_000_000)
+            }
+            authenticationMillis = requiresAuthentication ? ms(c.authenticationTimeout) : 0
+            idleMillis = ms(c.idleTimeout)
+            writeStallMillis = ms(c.writeStallTimeout)
+            maxPerAddress = c.maxConnectionsPerAddress ?? 0
+        }
+    }
+
+    init(pool: BufferPool, capacity: Int, highWatermark: Int, lowWatermark: Int, limits: Limits = Limits()) {
         self.pool = pool
         self.capacity = capacity
         self.highWatermark = highWatermark
         self.lowWatermark = lowWatermark
+        self.limits = limits
+        deadlines = TimerWheel(capacity: capacity)
+        addresses = AddressTable(connections: limits.maxPerAddress > 0 ? capacity : 1)
+        now = monotonicMillis()
         states = .allocate(capacity: capacity)
         states.initialize(repeating: ConnectionState(), count: capacity)
         freeSlots = .allocate(capacity: capacity)
@@ -65,9 +98,37 @@ final class LoopCore {
         states[Int(s)].fd = fd
         states[Int(s)].flags = outbound ? [.open, .connecting] : [.open]
         openCount += 1
-        if !outbound { counters.connectionsAccepted += 1 }
+        if !outbound {
+            counters.connectionsAccepted += 1
+            startDeadlines(s)
+        }
         counters.connectionsOpen = openCount
         return s
+    }
+
+    /// Whether a new connection from `address` (a sockaddr) stays within `maxConnectionsPerAddress`;
+    /// counts it if so. Call `noteAddress` with the slot once one is allocated, or `forgetAddress`.
+    func admitAddress(_ address: UnsafeRawPointer) -> (UInt64, UInt64)?? {
+        guard limits.maxPerAddress > 0, let k = AddressTable.key(address) else { return .some(nil) }
+        guard addresses.admit(k.0, k.1, limit: limits.maxPerAddress) else {
+            counters.connectionsRefused += 1
+            counters.connectionsRefusedPerAddress += 1
+            return nil
+        }
+        return .some(k)
+    }
+
+    /// Ties an admitted address to its slot (released when the slot is freed).
+    func noteAddress(_ slot: Int32, _ k: (UInt64, UInt64)?) {
+        guard let k else { return }
+        states[Int(slot)].addressHigh = k.0
+        states[Int(slot)].addressLow = k.1
+        states[Int(slot)].flags.insert(.addressCounted)
+    }
+
+    /// Releases an admitted address that got no slot.
+    func forgetAddress(_ k: (UInt64, UInt64)?) {
+        if let k { addresses.release(k.0, k.1) }
     }
 
     /// Frees a slot whose connection is fully torn down; bumps its generation.
@@ -77,6 +138,8 @@ final class LoopCore {
         // Only from `service` (after popDirty): a slot still linked in the dirty list must not be reused.
         precondition(!states[i].flags.contains(.dirty), "freeing a slot that is in the dirty list")
         timers.cancel(s)
+        deadlines.cancel(s)
+        if states[i].flags.contains(.addressCounted) { addresses.release(states[i].addressHigh, states[i].addressLow) }
         if !states[i].flags.contains(.connecting) { counters.connectionsClosed += 1 }
         states[i].generation &+= 1
         states[i].flags = []
@@ -152,6 +215,7 @@ final class LoopCore {
             append(slot: slot, chunk: c)
             src += n; remaining -= n
         }
+        if states[i].queuedBytes == 0 { startStallClock(slot) }
         states[i].queuedBytes += bytes.count
         if states[i].queuedBytes > highWatermark { states[i].flags.insert(.wasAboveHigh) }
         markDirty(slot)
@@ -170,6 +234,7 @@ final class LoopCore {
         lentChunkKept = true
         pool.setRange(r.chunk, Int(r.offset), Int(r.offset) + r.count)
         append(slot: slot, chunk: r.chunk)
+        if states[i].queuedBytes == 0 { startStallClock(slot) }
         states[i].queuedBytes += r.count
         if states[i].queuedBytes > highWatermark { states[i].flags.insert(.wasAboveHigh) }
         markDirty(slot)
@@ -188,6 +253,7 @@ final class LoopCore {
         var left = n
         states[i].queuedBytes -= n
         counters.bytesOut += n
+        if n > 0 { states[i].lastActivity = now; states[i].lastSendProgress = now }
         while left > 0 {
             let h = states[i].sendHead
             precondition(h >= 0, "sent more than was queued")
@@ -303,15 +369,111 @@ final class LoopCore {
         return .none
     }
 
-    /// Fires every due connection timer through `fire` (called with the slot).
+    /// Fires every due connection timer through `fire` (called with the slot), then enforces due
+    /// deadlines. Refreshes the loop clock first.
     @inline(__always) func expireTimers(_ fire: (Int32) -> Void) {
-        guard timers.armed > 0 else { return }
-        let n = timers.expire(now: monotonicMillis(), into: dueTimers)
-        for k in 0..<n { fire(dueTimers[k]) }
+        now = monotonicMillis()
+        if timers.armed > 0 {
+            let n = timers.expire(now: now, into: dueTimers)
+            for k in 0..<n { fire(dueTimers[k]) }
+        }
+        if deadlines.armed > 0 {
+            let n = deadlines.expire(now: now, into: dueTimers)
+            for k in 0..<n { checkDeadlines(dueTimers[k]) }
+        }
     }
 
-    /// How long the loop may sleep before a timer is due (nil: no timer armed).
-    func millisUntilNextTimer() -> UInt64? { timers.millisUntilNext(now: monotonicMillis()) }
+    /// How long the loop may sleep before a timer or deadline is due (nil: none armed).
+    func millisUntilNextTimer() -> UInt64? {
+        let t = monotonicMillis()
+        switch (timers.millisUntilNext(now: t), deadlines.millisUntilNext(now: t)) {
+        case (nil, nil): return nil
+        case (let a?, nil): return a
+        case (nil, let b?): return b
+        case (let a?, let b?): return min(a, b)
+        }
+    }
+
+    // MARK: deadlines
+
+    /// Refreshes the loop clock (once per iteration, before completions are handled).
+    @inline(__always) func tick() { now = monotonicMillis() }
+
+    /// The queue of `slot` is becoming non-empty: the write-stall clock starts now. Arms the deadline
+    /// entry if it is not armed (when armed, it is due within one stall period: see `recheck`).
+    @inline(__always) func startStallClock(_ slot: Int32) {
+        let i = Int(slot)
+        states[i].lastSendProgress = now
+        if limits.writeStallMillis > 0 && states[i].flags.contains(.deadlines) && !deadlines.isArmed(slot) {
+            deadlines.arm(slot, at: now + limits.writeStallMillis)
+        }
+    }
+
+    /// Records input on `slot` (idle deadline). One store per receive.
+    @inline(__always) func noteReceived(_ slot: Int32) { states[Int(slot)].lastActivity = now }
+
+    private func startDeadlines(_ s: Int32) {
+        let i = Int(s)
+        guard limits.authenticationMillis | limits.idleMillis | limits.writeStallMillis != 0 else { return }
+        states[i].flags.insert(.deadlines)
+        states[i].lastActivity = now
+        states[i].lastSendProgress = now
+        states[i].authDue = limits.authenticationMillis > 0 ? now + limits.authenticationMillis : 0
+        if let due = nextDeadline(s)?.due { deadlines.arm(s, at: recheck(due)) }
+    }
+
+    /// When to look at a connection's deadlines again: at `due`, but never later than one write-stall
+    /// period from now. That invariant lets a queue that starts stalling be caught on time without
+    /// re-arming the wheel on every write (the stall clock only stores a timestamp).
+    @inline(__always) private func recheck(_ due: UInt64) -> UInt64 {
+        limits.writeStallMillis > 0 ? min(due, now + limits.writeStallMillis) : due
+    }
+
+    func setReadDeadline(_ s: Int32, at due: UInt64) {
+        let i = Int(s)
+        states[i].readDue = due
+        states[i].flags.insert(.deadlines)
+        if !deadlines.isArmed(s) || deadlines.due(s) > due { deadlines.arm(s, at: due) }
+    }
+
+    /// The earliest deadline that applies to `s` now, and which one.
+    private func nextDeadline(_ s: Int32) -> (due: UInt64, kind: Deadline)? {
+        let st = states[Int(s)]
+        var best: (due: UInt64, kind: Deadline)? = nil
+        func consider(_ due: UInt64, _ kind: Deadline) {
+            if due != 0 && (best == nil || due < best!.due) { best = (due, kind) }
+        }
+        if st.queuedBytes > 0 && limits.writeStallMillis > 0 {
+            consider(st.lastSendProgress + limits.writeStallMillis, .writeStall)
+        }
+        if !st.flags.contains(.timedOut) {
+            consider(st.authDue, .authentication)
+            consider(st.readDue, .read)
+            if limits.idleMillis > 0 { consider(st.lastActivity + limits.idleMillis, .idle) }
+        }
+        return best
+    }
+
+    /// The deadline entry of `s` came due: close it if a deadline really passed, else re-arm for the
+    /// earliest one (activity since arming moved it).
+    private func checkDeadlines(_ s: Int32) {
+        let i = Int(s)
+        guard states[i].flags.contains(.open), !states[i].flags.contains(.closing) else { return }
+        guard let (due, kind) = nextDeadline(s) else { return }
+        if due > now { deadlines.arm(s, at: recheck(due)); return }
+        switch kind {
+        case .authentication: counters.authenticationTimeouts += 1
+        case .idle: counters.idleTimeouts += 1
+        case .read: counters.readTimeouts += 1
+        case .writeStall: counters.writeStallTimeouts += 1
+        }
+        // A stalled queue will never flush: abort. Otherwise close gracefully (what is queued still
+        // leaves), with the write stall still watching it.
+        let abort = kind == .writeStall || states[i].flags.contains(.timedOut)
+        states[i].flags.insert(.timedOut)
+        requestClose(slot: s, abort: abort, reason: .timedOut(kind))
+        if !abort, let next = nextDeadline(s) { deadlines.arm(s, at: max(next.due, now + 1)) }
+    }
 
     // MARK: stopping
 

@@ -1,3 +1,4 @@
+import CLiburing
 import Dispatch
 import Glibc
 import Logging
@@ -13,49 +14,66 @@ import Synchronization
 /// try server.wait()
 /// ```
 public enum RingsideServer {
-    /// Starts one event loop on its own thread, serving `makeHandler()`-created handlers, and returns
-    /// once it listens (or throws the reason it could not).
+    /// Starts `configuration.threads` event loops, each on its own thread with its own backend, buffer
+    /// pool and listener, serving `makeHandler()`-created handlers, and returns once every loop listens
+    /// (or throws the reason one could not, after stopping the ones already started).
     public static func start<H: ConnectionHandler>(
         configuration: ServerConfiguration,
         logger: Logger = Logger(label: "ringside"),
         handler makeHandler: @escaping @Sendable () -> H
     ) throws -> RunningServer {
-        let control = try LoopControl()
-        let ready = DispatchSemaphore(value: 0)
-        let startup = Locked<Result<(Int, BackendKind), any Error>?>(nil)
-        let outcome = Locked<(any Error)?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        let thread = LoopThread(name: "ringside-loop") {
-            let backend: any EventLoopBackend
-            do {
-                backend = try makeBackend(configuration, control: control, logger: logger, factory: makeHandler)
-            } catch {
-                startup.withLock { $0 = .failure(error) }
-                ready.signal()
-                done.signal()
-                return
+        let threads = configuration.threads
+        guard threads >= 1 else {
+            throw SyscallError("ServerConfiguration.threads must be at least 1 (got \(threads))", .invalidArgument)
+        }
+        if let cpus = configuration.cpuAffinity, cpus.isEmpty || cpus.contains(where: { $0 < 0 }) {
+            throw SyscallError("ServerConfiguration.cpuAffinity must list CPU numbers >= 0 (got \(cpus))", .invalidArgument)
+        }
+        var loops: [Loop] = []
+        loops.reserveCapacity(threads)
+        var first: Loop.Started? = nil
+        do {
+            for index in 0..<threads {
+                var config = configuration
+                if let f = first {
+                    // The first loop resolved port 0 and `.auto`; the others share its port (SO_REUSEPORT)
+                    // and its backend, so one server never mixes backends.
+                    config.port = f.port
+                    config.backend = f.kind
+                }
+                if var out = config.connect, threads > 1 {
+                    // `count` is the server's total: split it across the loops.
+                    out.count = out.count / threads + (index < out.count % threads ? 1 : 0)
+                    config.connect = out
+                }
+                let (loop, started) = try Loop.start(index: index, configuration: config, logger: logger,
+                                                     factory: makeHandler)
+                loops.append(loop)
+                if first == nil { first = started }
             }
-            let kind: BackendKind = backend.name == "uring" ? .uring : .epoll
-            logger.info("ringside loop started", metadata: [
-                "backend": "\(backend.name)", "config": "\(backend.summary)",
-                "maxConnections": "\(configuration.maxConnections)",
-                "watermarks": "\(configuration.highWatermark)/\(configuration.lowWatermark)",
-            ])
-            startup.withLock { $0 = .success(((backend as? PortReporting)?.port ?? configuration.port, kind)) }
-            ready.signal()
-            do { try backend.run() } catch { outcome.withLock { $0 = error } }
-            done.signal()
+        } catch {
+            for l in loops { l.control.requestStop() }
+            for l in loops { try? l.wait() }
+            throw error
         }
-        try thread.start()
-        ready.wait()
-        switch startup.value! {
-        case .failure(let e):
-            done.wait()
-            thread.join()
-            throw e
-        case .success(let (port, kind)):
-            return RunningServer(port: port, backend: kind, control: control, thread: thread, done: done, outcome: outcome)
-        }
+        let f = first!
+        var metadata: Logger.Metadata = [
+            "backend": "\(f.kind)", "features": "\(f.summary)",
+            "threads": "\(threads)",
+            "cpus": "\(configuration.cpuAffinity.map { $0.map(String.init).joined(separator: ",") } ?? "unpinned")",
+            "maxConnections": "\(configuration.maxConnections)\(threads > 1 ? " per loop" : "")",
+            "watermarks": "\(configuration.highWatermark)/\(configuration.lowWatermark)",
+            "drainTimeout": "\(configuration.drainTimeout)",
+            "authenticationTimeout": "\(configuration.authenticationTimeout.map { "\($0)" } ?? "off")",
+            "idleTimeout": "\(configuration.idleTimeout.map { "\($0)" } ?? "off")",
+            "writeStallTimeout": "\(configuration.writeStallTimeout.map { "\($0)" } ?? "off")",
+            "maxConnectionsPerAddress": "\(configuration.maxConnectionsPerAddress.map { "\($0)\(threads > 1 ? " per loop" : "")" } ?? "off")",
+            "keepAlive": "\(configuration.keepAlive.map { "\($0.idle)/\($0.interval)x\($0.count)" } ?? "off")",
+            "receiveBurstLimit": "\(configuration.receiveBurstLimit)",
+        ]
+        if configuration.listen { metadata["listen"] = "\(configuration.host):\(f.port)" }
+        logger.info("ringside started", metadata: metadata)
+        return RunningServer(port: f.port, backend: f.kind, loops: loops)
     }
 
     static func makeBackend<H: ConnectionHandler>(
@@ -82,39 +100,115 @@ protocol PortReporting { var port: Int { get } }
 extension UringBackend: PortReporting {}
 extension EpollBackend: PortReporting {}
 
-/// A started server: its port and backend, its counters, and the way to stop it.
-public final class RunningServer: Sendable {
-    /// The port it listens on (the one picked when configured with port 0).
-    public let port: Int
-    /// The backend actually in use (never `.auto`).
-    public let backend: BackendKind
-    private let control: LoopControl
+/// One event loop of a server: its thread, its control block and how it ended.
+final class Loop: Sendable {
+    /// What a loop reports once it listens.
+    struct Started: Sendable {
+        var port: Int
+        var kind: BackendKind
+        var summary: String
+    }
+
+    let control: LoopControl
     private let thread: LoopThread
     private let done: DispatchSemaphore
     private let outcome: Locked<(any Error)?>
     private let joined = Locked(false)
 
-    init(port: Int, backend: BackendKind, control: LoopControl, thread: LoopThread,
-         done: DispatchSemaphore, outcome: Locked<(any Error)?>) {
-        self.port = port; self.backend = backend; self.control = control
-        self.thread = thread; self.done = done; self.outcome = outcome
+    private init(control: LoopControl, thread: LoopThread, done: DispatchSemaphore, outcome: Locked<(any Error)?>) {
+        self.control = control; self.thread = thread; self.done = done; self.outcome = outcome
     }
 
-    /// Counters as of the loop's last iteration.
-    public var stats: ServerStats { control.stats }
+    /// Starts loop `index` on its own thread (pinned first, when `cpuAffinity` says so, so the ring and
+    /// pool are allocated on that CPU's node) and returns once its backend listens.
+    static func start<H: ConnectionHandler>(
+        index: Int, configuration: ServerConfiguration, logger: Logger, factory: @escaping @Sendable () -> H
+    ) throws -> (Loop, Started) {
+        let control = try LoopControl()
+        let ready = DispatchSemaphore(value: 0)
+        let startup = Locked<Result<Started, any Error>?>(nil)
+        let outcome = Locked<(any Error)?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let cpu = configuration.cpuAffinity.map { $0[index % $0.count] }
+        let thread = LoopThread(name: "ringside-loop-\(index)") {
+            let backend: any EventLoopBackend
+            do {
+                if let cpu {
+                    let r = rs_pin_to_cpu(Int32(clamping: cpu))
+                    if r < 0 { throw SyscallError("sched_setaffinity(loop \(index) to CPU \(cpu))", Errno(rawValue: -r)) }
+                }
+                backend = try RingsideServer.makeBackend(configuration, control: control, logger: logger, factory: factory)
+            } catch {
+                startup.withLock { $0 = .failure(error) }
+                ready.signal()
+                done.signal()
+                return
+            }
+            let kind: BackendKind = backend.name == "uring" ? .uring : .epoll
+            let port = (backend as? PortReporting)?.port ?? configuration.port
+            startup.withLock { $0 = .success(Started(port: port, kind: kind, summary: backend.summary)) }
+            ready.signal()
+            do { try backend.run() } catch { outcome.withLock { $0 = error } }
+            done.signal()
+        }
+        try thread.start()
+        ready.wait()
+        switch startup.value! {
+        case .failure(let e):
+            done.wait()
+            thread.join()
+            throw e
+        case .success(let started):
+            return (Loop(control: control, thread: thread, done: done, outcome: outcome), started)
+        }
+    }
 
-    /// Stops gracefully: stop accepting, flush queued output (up to `drainTimeout`), close every
-    /// connection, and end the loop after every operation's final completion. Any thread; idempotent.
-    public func stop() { control.requestStop() }
-
-    /// Waits for the loop to end; rethrows the error that ended it, if any.
-    public func wait() throws {
+    /// Waits for the loop to end (the first caller joins the thread); rethrows the error that ended it.
+    func wait() throws {
         let first = joined.withLock { j in defer { j = true }; return !j }
         if first {
             done.wait()
             thread.join()
         }
         if let e = outcome.value { throw e }
+    }
+}
+
+/// A started server: its port and backend, its counters, and the way to stop it.
+public final class RunningServer: Sendable {
+    /// The port it listens on (the one picked when configured with port 0).
+    public let port: Int
+    /// The backend actually in use (never `.auto`).
+    public let backend: BackendKind
+    private let loops: [Loop]
+
+    init(port: Int, backend: BackendKind, loops: [Loop]) {
+        self.port = port; self.backend = backend; self.loops = loops
+    }
+
+    /// The number of event loops (`ServerConfiguration.threads`).
+    public var threads: Int { loops.count }
+
+    /// Counters as of each loop's last iteration, summed over the loops (peaks: the largest).
+    public var stats: ServerStats {
+        loops.count == 1 ? loops[0].control.stats : .merged(loops.lazy.map { $0.control.stats })
+    }
+
+    /// Each loop's own counters, in loop order.
+    public var loopStats: [ServerStats] { loops.map { $0.control.stats } }
+
+    /// Stops gracefully: every loop stops accepting, flushes queued output (up to `drainTimeout`),
+    /// closes every connection, and ends after every operation's final completion. Any thread;
+    /// idempotent.
+    public func stop() { for l in loops { l.control.requestStop() } }
+
+    /// Waits for every loop to end; rethrows the first error that ended one, if any.
+    public func wait() throws {
+        var failure: (any Error)? = nil
+        for l in loops {
+            do { try l.wait() } catch { if failure == nil { failure = error } }
+        }
+        if let failure { throw failure }
     }
 
     /// Stops and waits.

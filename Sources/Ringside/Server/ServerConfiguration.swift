@@ -51,7 +51,29 @@ public struct ServerConfiguration: Sendable {
     /// How long a graceful stop waits for queued output to drain before aborting connections.
     public var drainTimeout: Duration = .seconds(5)
 
-    /// Whether to listen for inbound connections (false for a pure client loop, as in the load generator).
+    // Protection. Deadlines apply to inbound connections only; nil disables one.
+    /// An inbound connection whose handler requires authentication
+    /// (``ConnectionHandler/requiresAuthentication``) and has not called
+    /// ``Connection/markAuthenticated()`` within this time is closed.
+    public var authenticationTimeout: Duration? = .seconds(30)
+    /// A connection with no byte received and no send progress for this long is closed.
+    public var idleTimeout: Duration? = .seconds(60)
+    /// A connection whose queued output makes no progress for this long (the peer stopped reading) is
+    /// aborted, releasing its buffers. Also set as TCP_USER_TIMEOUT on accepted sockets, so output
+    /// already handed to the kernel that the peer never takes (a zero window) ends the connection too.
+    public var writeStallTimeout: Duration? = .seconds(30)
+    /// At most this many simultaneous connections from one remote address (nil: no per-address cap).
+    /// Off by default: behind NAT or a proxy many clients share an address.
+    public var maxConnectionsPerAddress: Int? = nil
+    /// TCP keepalive on accepted sockets, so peers that vanished without a FIN are found (nil: off).
+    public var keepAlive: TCPKeepAlive? = TCPKeepAlive()
+    /// io_uring: the most bytes one multishot receive may deliver before it ends and is re-armed
+    /// (IORING_RECV_MSHOT_LIM, Linux 6.16+; ignored where unsupported). It bounds how much input a
+    /// connection can take from the shared receive pool after it was paused (the kernel keeps
+    /// completing receives until the pause's cancel lands), so one client cannot drain the pool.
+    /// 0: no limit.
+    public var receiveBurstLimit: Int = 256 * 1024
+
     public var listen: Bool = true
     /// Outbound connections the loop opens when it starts (the engine's client path: connect, send,
     /// multishot receive). Each gets a handler from the same factory once connected.
@@ -59,6 +81,17 @@ public struct ServerConfiguration: Sendable {
 
     /// Fault injection for tests: pretend io_uring setup failed with this errno.
     public var injectRingSetupFailure: Errno? = nil
+
+    // Multi-core
+    /// Event loops to run, each on its own thread with its own ring (or epoll instance), buffer pool
+    /// and listening socket; the listeners share the port through SO_REUSEPORT, so the kernel spreads
+    /// new connections across loops and a connection stays on the loop that accepted it. Sizes
+    /// (`maxConnections`, buffers, ring entries) apply per loop. Outbound `connect.count` is split
+    /// across loops.
+    public var threads: Int = 1
+    /// CPUs to pin the loops to: loop i runs on `cpuAffinity[i % count]`. nil leaves placement to the
+    /// scheduler.
+    public var cpuAffinity: [Int]? = nil
 
     public init() {}
     public init(host: String = "127.0.0.1", port: Int = 0, backend: BackendKind = .auto) {
@@ -74,4 +107,18 @@ public struct OutboundConnections: Sendable {
     /// How many connections to open.
     public var count: Int
     public init(host: String, port: Int, count: Int) { self.host = host; self.port = port; self.count = count }
+}
+
+/// TCP keepalive settings for accepted sockets (set on the listener; accepted sockets inherit them).
+public struct TCPKeepAlive: Sendable, Equatable {
+    /// Idle time before the first probe (TCP_KEEPIDLE).
+    public var idle: Duration
+    /// Time between probes (TCP_KEEPINTVL).
+    public var interval: Duration
+    /// Unanswered probes before the connection is dropped (TCP_KEEPCNT).
+    public var count: Int
+    /// Defaults: a dead peer is found after about 60 + 6 x 10 = 120 seconds.
+    public init(idle: Duration = .seconds(60), interval: Duration = .seconds(10), count: Int = 6) {
+        self.idle = idle; self.interval = interval; self.count = count
+    }
 }

@@ -48,5 +48,24 @@ public struct ServerStats: Sendable, Equatable {
     /// Highest outbound queue seen on any connection, in bytes.
     public var maxQueuedBytes = 0
 
+    // Protection (deadlines and caps).
+    /// Connections refused because their remote address already had `maxConnectionsPerAddress` open
+    /// (also counted in `connectionsRefused`).
+    public var connectionsRefusedPerAddress = 0
+    /// Connections closed because they were not authenticated within `authenticationTimeout`.
+    public var authenticationTimeouts = 0
+    /// Connections closed after `idleTimeout` without a byte received or sent.
+    public var idleTimeouts = 0
+    /// Connections closed because a read deadline set with `Connection.setReadDeadline` passed.
+    public var readTimeouts = 0
+    /// Connections closed because their outbound queue made no progress for `writeStallTimeout`.
+    public var writeStallTimeouts = 0
+    /// Multishot receives that ended at their per-arming byte limit (`receiveBurstLimit`) and were
+    /// re-armed (io_uring; kernels with IORING_RECV_MSHOT_LIM).
+    public var receiveBurstLimitEnds = 0
+
+    /// Every connection closed by a deadline (authentication, idle, read, write stall).
+    public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }
+
     public init() {}
 }

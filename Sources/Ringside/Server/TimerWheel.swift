@@ -36,6 +36,8 @@ struct TimerWheel: ~Copyable {
     deinit { heads.deallocate(); next.deallocate(); prev.deallocate(); deadline.deallocate() }
 
     @inline(__always) func isArmed(_ slot: Int32) -> Bool { deadline[Int(slot)] != 0 }
+    /// When `slot`'s timer is due (0: not armed).
+    @inline(__always) func due(_ slot: Int32) -> UInt64 { deadline[Int(slot)] }
 
     mutating func arm(_ slot: Int32, at due: UInt64) {
         cancel(slot)
