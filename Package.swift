@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "Ringside", targets: ["Ringside"]),
         .library(name: "RingsideProtocols", targets: ["RingsideProtocols"]),
         .library(name: "RingsideHTTP", targets: ["RingsideHTTP"]),
+        .library(name: "RingsideService", targets: ["RingsideService"]),
         .executable(name: "ringside", targets: ["ringside"]),
         .executable(name: "ringload", targets: ["ringload"]),
     ],
@@ -19,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // Thin C face of Debian's liburing 2.3 (liburing-dev).
@@ -39,6 +43,18 @@ let package = Package(
         .target(name: "RingsideProtocols", dependencies: ["Ringside"]),
         // HTTP/1.1: incremental parser, responses into pooled buffers, routes.
         .target(name: "RingsideHTTP", dependencies: ["Ringside"]),
+        // Embedding: a swift-service-lifecycle `Service` and a swift-metrics reporter (kept out of the
+        // core `Ringside` target so the engine itself depends on swift-log only).
+        .target(
+            name: "RingsideService",
+            dependencies: [
+                "Ringside",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // `ringside serve`.
         .executableTarget(
             name: "ringside",
@@ -54,6 +70,20 @@ let package = Package(
             dependencies: ["Ringside", "RingsideHTTP"],
             path: "Examples/HTTPService"
         ),
+        // Ringside in a ServiceGroup: HTTP benchmark routes, swift-log, Prometheus metrics on
+        // `GET /metrics`, graceful shutdown on SIGTERM/SIGINT.
+        .executableTarget(
+            name: "ringside-service-example",
+            dependencies: [
+                "Ringside", "RingsideHTTP", "RingsideService",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/ServiceGroup",
+            swiftSettings: strict
+        ),
         // The bundled load generator, built on the engine's own client path.
         .executableTarget(
             name: "ringload",
@@ -66,7 +96,11 @@ let package = Package(
         ),
         .testTarget(
             name: "RingsideTests",
-            dependencies: ["Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing"]
+            dependencies: [
+                "Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing", "RingsideService",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]
