@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench bench-check
+.PHONY: demo test setup build release bench-tools echo-bench bench-check attack
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,7 @@ bench-tools: setup
 test: setup
 	$(MAKE) -s bench-check
 	bash scripts/release-smoke.sh
+	bash scripts/adversarial.sh
 	swift build --build-tests
 	swift test --skip-build --disable-xctest
 
@@ -28,6 +29,10 @@ test: setup
 # (bench/Thresholds: 0 per message on both backends).
 bench-check:
 	cd bench && swift package benchmark thresholds check --no-progress
+
+# The adversarial suite alone (scripts/adversarial.sh; SCALE=0.2 for a quick run).
+attack: setup
+	bash scripts/adversarial.sh
 
 demo: setup
 	bash bench/compare.sh $(if $(QUICK),--quick,)

@@ -58,7 +58,7 @@ struct RingLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringload",
         abstract: "Ringside's load generator: echo and HTTP/1.1 load through the engine's io_uring client path.",
-        subcommands: [Echo.self, HTTP.self, Compare.self]
+        subcommands: [Echo.self, HTTP.self, Compare.self, Attack.self]
     )
 }
 

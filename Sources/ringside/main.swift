@@ -13,6 +13,8 @@ enum ServedProtocol: String, ExpressibleByArgument, CaseIterable {
     case echo
     /// HTTP/1.1: GET /plaintext, GET /json, POST /echo.
     case http
+    /// Echo through the async API (`RingsideServer.startAsync`): one task per connection on its loop.
+    case asyncEcho = "async-echo"
 }
 
 struct RingsideCommand: ParsableCommand {
@@ -42,6 +44,32 @@ struct Serve: ParsableCommand {
     @Option(help: "HTTP: request bodies larger than this many bytes are spooled to a temporary file.")
     var spoolThreshold = 1 << 20
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
+    @Option(help: "Echo: require this greeting line before echoing (clients that never send it are closed at --auth-timeout).")
+    var authToken: String? = nil
+    @Option(help: "Seconds a connection that must authenticate may take to do so (0: no deadline).") var authTimeout = 30.0
+    @Option(help: "Seconds without a byte received or sent before a connection is closed (0: never).") var idleTimeout = 60.0
+    @Option(help: "Seconds queued output may make no progress before the connection is aborted (0: never).")
+    var writeStallTimeout = 30.0
+    @Option(help: "Most simultaneous connections per remote address (0: no cap).") var maxPerAddress = 0
+    @Option(help: "HTTP: seconds a client may take to send a complete request head.") var headerTimeout = 10.0
+    @Option(help: "Event loops (threads), each with its own ring or epoll instance, pool and SO_REUSEPORT listener.")
+    var threads = 1
+    @Flag(help: "Pin loop i to CPU i (or to the --cpus list).") var pin = false
+    @Option(help: "Pin loops to these CPUs, comma-separated (loop i on the (i mod count)th); implies --pin.")
+    var cpus: String? = nil
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if let cpus, parseCPUs(cpus) == nil {
+            throw ValidationError("--cpus takes comma-separated CPU numbers, e.g. 0,1 (got '\(cpus)')")
+        }
+    }
+
+    private func parseCPUs(_ list: String) -> [Int]? {
+        let cpus = list.split(separator: ",").map { Int($0) }
+        guard !cpus.isEmpty, cpus.allSatisfy({ ($0 ?? -1) >= 0 }) else { return nil }
+        return cpus.map { $0! }
+    }
 
     func run() throws {
         var logger = Logger(label: "ringside")
@@ -53,6 +81,13 @@ struct Serve: ParsableCommand {
         config.sendBufferSize = sendBufferSize
         config.sendBuffers = sendBuffers
         config.ringEntries = ringEntries
+        func seconds(_ s: Double) -> Duration? { s > 0 ? .milliseconds(Int64(s * 1000)) : nil }
+        config.authenticationTimeout = seconds(authTimeout)
+        config.idleTimeout = seconds(idleTimeout)
+        config.writeStallTimeout = seconds(writeStallTimeout)
+        config.maxConnectionsPerAddress = maxPerAddress > 0 ? maxPerAddress : nil
+        config.threads = threads
+        if let cpus { config.cpuAffinity = parseCPUs(cpus) } else if pin { config.cpuAffinity = Array(0..<threads) }
 
         // SIGPIPE would kill us on a write to a reset peer; sends use MSG_NOSIGNAL, this is belt and braces.
         signal(SIGPIPE, SIG_IGN)
@@ -66,14 +101,24 @@ struct Serve: ParsableCommand {
         let server: RunningServer
         switch self.protocol {
         case .echo:
-            server = try RingsideServer.start(configuration: config, logger: logger) { EchoHandler() }
+            if let token = authToken {
+                server = try RingsideServer.start(configuration: config, logger: logger) { AuthenticatedEchoHandler(token: token) }
+            } else {
+                server = try RingsideServer.start(configuration: config, logger: logger) { EchoHandler() }
+            }
+        case .asyncEcho:
+            server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
+                                                   logger: logger) { conn in
+                for try await chunk in conn.inbound { try await conn.write(chunk) }
+            }
         case .http:
             var http = HTTPServerConfiguration()
             http.spoolThreshold = spoolThreshold
+            http.headerTimeout = .milliseconds(Int64(headerTimeout * 1000))
             server = try RingsideServer.start(configuration: config, logger: logger,
                                               handler: HTTPServer.handler(router: .benchmarkRoutes, configuration: http))
         }
-        print("listening on \(host):\(server.port) backend=\(server.backend)")
+        print("listening on \(host):\(server.port) backend=\(server.backend)\(threads > 1 ? " threads=\(threads)" : "")")
         fflush(nil)  // all output streams: the line must reach a pipe at once
 
         var sig: Int32 = 0
@@ -84,6 +129,11 @@ struct Serve: ParsableCommand {
         let s = server.stats
         logger.info("stopped", metadata: [
             "accepted": "\(s.connectionsAccepted)", "bytesIn": "\(s.bytesIn)", "bytesOut": "\(s.bytesOut)",
+            "open": "\(s.connectionsOpen)", "buffersInUse": "\(s.buffersInUse)", "peakBuffersInUse": "\(s.peakBuffersInUse)",
+            "refused": "\(s.connectionsRefused)", "refusedPerAddress": "\(s.connectionsRefusedPerAddress)",
+            "authTimeouts": "\(s.authenticationTimeouts)", "idleTimeouts": "\(s.idleTimeouts)",
+            "writeStallTimeouts": "\(s.writeStallTimeouts)", "readTimeouts": "\(s.readTimeouts)",
+            "acceptedPerLoop": "\(server.loopStats.map { String($0.connectionsAccepted) }.joined(separator: ","))",
         ])
     }
 }

@@ -1,0 +1,413 @@
+import ArgumentParser
+import Foundation
+import Glibc
+
+/// `ringload attack`: the adversarial suite. Each scenario starts a fresh `ringside serve` (pinned to
+/// one CPU), measures a well-behaved client's latency alone, then again while an attacker misbehaves,
+/// and checks that the attacker was cut off at the configured limit, the server's memory stayed
+/// bounded, the good client got every byte back, and the server's descriptors and buffers returned
+/// to where they were.
+struct Attack: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Adversarial suite: slowloris, unauthenticated floods, non-reading uploaders, oversized and garbage input, resets, floods past the caps.")
+
+    @Option(help: "The ringside binary.") var server = ""
+    @Option(help: "Backends, comma-separated.") var backends = "uring,epoll"
+    @Option(help: "Scenarios, comma-separated, or 'all': \(Scenario.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var scenarios = "all"
+    @Option(help: "CPU for the server.") var serverCPU = 0
+    @Option(help: "CPU for this process (good client and attackers).") var clientCPU = 1
+    @Option(help: "Scale attacker counts (e.g. 0.2 for a quick run).") var scale = 1.0
+    @Option(help: "Server peak RSS bound in MiB; a scenario above it fails.") var rssBoundMiB = 64
+    @Option(help: "Good client's p99 under attack may be at most this multiple of its unattacked p99...")
+    var p99Factor = 3.0
+    @Option(help: "...or this many microseconds above it, whichever is larger (scheduler noise floor on a shared 2-core host).")
+    var p99FloorMicros = 500.0
+    @Option(help: "Write the results as JSON here.") var json: String?
+    @Flag(help: "Exit non-zero if any check fails.") var check = false
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        _ = rs_pin_self(clientCPU)
+        let binary = server.isEmpty ? Self.siblingBinary("ringside") : server
+        let chosen = scenarios == "all" ? Scenario.allCases : try scenarios.split(separator: ",").map {
+            guard let s = Scenario(rawValue: String($0)) else { throw ValidationError("unknown scenario \($0)") }
+            return s
+        }
+        var results: [AttackResult] = []
+        for backend in backends.split(separator: ",").map(String.init) {
+            for s in chosen {
+                var r = try runScenario(s, backend: backend, binary: binary)
+                if !r.failures.isEmpty && r.failures.allSatisfy({ $0.hasPrefix("good p99") }) {
+                    // Latency alone failed: on a shared 2-core host one noisy second can do that. Run the
+                    // scenario once more and keep that result, saying so.
+                    print(r.line + " (retrying once: latency only)")
+                    r = try runScenario(s, backend: backend, binary: binary)
+                    r.detail += "; second run (the first failed on p99 only: \(r.failures.isEmpty ? "noise" : "again"))"
+                }
+                results.append(r)
+                print(r.line)
+                fflush(nil)
+            }
+        }
+        printTable(results)
+        if let json {
+            let data = try JSONEncoder().encode(results)
+            try data.write(to: URL(fileURLWithPath: json))
+        }
+        let failed = results.filter { !$0.failures.isEmpty }
+        if check && !failed.isEmpty {
+            for f in failed { print("FAILED \(f.scenario)/\(f.backend): \(f.failures.joined(separator: "; "))") }
+            throw ExitCode(1)
+        }
+    }
+
+    static func siblingBinary(_ name: String) -> String {
+        let me = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        return me.deletingLastPathComponent().appendingPathComponent(name).path
+    }
+
+    private func count(_ n: Int) -> Int { max(1, Int(Double(n) * scale)) }
+
+    // MARK: scenarios
+
+    enum Scenario: String, CaseIterable {
+        case slowloris, noAuth = "no-auth", uploadNoRead = "upload-no-read", oversized, garbage
+        case resetMidWrite = "reset-mid-write", floodPastCap = "flood-past-cap", perAddress = "per-address"
+        case stopReading = "stop-reading"
+
+        var http: Bool { [.slowloris, .oversized, .garbage].contains(self) }
+
+        /// Server flags; every limit the scenario exercises is short so the run is bounded.
+        func flags(scale: Double) -> [String] {
+            let common = ["--auth-timeout", "2", "--idle-timeout", "20", "--write-stall-timeout", "2"]
+            switch self {
+            case .slowloris, .oversized, .garbage: return ["--protocol", "http", "--header-timeout", "2"] + common
+            case .floodPastCap: return ["--protocol", "echo", "--max-connections", "\(max(50, Int(2000 * scale)))"] + common
+            case .perAddress: return ["--protocol", "echo", "--max-per-address", "\(max(20, Int(500 * scale)))"] + common
+            case .noAuth: return ["--protocol", "echo", "--auth-token", "letmein"] + common
+            default: return ["--protocol", "echo"] + common
+            }
+        }
+    }
+
+    struct AttackResult: Codable {
+        var scenario: String
+        var backend: String
+        var attackers: Int
+        /// What the attacker did and what the server answered.
+        var detail: String
+        var peakRSSMiB: Double
+        var baselineRSSMiB: Double
+        var goodP99BaseMicros: Double
+        var goodP99AttackMicros: Double
+        var goodRequests: Int
+        /// Seconds from the attack's start until the server had cut off every attacker (nil: the
+        /// scenario has no cut-off, e.g. resets by the client).
+        var cutoffSeconds: Double?
+        var expectedCutoffSeconds: Double?
+        var fdsBefore: Int
+        var fdsAfter: Int
+        var serverStats: String
+        var failures: [String]
+
+        var line: String {
+            let cut = cutoffSeconds.map { String(format: "%.2fs", $0) } ?? "-"
+            return "\(scenario)/\(backend): attackers=\(attackers) cutoff=\(cut) peakRSS=\(String(format: "%.1f", peakRSSMiB))MiB "
+                + "p99 \(String(format: "%.0f", goodP99BaseMicros))µs -> \(String(format: "%.0f", goodP99AttackMicros))µs "
+                + "fds \(fdsBefore)->\(fdsAfter) \(failures.isEmpty ? "OK" : "FAIL: " + failures.joined(separator: "; "))"
+        }
+    }
+
+    private func runScenario(_ s: Scenario, backend: String, binary: String) throws -> AttackResult {
+        let log = "/tmp/ringload-attack-\(s.rawValue)-\(backend).log"
+        let cmd = ([binary, "serve", "--backend", backend, "--port", "0"] + s.flags(scale: scale)).joined(separator: " ")
+        let proc = try ServerProcess(name: "ringside", command: cmd, cpu: serverCPU, log: log)
+        var failures: [String] = []
+        let port = proc.port
+        let good = try GoodClient(port: port, http: s.http, token: s == .noAuth ? "letmein" : nil)
+        let base = try good.measure(seconds: 1.0)
+        let fdsBefore = Self.fdCount(proc.pid)
+        let rssBase = Double(proc.statusKiB("VmRSS")) / 1024
+
+        // The attack runs on its own thread; the good client keeps measuring until it ends.
+        let outcome = Locked<AttackOutcome?>(nil)
+        let attackThread = Thread { [self] in
+            let o = self.attack(s, port: port)
+            outcome.withLock { $0 = o }
+        }
+        attackThread.stackSize = 1 << 20
+        let start = Date()
+        attackThread.start()
+        var samples: [Double] = []
+        var goodErrors: [String] = []
+        var peakRSS = rssBase
+        while outcome.withLock({ $0 == nil }) {
+            do { samples += try good.measure(seconds: 0.1).samples } catch { goodErrors.append("\(error)"); break }
+            peakRSS = max(peakRSS, Double(proc.statusKiB("VmRSS")) / 1024)
+            if Date().timeIntervalSince(start) > 60 { failures.append("attack did not finish within 60 s"); break }
+        }
+        while outcome.withLock({ $0 == nil }) { usleep(10_000) }
+        let o = outcome.withLock { $0! }
+        peakRSS = max(peakRSS, Double(proc.statusKiB("VmHWM")) / 1024)
+        // The server must be back where it started: descriptors closed once the attackers are gone.
+        var fdsAfter = Self.fdCount(proc.pid)
+        let settle = Date().addingTimeInterval(5)
+        while fdsAfter > fdsBefore && Date() < settle { usleep(20_000); fdsAfter = Self.fdCount(proc.pid) }
+        // The good client still works and still gets exact bytes after the attack.
+        do { _ = try good.measure(seconds: 0.2) } catch { goodErrors.append("after attack: \(error)") }
+        good.close()
+        _ = proc.stop()
+        let stopped = (try? String(contentsOfFile: log, encoding: .utf8))?
+            .split(separator: "\n").last { $0.contains("stopped") }.map(String.init) ?? ""
+
+        let p99Base = base.p99
+        let p99Attack = GoodClient.Measurement(samples: samples).p99
+        if !goodErrors.isEmpty { failures.append("good client: \(goodErrors.joined(separator: ", "))") }
+        if samples.count < 50 { failures.append("good client got only \(samples.count) responses under attack") }
+        if p99Attack > max(p99Factor * p99Base, p99Base + p99FloorMicros) {
+            failures.append(String(format: "good p99 %.0f µs > allowed (base %.0f µs)", p99Attack, p99Base))
+        }
+        if peakRSS > Double(rssBoundMiB) { failures.append(String(format: "peak RSS %.1f MiB > %d MiB", peakRSS, rssBoundMiB)) }
+        if fdsAfter > fdsBefore { failures.append("server descriptors \(fdsBefore) -> \(fdsAfter)") }
+        if !stopped.contains("open=0") && !stopped.contains("\"open\": 0") && !stopped.contains("open: 0") {
+            // Metadata formatting differs between log handlers; look for the values instead.
+        }
+        if let leak = Self.metadataValue(stopped, "buffersInUse"), leak != 0 { failures.append("server buffers in use at stop: \(leak)") }
+        if let cut = o.cutoff, let expected = o.expectedCutoff, cut > expected + 1.5 {
+            failures.append(String(format: "cut off after %.2f s, limit %.1f s", cut, expected))
+        }
+        failures += o.failures
+        return AttackResult(
+            scenario: s.rawValue, backend: backend, attackers: o.attackers, detail: o.detail,
+            peakRSSMiB: peakRSS, baselineRSSMiB: rssBase, goodP99BaseMicros: p99Base, goodP99AttackMicros: p99Attack,
+            goodRequests: samples.count, cutoffSeconds: o.cutoff, expectedCutoffSeconds: o.expectedCutoff,
+            fdsBefore: fdsBefore, fdsAfter: fdsAfter, serverStats: stopped, failures: failures)
+    }
+
+    struct AttackOutcome {
+        var attackers: Int
+        var cutoff: Double?
+        var expectedCutoff: Double?
+        var detail: String
+        var failures: [String] = []
+    }
+
+    private func attack(_ s: Scenario, port: Int) -> AttackOutcome {
+        let t0 = Date()
+        func since() -> Double { Date().timeIntervalSince(t0) }
+        switch s {
+        case .slowloris:
+            // Request heads dribbled a byte at a time; the header deadline (2 s) must answer 408 and close.
+            let n = count(500)
+            let socks = (0..<n).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.2") }
+            let head = Array("GET /plaintext HTTP/1.1\r\nHost: x\r\nX-Slow: ".utf8)
+            var k = 0
+            var closedAt = [Double?](repeating: nil, count: socks.count)
+            var saw408 = 0
+            while since() < 10 && closedAt.contains(where: { $0 == nil }) {
+                for (i, c) in socks.enumerated() where closedAt[i] == nil {
+                    _ = c.sendSome([k < head.count ? head[k] : UInt8(ascii: "a")])
+                    if let reply = c.pollClosed() {
+                        closedAt[i] = since()
+                        if reply.starts(with: Array("HTTP/1.1 408".utf8)) { saw408 += 1 }
+                    }
+                }
+                k += 1
+                usleep(200_000)
+            }
+            socks.forEach { $0.close() }
+            var o = outcome(socks.count, closedAt, expected: 2, what: "slowloris heads, a byte per 200 ms")
+            o.detail += ", \(saw408) answered 408"
+            if saw408 < socks.count * 9 / 10 { o.failures.append("only \(saw408)/\(socks.count) got 408") }
+            return o
+        case .noAuth:
+            // Connections that never send the greeting: closed at the authentication deadline (2 s).
+            let n = count(5000)
+            var socks: [RawSocket] = []
+            for i in 0..<n { if let c = try? RawSocket(port: port, source: "127.0.0.\(2 + i % 8)") { socks.append(c) } }
+            let connected = since()
+            let closedAt = waitClosed(socks, limit: 10, t0: t0)
+            socks.forEach { $0.close() }
+            var o = outcome(socks.count, closedAt, expected: 2 + connected, what: "\(socks.count) connections that never authenticate (connected in \(String(format: "%.2f", connected)) s)")
+            if socks.count < n * 9 / 10 { o.failures.append("only \(socks.count)/\(n) attackers connected") }
+            return o
+        case .uploadNoRead:
+            // 200 MB pushed at an echo without reading the echo: paused at the watermark, then cut off by
+            // the write-stall timeout (2 s) once its queue stops moving.
+            guard let c = try? RawSocket(port: port, source: "127.0.0.2", receiveBuffer: 4096) else { return failed("connect") }
+            let total = count(200 << 20)
+            var sent = 0
+            var lastProgress = since()
+            let chunk = [UInt8](repeating: 0x5A, count: 256 * 1024)
+            var closed: Double? = nil
+            while sent < total && since() < 20 {
+                let n = c.sendSome(chunk[0..<min(chunk.count, total - sent)])
+                if n > 0 { sent += n; lastProgress = since() }
+                else if n < 0 { closed = since(); break }
+                else {
+                    if c.peerClosedWithoutReading() { closed = since(); break }
+                    usleep(5_000)
+                }
+            }
+            if closed == nil { closed = waitClosed([c], limit: since() + 10, t0: t0, reading: false)[0] }
+            c.close()
+            var o = AttackOutcome(attackers: 1, cutoff: closed, expectedCutoff: lastProgress + 2,
+                                  detail: "uploaded \(sent >> 20) MiB of \(total >> 20) MiB without reading; last progress at \(String(format: "%.2f", lastProgress)) s")
+            if closed == nil { o.failures.append("never cut off") }
+            return o
+        case .oversized, .garbage:
+            // Waves of bad requests for 1.5 s. oversized: a 64 KiB header line (limit 16 KiB) must get
+            // 431 and a close at once; garbage: 4 KiB of random bytes must get a 4xx and a close.
+            var rng = UInt64(0x1234_5678)
+            var junk = [UInt8](repeating: 0, count: 4096)
+            for i in 0..<junk.count { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; junk[i] = UInt8(truncatingIfNeeded: rng) }
+            let big = Array("GET / HTTP/1.1\r\nX-Big: ".utf8) + [UInt8](repeating: 0x41, count: 64 * 1024)
+            let payload = s == .oversized ? big : junk
+            let expect = Array((s == .oversized ? "HTTP/1.1 431" : "HTTP/1.1 4").utf8)
+            var total = 0, statuses = 0, slowest = 0.0, open = 0
+            while since() < 1.5 {
+                let wave = count(100)
+                let socks = (0..<wave).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.2") }
+                let w0 = Date()
+                for c in socks { _ = c.sendSome(payload[...]) }
+                let closedAt = waitClosed(socks, limit: 5, t0: w0) { reply in if reply.starts(with: expect) { statuses += 1 } }
+                socks.forEach { $0.close() }
+                total += socks.count
+                open += closedAt.filter { $0 == nil }.count
+                slowest = max(slowest, closedAt.compactMap { $0 }.max() ?? 0)
+            }
+            var o = AttackOutcome(attackers: total, cutoff: slowest, expectedCutoff: 0,
+                                  detail: "\(total) connections sent \(s == .oversized ? "64 KiB header lines" : "4 KiB of random bytes"), \(statuses) answered \(s == .oversized ? "431" : "4xx"); cut-off is the slowest per connection")
+            if open > 0 { o.failures.append("\(open) never closed") }
+            if statuses < total * 9 / 10 { o.failures.append("only \(statuses)/\(total) got the error status") }
+            return o
+        case .resetMidWrite:
+            // Push 1 MiB at the echo and reset the connection while the server is still writing.
+            let payload = [UInt8](repeating: 0x33, count: 1 << 20)
+            var done = 0
+            while since() < 1.5 {
+                guard let c = try? RawSocket(port: port, source: "127.0.0.2") else { continue }
+                c.setNonBlocking()
+                var off = 0
+                let until = since() + 0.2
+                while off < payload.count && since() < until {
+                    let k = c.sendSome(payload[off...])
+                    if k > 0 { off += k } else { usleep(500) }
+                }
+                c.resetClose()
+                done += 1
+            }
+            return AttackOutcome(attackers: done, cutoff: nil, expectedCutoff: nil, detail: "\(done) connections reset mid-echo")
+        case .floodPastCap:
+            // More connections than --max-connections: the excess is closed at once.
+            let cap = max(50, Int(2000 * scale))
+            let n = cap + cap / 2
+            var socks: [RawSocket] = []
+            for i in 0..<n { if let c = try? RawSocket(port: port, source: "127.0.0.\(2 + i % 8)") { socks.append(c) } }
+            usleep(300_000)
+            let closedAt = waitClosed(socks, limit: 1.0, t0: t0)
+            let refused = closedAt.compactMap { $0 }.count
+            socks.forEach { $0.close() }
+            // The good client (one connection) is inside the cap: cap - 1 attackers fit.
+            var o = AttackOutcome(attackers: socks.count, cutoff: closedAt.compactMap { $0 }.max(), expectedCutoff: 1.0,
+                                  detail: "\(socks.count) connections against a cap of \(cap): \(refused) refused")
+            if refused != socks.count - (cap - 1) { o.failures.append("refused \(refused), expected \(socks.count - (cap - 1))") }
+            return o
+        case .perAddress:
+            let cap = max(20, Int(500 * scale))
+            let n = cap * 2
+            let socks = (0..<n).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.3") }
+            usleep(300_000)
+            let closedAt = waitClosed(socks, limit: 1.0, t0: t0)
+            let refused = closedAt.compactMap { $0 }.count
+            socks.forEach { $0.close() }
+            var o = AttackOutcome(attackers: socks.count, cutoff: closedAt.compactMap { $0 }.max(), expectedCutoff: 1.0,
+                                  detail: "\(socks.count) connections from one address against a per-address cap of \(cap): \(refused) refused")
+            if refused != socks.count - cap { o.failures.append("refused \(refused), expected \(socks.count - cap)") }
+            return o
+        case .stopReading:
+            // 50 clients queue megabytes of echo and stop reading: paused, then aborted at the stall timeout.
+            let n = count(50)
+            let socks = (0..<n).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.2", receiveBuffer: 4096) }
+            let payload = [UInt8](repeating: 0x44, count: 4 << 20)
+            for c in socks { c.setNonBlocking() }
+            var offs = [Int](repeating: 0, count: socks.count)
+            let until = since() + 1.5
+            while since() < until {
+                var progressed = false
+                for (i, c) in socks.enumerated() where offs[i] < payload.count {
+                    let k = c.sendSome(payload[offs[i]...])
+                    if k > 0 { offs[i] += k; progressed = true }
+                }
+                if !progressed { usleep(5_000) }
+            }
+            let stuckAt = since()
+            let closedAt = waitClosed(socks, limit: 10, t0: t0, reading: false)
+            socks.forEach { $0.close() }
+            let queued = offs.reduce(0, +)
+            return outcome(socks.count, closedAt, expected: stuckAt + 2,
+                           what: "\(socks.count) clients pushed \(queued >> 20) MiB of echo and stopped reading")
+        }
+    }
+
+    private func failed(_ what: String) -> AttackOutcome {
+        AttackOutcome(attackers: 0, cutoff: nil, expectedCutoff: nil, detail: what, failures: ["attacker could not \(what)"])
+    }
+
+    private func outcome(_ n: Int, _ closedAt: [Double?], expected: Double, what: String) -> AttackOutcome {
+        let open = closedAt.filter { $0 == nil }.count
+        var o = AttackOutcome(attackers: n, cutoff: closedAt.compactMap { $0 }.max(), expectedCutoff: expected, detail: what)
+        if open > 0 { o.failures.append("\(open) of \(n) attackers were never cut off") }
+        return o
+    }
+
+    /// Waits until the server closed every socket (EOF or reset), up to `limit` seconds from `t0`;
+    /// returns when each was seen closed (seconds since `t0`). `reply` gets each socket's first bytes.
+    /// `reading: false` judges from the TCP state without reading (for clients that must not read).
+    private func waitClosed(_ socks: [RawSocket], limit: Double, t0: Date, reading: Bool = true,
+                            reply: ((ArraySlice<UInt8>) -> Void)? = nil) -> [Double?] {
+        var closedAt = [Double?](repeating: nil, count: socks.count)
+        while Date().timeIntervalSince(t0) < limit {
+            var remaining = 0
+            for (i, s) in socks.enumerated() where closedAt[i] == nil {
+                if !reading {
+                    if s.peerClosedWithoutReading() { closedAt[i] = Date().timeIntervalSince(t0) } else { remaining += 1 }
+                } else if let r = s.pollClosed() {
+                    closedAt[i] = Date().timeIntervalSince(t0)
+                    reply?(r)
+                } else { remaining += 1 }
+            }
+            if remaining == 0 { break }
+            usleep(10_000)
+        }
+        return closedAt
+    }
+
+    static func fdCount(_ pid: Int32) -> Int {
+        guard let d = opendir("/proc/\(pid)/fd") else { return -1 }
+        defer { closedir(d) }
+        var n = 0
+        while readdir(d) != nil { n += 1 }
+        return n - 2
+    }
+
+    /// `key=value` or `key: value` from a swift-log line's metadata.
+    static func metadataValue(_ line: String, _ key: String) -> Int? {
+        guard let r = line.range(of: key + "=") ?? line.range(of: key + ": ") else { return nil }
+        return Int(line[r.upperBound...].prefix { $0.isNumber })
+    }
+
+    private func printTable(_ results: [AttackResult]) {
+        print("")
+        print("| scenario | backend | attackers | cut off (limit) | peak RSS MiB | good p99 µs (alone -> attacked) | server fds | result |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in results {
+            let cut = r.cutoffSeconds.map { String(format: "%.2f s", $0) } ?? "-"
+            let lim = r.expectedCutoffSeconds.map { String(format: " (%.1f s)", $0) } ?? ""
+            print("| \(r.scenario) | \(r.backend) | \(r.attackers) | \(cut)\(lim) | \(String(format: "%.1f", r.peakRSSMiB)) | "
+                + "\(String(format: "%.0f", r.goodP99BaseMicros)) -> \(String(format: "%.0f", r.goodP99AttackMicros)) | "
+                + "\(r.fdsBefore) -> \(r.fdsAfter) | \(r.failures.isEmpty ? "ok" : "FAIL") |")
+        }
+    }
+}
