@@ -40,3 +40,5 @@ int rs_pin_to_cpu(int cpu) {
     CPU_SET(cpu, &set);
     return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : -errno;
 }
+
+int rs_gettid(void) { return (int)syscall(SYS_gettid); }

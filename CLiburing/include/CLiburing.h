@@ -89,6 +89,9 @@ uint64_t rs_raise_memlock_limit(uint64_t bytes);
 /// Pins the calling thread (and threads it creates later) to one CPU. Returns 0 or -errno.
 int rs_pin_to_cpu(int cpu);
 
+/// The calling thread's kernel id (gettid(2)).
+int rs_gettid(void);
+
 /// errno accessors (errno is a macro over a thread-local function call).
 int rs_errno(void);
 void rs_set_errno(int value);

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLiburing
 import Foundation
 import Glibc
 
@@ -133,6 +134,9 @@ struct Attack: ParsableCommand {
         // The attack runs on its own thread; the good client keeps measuring until it ends.
         let outcome = Locked<AttackOutcome?>(nil)
         let attackThread = Thread { [self] in
+            // The attacker shares CPU 1 with the good client: at nice 19 it cannot starve the client
+            // that measures (the server's latency is what is measured, not this core's scheduler).
+            _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(rs_gettid()), 19)
             let o = self.attack(s, port: port)
             outcome.withLock { $0 = o }
         }
@@ -174,7 +178,7 @@ struct Attack: ParsableCommand {
             // Metadata formatting differs between log handlers; look for the values instead.
         }
         if let leak = Self.metadataValue(stopped, "buffersInUse"), leak != 0 { failures.append("server buffers in use at stop: \(leak)") }
-        if let cut = o.cutoff, let expected = o.expectedCutoff, cut > expected + 1.5 {
+        if let cut = o.cutoff, let expected = o.expectedCutoff, cut > expected + o.tolerance {
             failures.append(String(format: "cut off after %.2f s, limit %.1f s", cut, expected))
         }
         failures += o.failures
@@ -191,6 +195,8 @@ struct Attack: ParsableCommand {
         var expectedCutoff: Double?
         var detail: String
         var failures: [String] = []
+        /// Seconds past `expectedCutoff` still accepted.
+        var tolerance = 1.5
     }
 
     private func attack(_ s: Scenario, port: Int) -> AttackOutcome {
@@ -276,6 +282,7 @@ struct Attack: ParsableCommand {
                 total += socks.count
                 open += closedAt.filter { $0 == nil }.count
                 slowest = max(slowest, closedAt.compactMap { $0 }.max() ?? 0)
+                usleep(50_000)  // ~1,000-2,000 connections/s: bad requests, not a connection-rate flood
             }
             var o = AttackOutcome(attackers: total, cutoff: slowest, expectedCutoff: 0,
                                   detail: "\(total) connections sent \(s == .oversized ? "64 KiB header lines" : "4 KiB of random bytes"), \(statuses) answered \(s == .oversized ? "431" : "4xx"); cut-off is the slowest per connection")
@@ -297,6 +304,7 @@ struct Attack: ParsableCommand {
                 }
                 c.resetClose()
                 done += 1
+                if done % 50 == 0 { usleep(20_000) }
             }
             return AttackOutcome(attackers: done, cutoff: nil, expectedCutoff: nil, detail: "\(done) connections reset mid-echo")
         case .floodPastCap:
@@ -343,11 +351,15 @@ struct Attack: ParsableCommand {
                 if !progressed { usleep(5_000) }
             }
             let stuckAt = since()
-            let closedAt = waitClosed(socks, limit: 10, t0: t0, reading: false)
+            let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false)
             socks.forEach { $0.close() }
             let queued = offs.reduce(0, +)
-            return outcome(socks.count, closedAt, expected: stuckAt + 2,
-                           what: "\(socks.count) clients pushed \(queued >> 20) MiB of echo and stopped reading")
+            var o = outcome(socks.count, closedAt, expected: stuckAt + 2,
+                            what: "\(socks.count) clients pushed \(queued >> 20) MiB of echo and stopped reading")
+            // Output the engine already handed to the kernel is cut off by TCP_USER_TIMEOUT, which the
+            // kernel checks on its zero-window probe schedule (exponential from 200 ms): up to ~4 s late.
+            o.tolerance = 4.5
+            return o
         }
     }
 

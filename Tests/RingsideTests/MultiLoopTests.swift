@@ -47,7 +47,9 @@ struct MultiLoopTests {
         config.drainTimeout = .seconds(2)
         try stopEndsEveryLoop(config)
         // Every loop's ring/epoll, listener, eventfd and connection is gone with the server.
-        #expect(openDescriptorCount() == fdsBefore)
+        // Other suites run in parallel and open descriptors too: allow 2 of theirs; a leaked loop would
+        // leave at least 3 (ring or epoll, eventfd, listener).
+        #expect(eventually(3) { openDescriptorCount() <= fdsBefore + 2 }, "descriptors \(fdsBefore) -> \(openDescriptorCount())")
     }
 
     private func stopEndsEveryLoop(_ configuration: ServerConfiguration) throws {
@@ -91,7 +93,9 @@ struct MultiLoopTests {
         #expect(throws: SyscallError.self) {
             _ = try RingsideServer.start(configuration: config) { EchoHandler() }
         }
-        #expect(openDescriptorCount() == fdsBefore)
+        // Other suites run in parallel and open descriptors too: allow 2 of theirs; a leaked loop would
+        // leave at least 3 (ring or epoll, eventfd, listener).
+        #expect(eventually(3) { openDescriptorCount() <= fdsBefore + 2 }, "descriptors \(fdsBefore) -> \(openDescriptorCount())")
         config.threads = 0
         config.cpuAffinity = nil
         #expect(throws: SyscallError.self) {

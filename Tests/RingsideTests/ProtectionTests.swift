@@ -51,6 +51,17 @@ func closedByServer(_ c: TestClient, within seconds: Double) -> Bool {
     }
 }
 
+/// Echoes, but pauses reading after the first receive and resumes when its timer fires.
+struct PausesThenEchoes: ConnectionHandler {
+    static var requiresAuthentication: Bool { false }
+    var paused = false
+    mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+        connection.send(bytes)
+        if !paused { paused = true; connection.pauseReading(); connection.setTimer(after: .milliseconds(500)) }
+    }
+    mutating func timerFired(on connection: Connection) { connection.resumeReading() }
+}
+
 /// One test per limit: each fails when its limit is removed.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct ProtectionTests {
     @Test(arguments: allBackends) func unauthenticatedConnectionIsClosedAtTheDeadline(_ backend: BackendKind) throws {
@@ -164,6 +175,34 @@ func closedByServer(_ c: TestClient, within seconds: Double) -> Bool {
             #expect(try again.receive(exactly: 1) == [3])
             for c in first { try c.send([4]); #expect(try c.receive(exactly: 1) == [4]) }
             #expect(server.stats.connectionsRefusedPerAddress == 2, "\(server.stats)")
+        }
+    }
+
+    @Test(arguments: allBackends) func handlerCanPauseAndResumeReading(_ backend: BackendKind) throws {
+        try withServer(backend, handler: { PausesThenEchoes() }) { server in
+            let c = try TestClient(port: server.port, receiveBuffer: 1 << 20)
+            try c.send([1])
+            #expect(try c.receive(exactly: 1) == [1])
+            let payload = randomBytes(1 << 20, seed: 77)
+            c.setNonBlocking()
+            var sent = 0
+            let until = ContinuousClock.now.advanced(by: .milliseconds(250))
+            while ContinuousClock.now < until && sent < payload.count {
+                let n = payload.withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress! + sent, payload.count - sent, Int32(MSG_NOSIGNAL)) }
+                if n > 0 { sent += n } else { usleep(1_000) }
+            }
+            // While paused the server takes at most one receive burst (io_uring) beyond the first byte.
+            let taken = server.stats.bytesIn
+            #expect(taken <= 1 + 256 * 1024 + 16 * 1024, "read \(taken) bytes while paused")
+            #expect(sent > taken, "the client must have been held back")
+            // After the resume everything arrives, in order.
+            var fl = fcntl(c.fd, F_GETFL); fl &= ~O_NONBLOCK; _ = fcntl(c.fd, F_SETFL, fl)
+            while sent < payload.count {
+                let n = payload.withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress! + sent, payload.count - sent, Int32(MSG_NOSIGNAL)) }
+                if n > 0 { sent += n }
+            }
+            #expect(try c.receive(exactly: payload.count) == payload)
+            #expect(server.stats.readPauses >= 1)
         }
     }
 

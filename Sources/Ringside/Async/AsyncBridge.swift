@@ -119,9 +119,7 @@ final class AsyncConnectionBox: @unchecked Sendable {
     var fill = ByteStore()
     var lent = ByteStore()
     var epoch: UInt64 = 0
-    /// Phantom bytes added to the slot's outbound queue count to make the engine pause reading (see
-    /// `pauseInput`); 0 when none.
-    var phantom = 0
+    /// Whether this bridge paused the engine's reading (unread input reached `inboundLimit`).
     var inputPaused = false
 
     var reader: UnsafeContinuation<Void, Never>? = nil
@@ -155,7 +153,6 @@ final class AsyncConnectionBox: @unchecked Sendable {
     func closed(reason: CloseReason) {
         open = false
         closeReason = reason
-        phantom = 0
         wakeReader()
         wakeWriter()
         // The server is going away: end the task's other awaits too, so the loop can finish.
@@ -165,31 +162,19 @@ final class AsyncConnectionBox: @unchecked Sendable {
 
     // MARK: backpressure on input
 
-    /// Makes the engine stop reading this connection with its own watermark machinery: the outbound
-    /// count is raised just above the high watermark by phantom bytes (no chunk is queued), so the
-    /// backend pauses reading at once (io_uring: cancels the multishot receive and holds what the kernel
-    /// still completes; epoll: drops EPOLLIN). `resumeInput` removes them; the engine then resumes
-    /// (delivering held input) like after any backpressure pause.
-    /// (An engine `pauseReading()` primitive would replace this; see the README.)
+    /// Stops the engine reading this connection (`Connection.pauseReading`: io_uring cancels the
+    /// multishot receive and holds what the kernel still completes; epoll drops EPOLLIN) until the task
+    /// has taken the buffered input.
     private func pauseInput() {
         inputPaused = true
-        guard open else { return }
-        let i = Int(slot)
-        let q = core.states[i].queuedBytes
-        guard q <= core.highWatermark, !core.states[i].flags.contains(.closing) else { return }
-        phantom = core.highWatermark + 1 - q
-        core.states[i].queuedBytes += phantom
-        core.markDirty(slot)
+        guard open, !core.states[Int(slot)].flags.contains(.closing) else { return }
+        Connection(core: core, slot: slot).pauseReading()
     }
 
     private func resumeInput() {
         inputPaused = false
-        guard phantom > 0 else { return }
-        if open && !core.states[Int(slot)].flags.contains(.closing) {  // teardown resets the count itself
-            core.states[Int(slot)].queuedBytes -= phantom
-            core.markDirty(slot)
-        }
-        phantom = 0
+        guard open, !core.states[Int(slot)].flags.contains(.closing) else { return }
+        Connection(core: core, slot: slot).resumeReading()
     }
 
     // MARK: task side
@@ -240,7 +225,7 @@ final class AsyncConnectionBox: @unchecked Sendable {
             guard open else { throw AsyncConnectionError.connectionClosed(closeReason) }
             if offset == total { return }
             let connection = Connection(core: core, slot: slot)
-            let queued = core.states[Int(slot)].queuedBytes - phantom
+            let queued = core.states[Int(slot)].queuedBytes
             if queued > core.highWatermark {
                 try await waitWriter()
                 continue
@@ -275,7 +260,7 @@ final class AsyncConnectionBox: @unchecked Sendable {
 
     var queuedOutboundBytes: Int {
         guard executor.isCurrent, open else { return 0 }
-        return core.states[Int(slot)].queuedBytes - phantom
+        return core.states[Int(slot)].queuedBytes
     }
 
     func close(abort: Bool) {

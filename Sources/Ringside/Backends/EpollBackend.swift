@@ -268,7 +268,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         let fd = core.states[i].fd
         let size = pool.receiveChunkSize
         for _ in 0..<16 {  // bounded per wake, for fairness between connections
-            guard core.states[i].flags.isDisjoint(with: [.readPaused, .inputClosed, .wantClose, .wantAbort, .closing]),
+            guard core.states[i].flags.isDisjoint(with: [.readPaused, .inputPaused, .inputClosed, .wantClose, .wantAbort, .closing]),
                   core.states[i].queuedBytes <= core.highWatermark  // backpressure: at most one chunk over
             else { break }
             guard let chunk = pool.takeReceiveChunk() else {

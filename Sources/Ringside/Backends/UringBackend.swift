@@ -598,7 +598,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// Pauses reading at once when a delivery pushed the queue over the high watermark (rather than at
     /// the end of the batch), so later completions of this batch are held, not delivered.
     @inline(__always) private func pauseIfOverHighWatermark(_ slot: Int32) {
-        if core.states[Int(slot)].queuedBytes > core.highWatermark && core.watermark(slot) == .pause {
+        let i = Int(slot)
+        if (core.states[i].queuedBytes > core.highWatermark || core.states[i].flags.contains(.inputPaused))
+            && core.watermark(slot) == .pause
+        {
             cancelPausedReceive(slot)
         }
     }

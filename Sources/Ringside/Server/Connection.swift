@@ -52,6 +52,15 @@ public struct Connection {
     /// Disarms this connection's timer, if armed.
     public func cancelTimer() { core.timers.cancel(slot) }
 
+    /// Stops receiving from this connection until ``resumeReading()``, through the same machinery as
+    /// backpressure (io_uring: the multishot receive is cancelled and input the kernel completes before
+    /// the cancel lands is held; epoll: EPOLLIN is dropped). Held input is delivered after the resume.
+    public func pauseReading() { core.setInputPaused(slot, true) }
+
+    /// Undoes ``pauseReading()``. Reading restarts once the outbound queue is also at or below the low
+    /// watermark.
+    public func resumeReading() { core.setInputPaused(slot, false) }
+
     /// Marks the connection authenticated: the authentication deadline
     /// (``ServerConfiguration/authenticationTimeout``) no longer applies to it.
     public func markAuthenticated() { core.states[Int(slot)].authDue = 0 }

@@ -63,5 +63,6 @@ struct ConnectionState {
         static let deadlines = Flags(rawValue: 1 << 21)      // inbound: the engine's deadlines apply
         static let timedOut = Flags(rawValue: 1 << 22)       // closed by a deadline: only the write stall still applies
         static let addressCounted = Flags(rawValue: 1 << 23) // counted in the per-address table
+        static let inputPaused = Flags(rawValue: 1 << 24)    // the handler paused reading (Connection.pauseReading)
     }
 }

@@ -337,6 +337,15 @@ final class LoopCore {
         markDirty(slot)
     }
 
+    /// The handler's own pause (`Connection.pauseReading`): reading stops through the same machinery
+    /// as backpressure, and resumes once the handler resumes and the queue is at or below the low mark.
+    @usableFromInline func setInputPaused(_ slot: Int32, _ paused: Bool) {
+        let i = Int(slot)
+        guard states[i].flags.contains(.open) else { return }
+        if paused { states[i].flags.insert(.inputPaused) } else { states[i].flags.remove(.inputPaused) }
+        markDirty(slot)
+    }
+
     @usableFromInline func requestShutdownWrite(slot: Int32) {
         let i = Int(slot)
         guard states[i].flags.contains(.open) else { return }
@@ -355,8 +364,9 @@ final class LoopCore {
         let i = Int(slot)
         let q = states[i].queuedBytes
         if q > counters.maxQueuedBytes { counters.maxQueuedBytes = q }
-        if q > highWatermark {
-            states[i].flags.insert(.wasAboveHigh)
+        let over = q > highWatermark
+        if over || states[i].flags.contains(.inputPaused) {
+            if over { states[i].flags.insert(.wasAboveHigh) }
             guard !states[i].flags.contains(.readPaused) else { return .none }
             states[i].flags.insert(.readPaused)
             counters.readPauses += 1
@@ -443,7 +453,7 @@ final class LoopCore {
         func consider(_ due: UInt64, _ kind: Deadline) {
             if due != 0 && (best == nil || due < best!.due) { best = (due, kind) }
         }
-        if st.queuedBytes > 0 && limits.writeStallMillis > 0 {
+        if st.sendHead >= 0 && limits.writeStallMillis > 0 {
             consider(st.lastSendProgress + limits.writeStallMillis, .writeStall)
         }
         if !st.flags.contains(.timedOut) {

@@ -37,7 +37,8 @@ public struct ServerStats: Sendable, Equatable {
     public var staleCompletions = 0
     /// Sends that completed short and were resubmitted for the rest.
     public var shortSends = 0
-    /// Times reading was paused because a connection's queue went above the high watermark.
+    /// Times reading was paused: a connection's queue went above the high watermark, or its handler
+    /// called `Connection.pauseReading()`.
     public var readPauses = 0
     /// Receives held back (not delivered) because they completed while the connection was paused.
     public var receivesHeld = 0
