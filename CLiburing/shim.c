@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <string.h>
 
 int rs_io_uring_setup_raw(unsigned entries, struct io_uring_params *p) {
     return (int)syscall(__NR_io_uring_setup, entries, p);
@@ -42,3 +43,15 @@ int rs_pin_to_cpu(int cpu) {
 }
 
 int rs_gettid(void) { return (int)syscall(SYS_gettid); }
+
+static const struct linger rs_linger_zero = { 1, 0 };
+
+void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd) {
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fd;
+    sqe->cmd_op = 3;  /* SOCKET_URING_OP_SETSOCKOPT */
+    sqe->addr = (uint64_t)SOL_SOCKET | ((uint64_t)SO_LINGER << 32);  /* level, optname */
+    sqe->file_index = sizeof(rs_linger_zero);                         /* optlen */
+    sqe->addr3 = (uint64_t)(uintptr_t)&rs_linger_zero;                /* optval */
+}

@@ -42,6 +42,7 @@ enum {
 enum {
     RS_IOSQE_FIXED_FILE = IOSQE_FIXED_FILE,
     RS_IOSQE_IO_LINK = IOSQE_IO_LINK,
+    RS_IOSQE_IO_HARDLINK = IOSQE_IO_HARDLINK,
     RS_IOSQE_ASYNC = IOSQE_ASYNC,
     RS_IOSQE_BUFFER_SELECT = IOSQE_BUFFER_SELECT,
     RS_IOSQE_CQE_SKIP_SUCCESS = IOSQE_CQE_SKIP_SUCCESS,
@@ -88,6 +89,14 @@ uint64_t rs_raise_memlock_limit(uint64_t bytes);
 
 /// Pins the calling thread (and threads it creates later) to one CPU. Returns 0 or -errno.
 int rs_pin_to_cpu(int cpu);
+
+/// Prepares setsockopt(SOL_SOCKET, SO_LINGER, {1, 0}) through IORING_OP_URING_CMD
+/// (SOCKET_URING_OP_SETSOCKOPT, Linux 6.7+; liburing 2.3 has no helper, so the sqe is filled by hand:
+/// cmd_op overlays `off`, level/optname overlay `addr`, optlen overlays `file_index`, optval overlays
+/// `addr3`). A close after it resets the connection (RST) and discards unsent data, which is what an
+/// abort means; it is the only way to reach a direct descriptor's socket options. The option value is
+/// a constant in static storage (read by the kernel at issue time).
+void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd);
 
 /// The calling thread's kernel id (gettid(2)).
 int rs_gettid(void);

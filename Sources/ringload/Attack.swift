@@ -252,11 +252,12 @@ struct Attack: ParsableCommand {
                 if n > 0 { sent += n; lastProgress = since() }
                 else if n < 0 { closed = since(); break }
                 else {
-                    if c.peerClosedWithoutReading() { closed = since(); break }
+                    if c.peerClosedWithoutReading()
+                        || !RawSocket.serverEstablishedPeers(serverPort: port).contains(c.localPort) { closed = since(); break }
                     usleep(5_000)
                 }
             }
-            if closed == nil { closed = waitClosed([c], limit: since() + 10, t0: t0, reading: false)[0] }
+            if closed == nil { closed = waitClosed([c], limit: since() + 10, t0: t0, reading: false, serverPort: port)[0] }
             c.close()
             var o = AttackOutcome(attackers: 1, cutoff: closed, expectedCutoff: lastProgress + 2,
                                   detail: "uploaded \(sent >> 20) MiB of \(total >> 20) MiB without reading; last progress at \(String(format: "%.2f", lastProgress)) s")
@@ -351,7 +352,7 @@ struct Attack: ParsableCommand {
                 if !progressed { usleep(5_000) }
             }
             let stuckAt = since()
-            let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false)
+            let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false, serverPort: port)
             socks.forEach { $0.close() }
             let queued = offs.reduce(0, +)
             var o = outcome(socks.count, closedAt, expected: stuckAt + 2,
@@ -377,14 +378,18 @@ struct Attack: ParsableCommand {
     /// Waits until the server closed every socket (EOF or reset), up to `limit` seconds from `t0`;
     /// returns when each was seen closed (seconds since `t0`). `reply` gets each socket's first bytes.
     /// `reading: false` judges from the TCP state without reading (for clients that must not read).
-    private func waitClosed(_ socks: [RawSocket], limit: Double, t0: Date, reading: Bool = true,
+    private func waitClosed(_ socks: [RawSocket], limit: Double, t0: Date, reading: Bool = true, serverPort: Int = 0,
                             reply: ((ArraySlice<UInt8>) -> Void)? = nil) -> [Double?] {
         var closedAt = [Double?](repeating: nil, count: socks.count)
         while Date().timeIntervalSince(t0) < limit {
             var remaining = 0
+            let established = reading ? [] : RawSocket.serverEstablishedPeers(serverPort: serverPort)
             for (i, s) in socks.enumerated() where closedAt[i] == nil {
                 if !reading {
-                    if s.peerClosedWithoutReading() { closedAt[i] = Date().timeIntervalSince(t0) } else { remaining += 1 }
+                    // Cut off: the client saw a reset or FIN, or the server no longer has the connection.
+                    if s.peerClosedWithoutReading() || !established.contains(s.localPort) {
+                        closedAt[i] = Date().timeIntervalSince(t0)
+                    } else { remaining += 1 }
                 } else if let r = s.pollClosed() {
                     closedAt[i] = Date().timeIntervalSince(t0)
                     reply?(r)

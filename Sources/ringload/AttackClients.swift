@@ -21,6 +21,8 @@ struct AttackClientError: Error, CustomStringConvertible {
 /// with MSG_DONTWAIT so one thread can drive thousands.
 final class RawSocket {
     let fd: Int32
+    /// This end's port (to find the server's side of the connection in /proc/net/tcp).
+    private(set) var localPort = 0
     private var closed = false
     private var firstBytes: [UInt8] = []
 
@@ -47,6 +49,35 @@ final class RawSocket {
             Glibc.close(fd)
             throw AttackClientError("connect from \(source): \(String(cString: strerror(e)))")
         }
+        var me = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &me) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        localPort = Int(UInt16(bigEndian: me.sin_port))
+    }
+
+    /// Remote ports of the server's ESTABLISHED connections on `serverPort` (IPv4 loopback), from
+    /// /proc/net/tcp: a connection missing here has been dropped by the server, even if the client
+    /// was never told (an abort by TCP_USER_TIMEOUT sends nothing).
+    static func serverEstablishedPeers(serverPort: Int) -> Set<Int> {
+        let fd = open("/proc/net/tcp", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { Glibc.close(fd) }
+        var bytes: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            bytes += buf[0..<n]
+        }
+        var peers = Set<Int>()
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n").dropFirst() {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count > 3, f[3] == "01",
+                  let lp = f[1].split(separator: ":").last.flatMap({ Int($0, radix: 16) }), lp == serverPort,
+                  let rp = f[2].split(separator: ":").last.flatMap({ Int($0, radix: 16) }) else { continue }
+            peers.insert(rp)
+        }
+        return peers
     }
 
     deinit { close() }

@@ -206,6 +206,26 @@ struct PausesThenEchoes: ConnectionHandler {
         }
     }
 
+    /// An abort is a reset, not an orderly end: unsent data must not linger for a peer that will not
+    /// take it (io_uring sets SO_LINGER 0 through the ring, Linux 6.7+).
+    @Test(arguments: allBackends) func abortResetsTheConnection(_ backend: BackendKind) throws {
+        struct Aborts: ConnectionHandler {
+            static var requiresAuthentication: Bool { false }
+            mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+                try? connection.write([UInt8](repeating: 1, count: 100_000))  // queued, then discarded
+                connection.abort()
+            }
+        }
+        try withServer(backend, handler: { Aborts() }) { server in
+            let c = try TestClient(port: server.port)
+            try c.send([1])
+            var buf = [UInt8](repeating: 0, count: 1 << 20)
+            var result = 1
+            while result > 0 { result = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress!, 1 << 20, 0) } }
+            #expect(result == -1 && Errno.current.rawValue == ECONNRESET, "expected a reset, got \(result == 0 ? "EOF" : "\(Errno.current)")")
+        }
+    }
+
     @Test(arguments: allBackends) func acceptedSocketsHaveTCPKeepalive(_ backend: BackendKind) throws {
         for keep in [true, false] {
             try withEchoServer(backend, configure: { if !keep { $0.keepAlive = nil } }) { server in

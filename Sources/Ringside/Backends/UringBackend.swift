@@ -46,6 +46,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     private let acceptAddressLengths: UnsafeMutablePointer<socklen_t>
     /// Per-arming byte limit of multishot receives (0: none; set to 0 if the kernel refuses it).
     private var receiveLimit: Int
+    /// Whether aborts set SO_LINGER 0 through the ring (socket uring_cmd, Linux 6.7+).
+    private var lingerSupported = true
     private var listenerClosed = false
     private var stopping = false
 
@@ -246,7 +248,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// In-flight accounting happens here, once, whichever path the operation takes.
     private func prepare(_ ud: UserData) {
         switch ud.kind! {
-        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect: core.states[Int(ud.slot)].inflight += 1
+        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger: core.states[Int(ud.slot)].inflight += 1
         default: ringInflight += 1
         }
         if !deferred.isEmpty || !fill(ud) {
@@ -313,6 +315,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             }
         case .closeDirect:
             io_uring_prep_close_direct(s, UInt32(ud.slot))  // a refused direct accept: slot = its index
+        case .setLinger:
+            // Hard-linked to the close that follows: the close runs whether or not this succeeds.
+            rs_prep_set_linger_zero(s, core.states[slot].fd)
+            s.pointee.flags |= UInt8(RS_IOSQE_IO_HARDLINK)
         case .cancelRecv:
             io_uring_prep_cancel64(s, UserData(.recv, slot: ud.slot, generation: ud.generation).raw, 0)
         case .cancel:
@@ -335,7 +341,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             io_uring_prep_close(s, listenFD)
         }
         switch ud.kind! {
-        case .recv, .send, .shutdown:
+        case .recv, .send, .shutdown, .setLinger:
             if core.states[slot].flags.contains(.direct) { s.pointee.flags |= UInt8(RS_IOSQE_FIXED_FILE) }
         default: break
         }
@@ -350,7 +356,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         switch kind {
         case .recv: completeRecv(ud, res: res, flags: flags)
         case .send: completeSend(ud, res: res)
-        case .close, .cancel, .cancelRecv, .shutdown: completeSlotOp(ud, kind: kind, res: res)
+        case .close, .cancel, .cancelRecv, .shutdown, .setLinger: completeSlotOp(ud, kind: kind, res: res)
         case .connect: completeConnect(ud, res: res)
         case .accept: completeAccept(ud, res: res, flags: flags)
         case .wake:
@@ -469,6 +475,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         switch kind {
         case .close: core.states[i].flags.insert(.fdClosed)
         case .cancelRecv: core.states[i].flags.remove(.cancelSent)
+        case .setLinger where res < 0:
+            // Before Linux 6.7 (no socket uring_cmd) the close is an orderly one instead of a reset.
+            if lingerSupported { lingerSupported = false; logger.notice("SO_LINGER through io_uring refused (\(Errno(rawValue: -res))): aborts close without a reset") }
         case .shutdown where res < 0 && res != -ENOTCONN:
             core.requestClose(slot: ud.slot, abort: true, reason: .error(Errno(rawValue: -res)))
         default: break  // cancel: -ENOENT / -EALREADY mean the operation already finished
@@ -658,6 +667,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         if core.states[i].flags.contains(.recvArmed) || inFlight {
             prepare(UserData(.cancel, slot: slot, generation: gen))
         }
+        // An abort resets the connection (RST) rather than leaving unsent data to a peer that may never
+        // take it. The setsockopt completes inline at submission, ahead of the close (hard-linked so the
+        // close runs even if it fails; kept in order by the FIFO if the SQ is full).
+        if abort && lingerSupported { prepare(UserData(.setLinger, slot: slot, generation: gen)) }
         prepare(UserData(.close, slot: slot, generation: gen))
     }
 

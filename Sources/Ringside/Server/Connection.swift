@@ -82,7 +82,8 @@ public struct Connection {
     /// Flushes what is queued, then closes the connection. Further input is ignored.
     public func close() { core.requestClose(slot: slot, abort: false, reason: .closedByHandler) }
 
-    /// Closes the connection now, discarding queued output.
+    /// Closes the connection now, discarding queued output; the peer gets a reset (RST), not an orderly
+    /// end-of-file (io_uring: on Linux 6.7+, where socket options can be set through the ring).
     public func abort() { core.requestClose(slot: slot, abort: true, reason: .abortedByHandler) }
 
     /// Flushes what is queued, then shuts down the sending side (the peer reads end-of-file); receiving
