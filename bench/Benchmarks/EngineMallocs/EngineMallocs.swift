@@ -58,6 +58,7 @@ let benchmarks: @Sendable () -> Void = {
     let plaintext = Array("GET /plaintext HTTP/1.1\r\nHost: bench\r\n\r\n".utf8)
     let fixtures = [BackendKind.uring, .epoll].flatMap { backend in [
         ("echo-64B-pingpong-\(backend)", EchoFixture(backend: backend, request: nil, handler: .echo)),
+        ("async-echo-64B-pingpong-\(backend)", EchoFixture(backend: backend, request: nil, handler: .asyncEcho)),
         ("http-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: plaintext, handler: .http)),
     ] }
     for (name, fixture) in fixtures {
@@ -80,7 +81,7 @@ let benchmarks: @Sendable () -> Void = {
 /// client connection with preallocated buffers, doing request/response round trips.
 /// Used from the benchmark thread only (setup, iterations, teardown run sequentially).
 final class EchoFixture: @unchecked Sendable {
-    enum Handler { case echo, http }
+    enum Handler { case echo, asyncEcho, http }
     let backend: BackendKind
     let handler: Handler
     private var server: RunningServer?
@@ -114,6 +115,11 @@ final class EchoFixture: @unchecked Sendable {
         let config = ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
         let server = switch handler {
         case .echo: try RingsideServer.start(configuration: config) { EchoHandler() }
+        case .asyncEcho:
+            // The async API: a task per connection on the loop's executor, inbound AsyncSequence, write.
+            try RingsideServer.startAsync(configuration: config, requiresAuthentication: false) { conn in
+                for try await chunk in conn.inbound { try await conn.write(chunk) }
+            }
         case .http: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: .benchmarkRoutes))
         }
         self.server = server
@@ -128,7 +134,7 @@ final class EchoFixture: @unchecked Sendable {
         }
         run(roundTrips: warmUpRoundTrips)
         // The round trip's contents are checked once here, outside the measured loop.
-        if handler == .echo {
+        if handler != .http {
             precondition(memcmp(sendBuffer.baseAddress!, receiveBuffer.baseAddress!, messageSize) == 0,
                          "echo returned different bytes")
         }
