@@ -23,7 +23,7 @@ test: setup
 	bash scripts/release-smoke.sh
 	bash scripts/adversarial.sh
 	swift build --build-tests
-	swift test --skip-build --disable-xctest
+	swift test --skip-build --disable-xctest --no-parallel
 
 # Steady-state mallocs per echoed message through the engine's real paths, against stored thresholds
 # (bench/Thresholds: 0 per message on both backends).

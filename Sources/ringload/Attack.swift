@@ -174,10 +174,10 @@ struct Attack: ParsableCommand {
         }
         if peakRSS > Double(rssBoundMiB) { failures.append(String(format: "peak RSS %.1f MiB > %d MiB", peakRSS, rssBoundMiB)) }
         if fdsAfter > fdsBefore { failures.append("server descriptors \(fdsBefore) -> \(fdsAfter)") }
-        if !stopped.contains("open=0") && !stopped.contains("\"open\": 0") && !stopped.contains("open: 0") {
-            // Metadata formatting differs between log handlers; look for the values instead.
-        }
+        // The server's own account at exit (its stop line): every connection closed, every buffer home.
+        if stopped.isEmpty { failures.append("the server printed no stop line (see \(log))") }
         if let leak = Self.metadataValue(stopped, "buffersInUse"), leak != 0 { failures.append("server buffers in use at stop: \(leak)") }
+        if let open = Self.metadataValue(stopped, " open"), open != 0 { failures.append("server connections open at stop: \(open)") }
         if let cut = o.cutoff, let expected = o.expectedCutoff, cut > expected + o.tolerance {
             failures.append(String(format: "cut off after %.2f s, limit %.1f s", cut, expected))
         }
@@ -411,7 +411,7 @@ struct Attack: ParsableCommand {
 
     /// `key=value` or `key: value` from a swift-log line's metadata.
     static func metadataValue(_ line: String, _ key: String) -> Int? {
-        guard let r = line.range(of: key + "=") ?? line.range(of: key + ": ") else { return nil }
+        guard let r = line.range(of: key + "=") else { return nil }
         return Int(line[r.upperBound...].prefix { $0.isNumber })
     }
 

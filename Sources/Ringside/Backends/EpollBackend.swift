@@ -21,6 +21,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     private let events: UnsafeMutablePointer<epoll_event>
     private let maxEvents = 512
     private let iov: UnsafeMutablePointer<iovec>
+    /// Where a lingering connection's input is read and dropped.
+    private let discard = UnsafeMutableRawPointer.allocate(byteCount: 16 * 1024, alignment: 16)
     private let maxIOV = 64
     private var stopping = false
     /// Accept is paused after EMFILE/ENFILE until this instant (level-triggered would spin).
@@ -121,6 +123,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         closeDescriptor(epfd)
         events.deallocate()
         iov.deallocate()
+        discard.deallocate()
     }
 
     var summary: String {
@@ -266,6 +269,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     private func readReady(_ slot: Int32) {
         let i = Int(slot)
         let fd = core.states[i].fd
+        if core.states[i].flags.contains(.lingering) { discardInput(slot); return }
         let size = pool.receiveChunkSize
         for _ in 0..<16 {  // bounded per wake, for fairness between connections
             guard core.states[i].flags.isDisjoint(with: [.readPaused, .inputPaused, .inputClosed, .wantClose, .wantAbort, .closing]),
@@ -308,6 +312,20 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         core.markDirty(slot)
     }
 
+    /// A lingering connection: read and drop what arrives, until EAGAIN or end-of-file (bounded per wake).
+    private func discardInput(_ slot: Int32) {
+        let i = Int(slot)
+        for _ in 0..<16 {
+            let n = recv(core.states[i].fd, discard, 16 * 1024, 0)
+            if n > 0 { core.counters.bytesIn += n; continue }
+            if n == 0 { core.states[i].flags.insert(.inputClosed); break }
+            if Errno.current == .interrupted { continue }
+            if Errno.current.rawValue != EAGAIN { core.states[i].flags.insert(.lingerDone) }
+            break
+        }
+        core.markDirty(slot)
+    }
+
     // MARK: per-connection state machine
 
     private func processDirty() { core.drainDirty { service($0) } }
@@ -328,7 +346,15 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
         if core.watermark(slot) == .resume { handlers.writable(slot); flush(slot) }
         let flushed = core.states[i].sendHead < 0
-        if core.states[i].flags.contains(.wantClose) && flushed { teardown(slot); return }
+        if core.states[i].flags.contains(.wantClose) && flushed {
+            guard core.shouldLinger(slot) else { teardown(slot); return }
+            // Lingering close: FIN now, keep reading (and dropping) until EOF or the linger time.
+            if !core.states[i].flags.contains(.writeShutDown) {
+                core.states[i].flags.insert(.writeShutDown)
+                if Glibc.shutdown(core.states[i].fd, Int32(SHUT_WR)) != 0 { teardown(slot); return }
+            }
+            core.beginLinger(slot)
+        }
         if core.states[i].flags.contains(.wantShutdownWrite) && !core.states[i].flags.contains(.writeShutDown) && flushed {
             core.states[i].flags.insert(.writeShutDown)
             if Glibc.shutdown(core.states[i].fd, Int32(SHUT_WR)) != 0 && Errno.current.rawValue != ENOTCONN {
@@ -373,7 +399,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     private func updateInterest(_ slot: Int32) {
         let i = Int(slot)
         let f = core.states[i].flags
-        let wantIn = f.isDisjoint(with: [.readPaused, .inputClosed, .wantClose, .starved, .closing]) && !stopping
+        let wantIn = (f.isDisjoint(with: [.readPaused, .inputClosed, .wantClose, .starved, .closing]) && !stopping)
+            || (f.contains(.lingering) && f.isDisjoint(with: [.inputClosed, .closing]))
         let wantOut = core.states[i].sendHead >= 0 && !f.contains(.writeShutDown)
         guard wantIn != f.contains(.recvArmed) || wantOut != f.contains(.epollOut) else { return }
         var mask: UInt32 = 0

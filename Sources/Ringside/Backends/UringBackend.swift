@@ -418,7 +418,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         } else if res == 0 {
             if hasBuffer { pool.release(chunk) }
             core.states[i].flags.insert(.inputClosed)
-            if core.states[i].flags.isDisjoint(with: [.closing, .wantAbort]) {
+            if core.states[i].flags.isDisjoint(with: [.closing, .wantAbort, .wantClose]) {
                 if core.states[i].closeReason == .closedByHandler { core.states[i].closeReason = .peerClosed }
                 if core.states[i].heldHead >= 0 {
                     core.states[i].flags.insert(.eofPending)  // after the held bytes
@@ -589,16 +589,25 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         }
         st = core.states[i]
         let flushed = st.sendHead < 0 && !st.flags.contains(.sendInFlight)
-        if st.flags.contains(.wantClose) && flushed { beginTeardown(slot, abort: false); return }
+        if st.flags.contains(.wantClose) && flushed {
+            guard core.shouldLinger(slot) else { beginTeardown(slot, abort: false); return }
+            // Lingering close: FIN now, keep receiving (and discarding) until EOF or the linger time.
+            if !st.flags.contains(.writeShutDown) {
+                core.states[i].flags.insert(.writeShutDown)
+                prepare(UserData(.shutdown, slot: slot, generation: gen))
+            }
+            core.beginLinger(slot)
+        }
         if st.flags.contains(.wantShutdownWrite) && !st.flags.contains(.writeShutDown) && flushed {
             core.states[i].flags.insert(.writeShutDown)
             prepare(UserData(.shutdown, slot: slot, generation: gen))
         }
         st = core.states[i]
         // Re-arm only once both the old receive's final CQE and a pause's cancel have completed, and
-        // nothing is held back.
-        if st.flags.isDisjoint(with: [.recvArmed, .cancelSent, .readPaused, .inputClosed, .wantClose, .starved])
-            && st.heldHead < 0 && !stopping
+        // nothing is held back. A lingering connection keeps receiving (to discard) even while stopping.
+        let lingering = st.flags.contains(.lingering)
+        if st.flags.isDisjoint(with: [.recvArmed, .cancelSent, .readPaused, .inputClosed, .starved])
+            && (lingering || (!st.flags.contains(.wantClose) && !stopping)) && st.heldHead < 0
         {
             armReceive(slot)
         }

@@ -64,5 +64,7 @@ struct ConnectionState {
         static let timedOut = Flags(rawValue: 1 << 22)       // closed by a deadline: only the write stall still applies
         static let addressCounted = Flags(rawValue: 1 << 23) // counted in the per-address table
         static let inputPaused = Flags(rawValue: 1 << 24)    // the handler paused reading (Connection.pauseReading)
+        static let lingering = Flags(rawValue: 1 << 25)      // graceful close: FIN sent, discarding input until EOF
+        static let lingerDone = Flags(rawValue: 1 << 26)     // the linger time is up: close now
     }
 }

@@ -45,6 +45,7 @@ final class LoopCore {
         var authenticationMillis: UInt64 = 0
         var idleMillis: UInt64 = 0
         var writeStallMillis: UInt64 = 0
+        var lingerMillis: UInt64 = 0
         var maxPerAddress = 0
 
         init() {}
@@ -56,6 +57,7 @@ final class LoopCore {
             authenticationMillis = requiresAuthentication ? ms(c.authenticationTimeout) : 0
             idleMillis = ms(c.idleTimeout)
             writeStallMillis = ms(c.writeStallTimeout)
+            lingerMillis = ms(c.lingerTimeout)
             maxPerAddress = c.maxConnectionsPerAddress ?? 0
         }
     }
@@ -464,11 +466,41 @@ final class LoopCore {
         return best
     }
 
+    // MARK: lingering close
+
+    /// Whether a graceful close of `s`, its output flushed, should linger (half-close, discard input
+    /// until EOF or `lingerTimeout`) instead of closing at once: only while the peer may still send.
+    func shouldLinger(_ s: Int32) -> Bool {
+        let f = states[Int(s)].flags
+        return limits.lingerMillis > 0 && f.isDisjoint(with: [.inputClosed, .lingerDone, .timedOut, .wantAbort, .connecting])
+    }
+
+    /// Starts lingering on `s` (the backend has sent or is sending the FIN): input is discarded from
+    /// now on, and the deadline wheel ends the linger at `lingerTimeout`.
+    func beginLinger(_ s: Int32) {
+        let i = Int(s)
+        guard !states[i].flags.contains(.lingering) else { return }
+        states[i].flags.insert(.lingering)
+        // Input is only dropped from now on: a pause (the handler's or backpressure's, the queue being
+        // flushed) no longer applies, and what was held back is released.
+        states[i].flags.remove([.inputPaused, .readPaused, .wasAboveHigh])
+        discardHeld(slot: s)
+        markDirty(s)
+        states[i].readDue = now + limits.lingerMillis
+        deadlines.arm(s, at: states[i].readDue)
+    }
+
     /// The deadline entry of `s` came due: close it if a deadline really passed, else re-arm for the
     /// earliest one (activity since arming moved it).
     private func checkDeadlines(_ s: Int32) {
         let i = Int(s)
         guard states[i].flags.contains(.open), !states[i].flags.contains(.closing) else { return }
+        if states[i].flags.contains(.lingering) {
+            // Lingering is not a timeout: when its time is up the connection just closes.
+            if states[i].readDue <= now { states[i].flags.insert(.lingerDone); markDirty(s) }
+            else { deadlines.arm(s, at: states[i].readDue) }
+            return
+        }
         guard let (due, kind) = nextDeadline(s) else { return }
         if due > now { deadlines.arm(s, at: recheck(due)); return }
         switch kind {

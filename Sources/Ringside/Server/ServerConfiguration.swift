@@ -65,6 +65,12 @@ public struct ServerConfiguration: Sendable {
     /// At most this many simultaneous connections from one remote address (nil: no per-address cap).
     /// Off by default: behind NAT or a proxy many clients share an address.
     public var maxConnectionsPerAddress: Int? = nil
+    /// Lingering close: after a graceful close has flushed its output, the engine half-closes (FIN),
+    /// then reads and discards input until the peer's end-of-file or this long, before closing. A peer
+    /// that is still sending then gets an orderly end instead of a reset, which on a real network could
+    /// destroy a response it had been sent but not yet received (the kernel resets a connection closed
+    /// with unread input). nil: close at once.
+    public var lingerTimeout: Duration? = .seconds(2)
     /// TCP keepalive on accepted sockets, so peers that vanished without a FIN are found (nil: off).
     public var keepAlive: TCPKeepAlive? = TCPKeepAlive()
     /// io_uring: the most bytes one multishot receive may deliver before it ends and is re-armed
