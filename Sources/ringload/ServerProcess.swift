@@ -18,7 +18,7 @@ final class ServerProcess {
         p.arguments = ["-c", "\(cpu)", "/bin/sh", "-c", "exec \(command)"]
         let out = Pipe()
         p.standardOutput = out
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         p.standardError = FileHandle(forWritingAtPath: log)
         p.standardInput = FileHandle.nullDevice
         try p.run()

@@ -12,7 +12,7 @@ enum UringSupport {
         let r = io_uring_queue_init(2, &ring, 0)
         if r < 0 {
             let e = Errno(rawValue: -r)
-            let sysctl = (try? String(contentsOfFile: "/proc/sys/kernel/io_uring_disabled")) ?? "?"
+            let sysctl = (try? String(contentsOfFile: "/proc/sys/kernel/io_uring_disabled", encoding: .utf8)) ?? "?"
             return "io_uring refused by this kernel: io_uring_setup -> \(e) (kernel.io_uring_disabled=\(sysctl.trimmingCharacters(in: .whitespacesAndNewlines)))"
         }
         io_uring_queue_exit(&ring)
