@@ -260,8 +260,14 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         }
         // EPOLLHUP/EPOLLERR are reported whatever the interest set: once input is closed too, the peer
         // is gone both ways; close rather than wake on the same level-triggered event forever.
+        // (Not when we shut our own side first, as a lingering close does: then HUP is the orderly end of
+        // both directions, and the graceful close already under way must not become a reset.)
         if mask & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 && core.states[i].flags.contains(.inputClosed) {
-            core.requestClose(slot: ud.slot, abort: true, reason: .peerClosed)
+            if mask & EPOLLERR.rawValue == 0 && core.states[i].flags.contains(.writeShutDown) {
+                core.markDirty(ud.slot)  // our FIN was sent, theirs arrived: close gracefully in `service`
+            } else {
+                core.requestClose(slot: ud.slot, abort: true, reason: .peerClosed)
+            }
         }
         if mask & EPOLLOUT.rawValue != 0 { core.markDirty(ud.slot) }
     }
@@ -344,7 +350,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
         if core.states[i].sendHead >= 0 && !core.states[i].flags.contains(.writeShutDown) { flush(slot) }
         if core.states[i].flags.contains(.wantAbort) { teardown(slot); return }
-        if core.watermark(slot) == .resume { handlers.writable(slot); flush(slot) }
+        if core.watermark(slot).contains(.writable) { handlers.writable(slot); flush(slot) }
         let flushed = core.states[i].sendHead < 0
         if core.states[i].flags.contains(.wantClose) && flushed {
             guard core.shouldLinger(slot) else { teardown(slot); return }

@@ -48,6 +48,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     private var receiveLimit: Int
     /// Whether aborts set SO_LINGER 0 through the ring (socket uring_cmd, Linux 6.7+).
     private var lingerSupported = true
+    /// The previous accept failed with ENFILE: a second one in a row is the system's file limit, not
+    /// our full direct table, and backs off like any accept error.
+    private var lastAcceptENFILE = false
     private var listenerClosed = false
     private var stopping = false
 
@@ -260,7 +263,12 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     private func drainDeferred() {
         guard !deferred.isEmpty else { return }
         var i = 0
-        while i < deferred.count, fill(deferred[i]) { i += 1 }
+        while i < deferred.count {
+            // A deferred SO_LINGER and the close after it go into one submission (see `beginTeardown`).
+            if deferred[i].kind == .setLinger && ring.spaceLeft < 2 { _ = ring.submit() }
+            guard fill(deferred[i]) else { break }
+            i += 1
+        }
         deferred.removeFirst(i)
     }
 
@@ -475,7 +483,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         switch kind {
         case .close: core.states[i].flags.insert(.fdClosed)
         case .cancelRecv: core.states[i].flags.remove(.cancelSent)
-        case .setLinger where res < 0:
+        case .setLinger where res == -EINVAL || res == -EOPNOTSUPP:
             // Before Linux 6.7 (no socket uring_cmd) the close is an orderly one instead of a reset.
             if lingerSupported { lingerSupported = false; logger.notice("SO_LINGER through io_uring refused (\(Errno(rawValue: -res))): aborts close without a reset") }
         case .shutdown where res < 0 && res != -ENOTCONN:
@@ -535,7 +543,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             }
         } else if -res == ECANCELED {
             core.counters.canceledCompletions += 1
-        } else if -res == ENFILE && directFiles {
+        } else if -res == ENFILE && directFiles && !lastAcceptENFILE {
             // The direct-descriptor table is full even with its headroom (a flood of refused connections
             // whose close_direct has not completed yet): the kernel closed the new connection. That is a
             // refusal, not an error to back off from.
@@ -546,8 +554,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                 logger.warning("accept failed: \(Errno(rawValue: -res)) (count \(core.counters.acceptErrors)); retrying in 50 ms")
             }
         }
+        let refusedByFullTable = -res == ENFILE && directFiles && !lastAcceptENFILE
+        lastAcceptENFILE = -res == ENFILE
         if !acceptArmed[k] && !stopping {
-            if res < 0 && -res != ECANCELED && !(-res == ENFILE && directFiles) {
+            if res < 0 && -res != ECANCELED && !refusedByFullTable {
                 // EMFILE/ENFILE and friends: retry after a pause rather than spinning.
                 prepare(UserData(.acceptRetryTimer, slot: Int32(k)))
             } else {
@@ -580,12 +590,13 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             core.states[i].flags.insert(.sendInFlight)
             prepare(UserData(.send, slot: slot, generation: gen))
         }
-        switch core.watermark(slot) {
-        case .pause: cancelPausedReceive(slot)
-        case .resume:
-            deliverHeld(slot)
-            if !core.states[i].flags.contains(.readPaused) { handlers.writable(slot) }
-        case .none: break
+        let w = core.watermark(slot)
+        if w.contains(.pause) { cancelPausedReceive(slot) }
+        if w.contains(.resume) { deliverHeld(slot) }
+        if w.contains(.writable) {
+            // Unless delivering the held input filled the queue again: then it is owed once that drains.
+            if core.states[i].queuedBytes <= core.lowWatermark { handlers.writable(slot) }
+            else { core.states[i].flags.insert(.wasAboveHigh) }
         }
         st = core.states[i]
         let flushed = st.sendHead < 0 && !st.flags.contains(.sendInFlight)
@@ -617,11 +628,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// the end of the batch), so later completions of this batch are held, not delivered.
     @inline(__always) private func pauseIfOverHighWatermark(_ slot: Int32) {
         let i = Int(slot)
-        if (core.states[i].queuedBytes > core.highWatermark || core.states[i].flags.contains(.inputPaused))
-            && core.watermark(slot) == .pause
-        {
-            cancelPausedReceive(slot)
-        }
+        guard core.states[i].queuedBytes > core.highWatermark || core.states[i].flags.contains(.inputPaused) else { return }
+        let w = core.watermark(slot)
+        if w.contains(.pause) { cancelPausedReceive(slot) }
+        if w.contains(.writable) { core.states[i].flags.insert(.wasAboveHigh); core.markDirty(slot) }  // told in `service`
     }
 
     private func cancelPausedReceive(_ slot: Int32) {
@@ -679,7 +689,16 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         // An abort resets the connection (RST) rather than leaving unsent data to a peer that may never
         // take it. The setsockopt completes inline at submission, ahead of the close (hard-linked so the
         // close runs even if it fails; kept in order by the FIFO if the SQ is full).
-        if abort && lingerSupported { prepare(UserData(.setLinger, slot: slot, generation: gen)) }
+        if abort && !core.states[i].flags.contains(.direct) {
+            // An ordinary descriptor: setsockopt(2) directly.
+            var l = linger(l_onoff: 1, l_linger: 0)
+            _ = setsockopt(core.states[i].fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        } else if abort && lingerSupported {
+            // The pair must not be split at an SQ boundary (a dangling hard link goes to io-wq and could
+            // run after the close, on a slot already reused): make room for both first.
+            if deferred.isEmpty && ring.spaceLeft < 2 { _ = ring.submit() }
+            prepare(UserData(.setLinger, slot: slot, generation: gen))
+        }
         prepare(UserData(.close, slot: slot, generation: gen))
     }
 

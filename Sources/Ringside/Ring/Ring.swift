@@ -140,6 +140,9 @@ final class Ring {
 
     @inline(__always) func submit() -> Int32 { io_uring_submit(ring) }
 
+    /// Free SQ entries.
+    @inline(__always) var spaceLeft: UInt32 { io_uring_sq_space_left(ring) }
+
     /// Whether the kernel flagged a CQ overflow (completions parked in its backlog).
     @inline(__always) var cqOverflowFlagged: Bool { rs_sq_flags(ring) & IORING_SQ_CQ_OVERFLOW != 0 }
     @inline(__always) var droppedCompletions: UInt32 { rs_cq_overflow_count(ring) }

@@ -355,11 +355,18 @@ final class LoopCore {
         markDirty(slot)
     }
 
-    /// Backpressure decision after a slot's queue changed: pause reading above the high watermark,
-    /// resume (and tell the handler) at or below the low one. Shared by both backends.
-    enum Watermark { case none, pause, resume }
+    /// Backpressure decision after a slot's queue changed, shared by both backends: pause reading
+    /// above the high watermark or while the handler paused it; resume at or below the low one; and,
+    /// separately, owe the handler `writable` once a queue that went above the high mark has drained to
+    /// the low one, whether or not reading resumes (a handler that paused its own reading still needs it).
+    struct Watermark: OptionSet {
+        let rawValue: UInt8
+        static let pause = Watermark(rawValue: 1)
+        static let resume = Watermark(rawValue: 2)
+        static let writable = Watermark(rawValue: 4)
+    }
 
-    /// `.resume` also follows a crossing that was never seen paused: a queue that went over the high
+    /// `.writable` also follows a crossing that was never seen paused: a queue that went over the high
     /// mark during a handler call (`wasAboveHigh`, set by the write) and was flushed below the low mark
     /// before this check still owes the handler its `writable`.
     @inline(__always) func watermark(_ slot: Int32) -> Watermark {
@@ -367,18 +374,24 @@ final class LoopCore {
         let q = states[i].queuedBytes
         if q > counters.maxQueuedBytes { counters.maxQueuedBytes = q }
         let over = q > highWatermark
+        var w: Watermark = []
+        if over {
+            states[i].flags.insert(.wasAboveHigh)
+        } else if q <= lowWatermark && states[i].flags.contains(.wasAboveHigh) {
+            states[i].flags.remove(.wasAboveHigh)
+            w.insert(.writable)
+        }
         if over || states[i].flags.contains(.inputPaused) {
-            if over { states[i].flags.insert(.wasAboveHigh) }
-            guard !states[i].flags.contains(.readPaused) else { return .none }
-            states[i].flags.insert(.readPaused)
-            counters.readPauses += 1
-            return .pause
+            if !states[i].flags.contains(.readPaused) {
+                states[i].flags.insert(.readPaused)
+                counters.readPauses += 1
+                w.insert(.pause)
+            }
+        } else if q <= lowWatermark && states[i].flags.contains(.readPaused) {
+            states[i].flags.remove(.readPaused)
+            w.insert(.resume)
         }
-        if q <= lowWatermark && !states[i].flags.isDisjoint(with: [.readPaused, .wasAboveHigh]) {
-            states[i].flags.remove([.readPaused, .wasAboveHigh])
-            return .resume
-        }
-        return .none
+        return w
     }
 
     /// Fires every due connection timer through `fire` (called with the slot), then enforces due
@@ -445,7 +458,8 @@ final class LoopCore {
         let i = Int(s)
         states[i].readDue = due
         states[i].flags.insert(.deadlines)
-        if !deadlines.isArmed(s) || deadlines.due(s) > due { deadlines.arm(s, at: due) }
+        let at = recheck(due)  // keep the entry due within one write-stall period (see `recheck`)
+        if !deadlines.isArmed(s) || deadlines.due(s) > at { deadlines.arm(s, at: at) }
     }
 
     /// The earliest deadline that applies to `s` now, and which one.

@@ -149,6 +149,9 @@ final class Loop: Sendable {
             startup.withLock { $0 = .success(Started(port: port, kind: kind, summary: backend.summary)) }
             ready.signal()
             do { try backend.run() } catch { outcome.withLock { $0 = error } }
+            // However the loop ended, its executor must stop claiming this thread: jobs still queued
+            // go to the global executor (a loop that died with an error never shut it down).
+            control.executor.abandon()
             done.signal()
         }
         try thread.start()
