@@ -300,26 +300,19 @@ func withAsyncServer(
     body: @escaping @Sendable (AsyncConnection) async throws -> Void,
     _ test: (RunningServer) throws -> Void
 ) throws {
-    try skipIfUnavailable(backend)
-    signal(SIGPIPE, SIG_IGN)
-    var config = ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
-    config.drainTimeout = .seconds(2)
-    configure(&config)
-    let server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
-                                               inboundBufferLimit: inboundLimit) { conn in
-        probe.begin()
-        defer { probe.end() }
-        #expect(conn.executor.isCurrent, "task started off its loop thread")
-        try await body(conn)
+    var started = false
+    defer {
+        if started { #expect(eventually(2) { probe.live == 0 }, "connection tasks still running after stop: \(probe.live)") }
     }
-    #expect(server.backend == backend)
-    var testError: (any Error)? = nil
-    do { try test(server) } catch { testError = error }
-    try server.shutdown()
-    let s = server.stats
-    #expect(s.connectionsOpen == 0, "connections left open after stop")
-    #expect(s.buffersInUse == 0, "pool buffers leaked: \(s.buffersInUse)")
-    #expect(s.connectionsAccepted == s.connectionsClosed)
-    #expect(eventually(2) { probe.live == 0 }, "connection tasks still running after stop: \(probe.live)")
-    if let testError { throw testError }
+    try withServer(backend, configure: configure, start: { config in
+        let server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
+                                                   inboundBufferLimit: inboundLimit) { conn in
+            probe.begin()
+            defer { probe.end() }
+            #expect(conn.executor.isCurrent, "task started off its loop thread")
+            try await body(conn)
+        }
+        started = true
+        return server
+    }, test)
 }

@@ -38,12 +38,22 @@ func withServer<H: ConnectionHandler>(
     handler: @escaping @Sendable () -> H,
     _ body: (RunningServer) throws -> Void
 ) throws {
+    try withServer(backend, configure: configure, start: { try RingsideServer.start(configuration: $0, handler: handler) }, body)
+}
+
+/// `withServer` for any way of starting a server (callback handlers, the async API).
+func withServer(
+    _ backend: BackendKind,
+    configure: (inout ServerConfiguration) -> Void = { _ in },
+    start: (ServerConfiguration) throws -> RunningServer,
+    _ body: (RunningServer) throws -> Void
+) throws {
     try skipIfUnavailable(backend)
     signal(SIGPIPE, SIG_IGN)
     var config = ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
     config.drainTimeout = .seconds(2)
     configure(&config)
-    let server = try RingsideServer.start(configuration: config, handler: handler)
+    let server = try start(config)
     #expect(server.backend == backend)
     var bodyError: (any Error)? = nil
     do { try body(server) } catch { bodyError = error }

@@ -430,8 +430,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         if core.states[i].flags.contains(.wantAbort) {
             // An abort resets the connection (RST) and drops unsent data, instead of leaving it to a
             // peer that may never take it.
-            var l = linger(l_onoff: 1, l_linger: 0)
-            _ = setsockopt(core.states[i].fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+            Socket.setLingerZero(core.states[i].fd)
         }
         closeDescriptor(core.states[i].fd)  // also removes it from the epoll set
         core.states[i].flags.insert(.fdClosed)

@@ -116,8 +116,7 @@ enum Socket {
     /// engine's write-stall clock cannot see it.
     static func configureListener(_ fd: Int32, keepAlive: TCPKeepAlive?, userTimeout: Duration? = nil) throws(SyscallError) {
         if let u = userTimeout {
-            let ms = u.components.seconds * 1000 + u.components.attoseconds / 1_000_000_000_000_000
-            try setOption(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, Int32(clamping: max(1, ms)), "TCP_USER_TIMEOUT")
+            try setOption(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, Int32(clamping: max(1, u.wholeMilliseconds)), "TCP_USER_TIMEOUT")
         }
         guard let k = keepAlive else { return }
         func seconds(_ d: Duration) -> Int32 { Int32(clamping: max(1, d.components.seconds)) }
@@ -125,6 +124,13 @@ enum Socket {
         try setOption(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, seconds(k.idle), "TCP_KEEPIDLE")
         try setOption(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, seconds(k.interval), "TCP_KEEPINTVL")
         try setOption(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, Int32(clamping: max(1, k.count)), "TCP_KEEPCNT")
+    }
+
+    /// SO_LINGER {1, 0}: the next close resets the connection (RST) and drops unsent data, which is
+    /// what an abort means. Best effort: the peer may already be gone.
+    static func setLingerZero(_ fd: Int32) {
+        var l = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
     }
 
     /// Options for an accepted connection. Failures are not fatal for the connection (the peer may

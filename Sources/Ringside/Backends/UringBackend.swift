@@ -690,9 +690,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         // take it. The setsockopt completes inline at submission, ahead of the close (hard-linked so the
         // close runs even if it fails; kept in order by the FIFO if the SQ is full).
         if abort && !core.states[i].flags.contains(.direct) {
-            // An ordinary descriptor: setsockopt(2) directly.
-            var l = linger(l_onoff: 1, l_linger: 0)
-            _ = setsockopt(core.states[i].fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+            Socket.setLingerZero(core.states[i].fd)  // an ordinary descriptor: setsockopt(2) directly
         } else if abort && lingerSupported {
             // The pair must not be split at an SQ boundary (a dangling hard link goes to io-wq and could
             // run after the close, on a slot already reused): make room for both first.

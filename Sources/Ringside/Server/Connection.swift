@@ -45,7 +45,7 @@ public struct Connection {
     /// Arms this connection's timer (one per connection; re-arming replaces it). When it comes due,
     /// the handler's ``ConnectionHandler/timerFired(on:)`` is called. Resolution is 1 ms.
     public func setTimer(after delay: Duration) {
-        let ms = UInt64(max(0, delay.components.seconds)) * 1000 + UInt64(max(0, delay.components.attoseconds)) / 1_000_000_000_000_000
+        let ms = delay.wholeMilliseconds
         core.timers.arm(slot, at: monotonicMillis() + ms)
     }
 
@@ -72,7 +72,7 @@ public struct Connection {
     /// called within `delay`, for example once a complete message has been read. Re-setting replaces
     /// it. Independent of the handler's timer (``setTimer(after:)``).
     public func setReadDeadline(after delay: Duration) {
-        let ms = UInt64(max(0, delay.components.seconds)) * 1000 + UInt64(max(0, delay.components.attoseconds)) / 1_000_000_000_000_000
+        let ms = delay.wholeMilliseconds
         core.setReadDeadline(slot, at: core.now + max(ms, 1))
     }
 

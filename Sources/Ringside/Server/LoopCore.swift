@@ -52,7 +52,7 @@ final class LoopCore {
         init(_ c: ServerConfiguration, requiresAuthentication: Bool) {
             func ms(_ d: Duration?) -> UInt64 {
                 guard let d, d > .zero else { return 0 }
-                return max(1, UInt64(d.components.seconds) * 1000 + UInt64(d.components.attoseconds) / 1_000_000_000_000_000)
+                return max(1, d.wholeMilliseconds)
             }
             authenticationMillis = requiresAuthentication ? ms(c.authenticationTimeout) : 0
             idleMillis = ms(c.idleTimeout)
@@ -395,9 +395,8 @@ final class LoopCore {
     }
 
     /// Fires every due connection timer through `fire` (called with the slot), then enforces due
-    /// deadlines. Refreshes the loop clock first.
+    /// deadlines, at the loop clock the backend refreshed (`tick()`) after its wait.
     @inline(__always) func expireTimers(_ fire: (Int32) -> Void) {
-        now = monotonicMillis()
         if timers.armed > 0 {
             let n = timers.expire(now: now, into: dueTimers)
             for k in 0..<n { fire(dueTimers[k]) }
