@@ -14,7 +14,7 @@ public struct AuthenticatedEchoHandler: ConnectionHandler {
     public init(token: String) { greeting = Array(token.utf8) + [UInt8(ascii: "\n")] }
 
     public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
-        if matched == greeting.count { connection.send(bytes); return }
+        if matched == greeting.count { do { try connection.send(bytes) } catch { connection.abort() }; return }
         var i = 0
         while i < bytes.count && matched < greeting.count {
             guard bytes.bytes[i] == greeting[matched] else { connection.abort(); return }

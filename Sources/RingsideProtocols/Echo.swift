@@ -10,6 +10,8 @@ public struct EchoHandler: ConnectionHandler {
 
     @inlinable
     public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
-        connection.send(bytes)
+        // The hand-back fails only if the connection no longer takes writes: then the client must not
+        // think its bytes were echoed.
+        do { try connection.send(bytes) } catch { connection.abort() }
     }
 }

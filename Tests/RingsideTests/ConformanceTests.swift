@@ -333,14 +333,14 @@ struct ProbingEcho: ConnectionHandler {
     let probe: BackpressureProbe
     mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
         probe.note(queued: connection.queuedOutboundBytes, backpressured: connection.isBackpressured)
-        connection.send(bytes)
+        do { try connection.send(bytes) } catch { connection.abort() }
     }
 }
 
 /// Echo that records why each connection ended.
 struct RecordingEcho: ConnectionHandler {
     let recorder: CloseRecorder
-    mutating func received(_ bytes: ReceivedBytes, on connection: Connection) { connection.send(bytes) }
+    mutating func received(_ bytes: ReceivedBytes, on connection: Connection) { do { try connection.send(bytes) } catch { connection.abort() } }
     mutating func closed(reason: CloseReason) { recorder.record(reason) }
 }
 

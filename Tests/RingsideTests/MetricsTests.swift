@@ -203,5 +203,5 @@ struct MetricsProbe: Sendable {
 /// Echoes, but never calls `markAuthenticated()`.
 private struct NeverAuthenticates: ConnectionHandler {
     static var requiresAuthentication: Bool { true }
-    mutating func received(_ bytes: ReceivedBytes, on connection: Connection) { connection.send(bytes) }
+    mutating func received(_ bytes: ReceivedBytes, on connection: Connection) { do { try connection.send(bytes) } catch { connection.abort() } }
 }

@@ -215,7 +215,7 @@ struct CountingEcho: ConnectionHandler {
     let delivered: ReplyCounter
     mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
         delivered.add(bytes.count)
-        connection.send(bytes)
+        do { try connection.send(bytes) } catch { connection.abort() }
     }
 }
 

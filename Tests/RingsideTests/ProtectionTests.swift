@@ -8,7 +8,7 @@ import Testing
 struct AuthEcho: ConnectionHandler {
     private var authenticated = false
     mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
-        if authenticated { connection.send(bytes); return }
+        if authenticated { do { try connection.send(bytes) } catch { connection.abort() }; return }
         if bytes.count >= 5 && Array(bytes.bytes.prefix(5)) == Array("AUTH\n".utf8) {
             authenticated = true
             connection.markAuthenticated()
@@ -26,7 +26,7 @@ struct LineWithDeadline: ConnectionHandler {
             if !inLine { inLine = true; connection.setReadDeadline(after: .milliseconds(300)) }
             if b == UInt8(ascii: "\n") { inLine = false; connection.clearReadDeadline() }
         }
-        connection.send(bytes)
+        do { try connection.send(bytes) } catch { connection.abort() }
     }
 }
 
@@ -56,7 +56,7 @@ struct PausesThenEchoes: ConnectionHandler {
     static var requiresAuthentication: Bool { false }
     var paused = false
     mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
-        connection.send(bytes)
+        do { try connection.send(bytes) } catch { connection.abort() }
         if !paused { paused = true; connection.pauseReading(); connection.setTimer(after: .milliseconds(500)) }
     }
     mutating func timerFired(on connection: Connection) { connection.resumeReading() }

@@ -11,7 +11,8 @@
 /// ```swift
 /// struct Echo: ConnectionHandler {
 ///     mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
-///         connection.send(bytes)          // zero-copy: the receive buffer becomes the send buffer
+///         // zero-copy: the receive buffer becomes the send buffer
+///         do { try connection.send(bytes) } catch { connection.abort() }
 ///     }
 /// }
 /// ```

@@ -22,6 +22,8 @@ public enum RingsideServer {
         logger: Logger = Logger(label: "ringside"),
         handler makeHandler: @escaping @Sendable () -> H
     ) throws -> RunningServer {
+        var configuration = configuration
+        configuration.disabledFeatures.formUnion(try KernelFeatures.fromEnvironment())
         let threads = configuration.threads
         guard threads >= 1 else {
             throw SyscallError("ServerConfiguration.threads must be at least 1 (got \(threads))", .invalidArgument)
@@ -70,6 +72,7 @@ public enum RingsideServer {
             "maxConnectionsPerAddress": "\(configuration.maxConnectionsPerAddress.map { "\($0)\(threads > 1 ? " per loop" : "")" } ?? "off")",
             "keepAlive": "\(configuration.keepAlive.map { "\($0.idle)/\($0.interval)x\($0.count)" } ?? "off")",
             "receiveBurstLimit": "\(configuration.receiveBurstLimit)",
+            "disabledFeatures": "\(configuration.disabledFeatures)",
         ]
         if configuration.listen { metadata["listen"] = "\(configuration.host):\(f.port)" }
         logger.info("ringside started", metadata: metadata)

@@ -98,6 +98,14 @@ public struct ServerConfiguration: Sendable {
     /// CPUs to pin the loops to: loop i runs on `cpuAffinity[i % count]`. nil leaves placement to the
     /// scheduler.
     public var cpuAffinity: [Int]? = nil
+    /// Kernel features to treat as missing, as if the kernel lacked them, so every fallback path can
+    /// run on a new kernel (tests, and the `RINGSIDE_DISABLE` environment variable, added to this).
+    public var disabledFeatures: KernelFeatures = []
+    /// Debugging: fill every pool chunk with ``poisonByte`` when it returns to the pool, so bytes read
+    /// after release (a use-after-release) show up as the pattern. Costs a memset per released chunk.
+    public var poisonReleasedChunks: Bool = false
+    /// The byte released chunks are filled with under ``poisonReleasedChunks``.
+    public static let poisonByte: UInt8 = 0xDB
 
     public init() {}
     public init(host: String = "127.0.0.1", port: Int = 0, backend: BackendKind = .auto) {

@@ -64,6 +64,10 @@ public struct ServerStats: Sendable, Equatable {
     /// Multishot receives that ended at their per-arming byte limit (`receiveBurstLimit`) and were
     /// re-armed (io_uring; kernels with IORING_RECV_MSHOT_LIM).
     public var receiveBurstLimitEnds = 0
+    /// Operations that failed with an errno that means a bug in the engine (EFAULT, EBADF on a
+    /// descriptor it owns, EINVAL on an operation the kernel supports, ENOTSOCK): logged at error level
+    /// with the operation and slot, the connection closed with that errno as its reason.
+    public var engineErrors = 0
 
     /// Every connection closed by a deadline (authentication, idle, read, write stall).
     public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }

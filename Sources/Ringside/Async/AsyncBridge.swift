@@ -60,8 +60,7 @@ struct AsyncBridge<Policy: AsyncAuthenticationPolicy>: ConnectionHandler {
         guard let executor = LoopExecutor.current else {
             preconditionFailure("async connection opened outside a loop bound to its executor")
         }
-        let box = AsyncConnectionBox(core: connection.core, slot: connection.slot, executor: executor,
-                                     inboundLimit: inboundLimit)
+        let box = AsyncConnectionBox(connection: connection, executor: executor, inboundLimit: inboundLimit)
         self.box = box
         let conn = AsyncConnection(box: box)
         let body = self.body
@@ -104,8 +103,11 @@ struct AsyncBridge<Policy: AsyncAuthenticationPolicy>: ConnectionHandler {
 /// - At most one reader and one writer continuation wait; each is resumed exactly once (`wake…` clears
 ///   it before resuming), and a waiter re-checks the state when it wakes.
 final class AsyncConnectionBox: @unchecked Sendable {
-    unowned(unsafe) let core: LoopCore
-    let slot: Int32
+    /// The engine handle (it carries the connection's generation: once the connection is gone, it
+    /// cannot reach the slot's next occupant).
+    let connection: Connection
+    var core: LoopCore { connection.core }
+    var slot: Int32 { connection.slot }
     let executor: LoopExecutor
     let inboundLimit: Int
     let id: UInt64
@@ -126,9 +128,9 @@ final class AsyncConnectionBox: @unchecked Sendable {
     var writer: UnsafeContinuation<Void, Never>? = nil
     var task: Task<Void, Never>? = nil
 
-    init(core: LoopCore, slot: Int32, executor: LoopExecutor, inboundLimit: Int) {
-        self.core = core; self.slot = slot; self.executor = executor; self.inboundLimit = inboundLimit
-        id = Connection(core: core, slot: slot).id
+    init(connection: Connection, executor: LoopExecutor, inboundLimit: Int) {
+        self.connection = connection; self.executor = executor; self.inboundLimit = inboundLimit
+        id = connection.id
     }
 
     deinit {
@@ -167,14 +169,14 @@ final class AsyncConnectionBox: @unchecked Sendable {
     /// has taken the buffered input.
     private func pauseInput() {
         inputPaused = true
-        guard open, !core.states[Int(slot)].flags.contains(.closing) else { return }
-        Connection(core: core, slot: slot).pauseReading()
+        guard open else { return }
+        connection.pauseReading()
     }
 
     private func resumeInput() {
         inputPaused = false
-        guard open, !core.states[Int(slot)].flags.contains(.closing) else { return }
-        Connection(core: core, slot: slot).resumeReading()
+        guard open else { return }
+        connection.resumeReading()
     }
 
     // MARK: task side
@@ -224,7 +226,6 @@ final class AsyncConnectionBox: @unchecked Sendable {
             if Task.isCancelled { throw CancellationError() }
             guard open else { throw AsyncConnectionError.connectionClosed(closeReason) }
             if offset == total { return }
-            let connection = Connection(core: core, slot: slot)
             let queued = core.states[Int(slot)].queuedBytes
             if queued > core.highWatermark {
                 try await waitWriter()
@@ -267,7 +268,7 @@ final class AsyncConnectionBox: @unchecked Sendable {
         try? checkThread()
         closedHere = true
         if open {
-            let c = Connection(core: core, slot: slot)
+            let c = connection
             if abort { c.abort() } else { c.close() }
         }
         wakeReader()
@@ -277,12 +278,12 @@ final class AsyncConnectionBox: @unchecked Sendable {
     func shutdownOutput() {
         try? checkThread()
         outputShut = true
-        if open { Connection(core: core, slot: slot).shutdownOutput() }
+        if open { connection.shutdownOutput() }
     }
 
     func markAuthenticated() {
         try? checkThread()
-        if open { Connection(core: core, slot: slot).markAuthenticated() }
+        if open { connection.markAuthenticated() }
     }
 
     /// The task ended: close gracefully after a return, abort after a throw.
@@ -295,7 +296,7 @@ final class AsyncConnectionBox: @unchecked Sendable {
         task = nil
         if open && !closedHere {
             closedHere = true
-            let c = Connection(core: core, slot: slot)
+            let c = connection
             if failure == nil { c.close() } else { c.abort() }
         }
     }

@@ -26,10 +26,15 @@ final class SendVectors {
 
     deinit { munmap(base, bytes) }
 
+    /// Slot `slot`'s message header (valid after `prepare`).
+    @inline(__always) func message(slot: Int32) -> UnsafeMutablePointer<msghdr> {
+        (base + Int(slot) * stride).assumingMemoryBound(to: msghdr.self)
+    }
+
     /// Fills slot `slot`'s block with up to `maxChunks` queued chunks starting at `head` and returns
-    /// the message header and the bytes it covers.
+    /// the bytes and the number of chunks it covers.
     @inline(__always)
-    func prepare(slot: Int32, head: Int32, pool: BufferPool) -> (UnsafeMutablePointer<msghdr>, Int) {
+    func prepare(slot: Int32, head: Int32, pool: BufferPool) -> (bytes: Int, chunks: Int) {
         let block = base + Int(slot) * stride
         let msg = block.bindMemory(to: msghdr.self, capacity: 1)
         let iov = (block + MemoryLayout<msghdr>.stride).bindMemory(to: iovec.self, capacity: Self.maxChunks)
@@ -46,6 +51,6 @@ final class SendVectors {
         msg.pointee = msghdr()
         msg.pointee.msg_iov = iov
         msg.pointee.msg_iovlen = n
-        return (msg, total)
+        return (total, n)
     }
 }

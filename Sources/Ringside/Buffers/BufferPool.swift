@@ -44,6 +44,10 @@ final class BufferPool {
     /// Unowned: the io_uring backend owns the ring and outlives the pool's use of it (no ARC per release).
     unowned(unsafe) var providedRing: ProvidedBufferRing?
 
+    /// Debugging (`ServerConfiguration.poisonReleasedChunks`): released chunks are filled with
+    /// `ServerConfiguration.poisonByte`, so bytes read after release show up as the pattern.
+    var poison = false
+
     init(receiveChunkSize: Int, receiveChunks: Int, sendChunkSize: Int, sendChunks: Int) throws(SyscallError) {
         precondition(receiveChunkSize > 0 && receiveChunkSize <= Int(Int32.max) && receiveChunks > 0)
         precondition(sendChunkSize > 0 && sendChunkSize <= Int(Int32.max) && sendChunks > 0)
@@ -127,6 +131,7 @@ final class BufferPool {
     /// (epoll), or the send free list.
     @inline(__always) func release(_ c: Int32) {
         chunksOut -= 1
+        if poison { memset(pointer(c), Int32(ServerConfiguration.poisonByte), size(c)) }
         if isReceiveChunk(c) {
             if let ring = providedRing {
                 ring.give(chunk: c, address: pointer(c), length: receiveChunkSize)

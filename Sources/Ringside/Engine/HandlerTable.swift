@@ -1,8 +1,9 @@
 /// The handlers of one loop, one value per slot, stored unboxed in a preallocated slab so calls are
 /// specialised for `H` (no existential, no witness-table call, no ARC).
 ///
-/// Invariant: `handlers[i]` is initialised exactly while `core.states[i].flags` contains `.open` and not
-/// `.connecting` (an outbound connection gets its handler once connected).
+/// Invariant: `handlers[i]` is initialised exactly while `core.states[i].phase` is one of `.open`,
+/// `.draining`, `.lingering`, `.aborting`, `.tearingDown` (an outbound connection gets its handler once
+/// connected; `finalize` destroys it before the slot is freed).
 final class HandlerTable<H: ConnectionHandler> {
     private let handlers: UnsafeMutablePointer<H>
     private let capacity: Int
@@ -18,9 +19,13 @@ final class HandlerTable<H: ConnectionHandler> {
 
     deinit { handlers.deallocate() }  // every slot was finalised before the loop ended
 
+    @inline(__always) private func connection(_ slot: Int32) -> Connection {
+        Connection(core: core, slot: slot, generation: core.states[Int(slot)].generation)
+    }
+
     @inline(__always) func open(_ slot: Int32) {
         (handlers + Int(slot)).initialize(to: factory())
-        handlers[Int(slot)].opened(on: Connection(core: core, slot: slot))
+        handlers[Int(slot)].opened(on: connection(slot))
         core.markDirty(slot)
     }
 
@@ -30,27 +35,28 @@ final class HandlerTable<H: ConnectionHandler> {
         core.lentChunk = chunk
         core.lentChunkKept = false
         let bytes = UnsafeRawBufferPointer(start: core.pool.pointer(chunk) + offset, count: count)
-        handlers[Int(slot)].received(
-            ReceivedBytes(bytes: bytes, chunk: chunk, offset: Int32(offset)), on: Connection(core: core, slot: slot))
+        handlers[Int(slot)].received(ReceivedBytes(bytes: bytes, chunk: chunk, offset: Int32(offset)), on: connection(slot))
         core.lentChunk = -1
         core.markDirty(slot)
         return core.lentChunkKept
     }
 
     @inline(__always) func inputClosed(_ slot: Int32) {
-        handlers[Int(slot)].inputClosed(on: Connection(core: core, slot: slot))
+        handlers[Int(slot)].inputClosed(on: connection(slot))
         core.markDirty(slot)
     }
 
     @inline(__always) func writable(_ slot: Int32) {
-        handlers[Int(slot)].writable(on: Connection(core: core, slot: slot))
+        handlers[Int(slot)].writable(on: connection(slot))
         core.markDirty(slot)
     }
 
     @inline(__always) func timerFired(_ slot: Int32) {
-        guard core.states[Int(slot)].flags.contains(.open),
-              core.states[Int(slot)].flags.isDisjoint(with: [.closing, .wantAbort, .connecting]) else { return }
-        handlers[Int(slot)].timerFired(on: Connection(core: core, slot: slot))
+        switch core.states[Int(slot)].phase {
+        case .open, .draining, .lingering: break
+        default: return
+        }
+        handlers[Int(slot)].timerFired(on: connection(slot))
         core.markDirty(slot)
     }
 

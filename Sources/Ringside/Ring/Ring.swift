@@ -54,7 +54,7 @@ final class Ring {
     let cqEntries: UInt32
     private let probe: UnsafeMutablePointer<io_uring_probe>?
 
-    init(entries: UInt32, completionEntries: UInt32, inject: Errno?) throws(RingSetupError) {
+    init(entries: UInt32, completionEntries: UInt32, inject: Errno?, disabled: KernelFeatures = []) throws(RingSetupError) {
         if let inject { throw RingSetupError(errno: inject, detail: "io_uring_setup (injected)") }
         ring = .allocate(capacity: 1)
         let cq = completionEntries == 0 ? entries * 8 : completionEntries
@@ -65,10 +65,14 @@ final class Ring {
             IORING_SETUP_SUBMIT_ALL,
             0,
         ]
+        var masked: UInt32 = 0
+        if disabled.contains(.deferTaskrun) { masked |= IORING_SETUP_DEFER_TASKRUN }
+        if disabled.contains(.singleIssuer) { masked |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN }
+        if disabled.contains(.coopTaskrun) { masked |= IORING_SETUP_COOP_TASKRUN }
         var lastError: Int32 = 0
         var chosen: UInt32? = nil
         var params = io_uring_params()
-        for flags in wanted {
+        for flags in wanted where flags & masked == 0 {
             params = io_uring_params()
             params.flags = flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP
             params.cq_entries = cq

@@ -1,0 +1,76 @@
+import Glibc
+
+/// Kernel features the io_uring backend uses where the kernel has them, each with a fallback. A
+/// feature in ``ServerConfiguration/disabledFeatures`` (or named in the `RINGSIDE_DISABLE` environment
+/// variable, comma-separated) is treated as missing, so its fallback runs on a kernel that has it.
+public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// IORING_SETUP_DEFER_TASKRUN (6.1): completions run only when the loop waits.
+    public static let deferTaskrun = KernelFeatures(rawValue: 1 << 0)
+    /// IORING_SETUP_SINGLE_ISSUER (6.0).
+    public static let singleIssuer = KernelFeatures(rawValue: 1 << 1)
+    /// IORING_SETUP_COOP_TASKRUN (5.19).
+    public static let coopTaskrun = KernelFeatures(rawValue: 1 << 2)
+    /// The multishot receive byte limit, IORING_RECV_MSHOT_LIM (6.16).
+    public static let receiveLimit = KernelFeatures(rawValue: 1 << 3)
+    /// Registered (direct) descriptors for accepted connections (6.0).
+    public static let directDescriptors = KernelFeatures(rawValue: 1 << 4)
+    /// Socket options through the ring, SOCKET_URING_OP_SETSOCKOPT (6.7).
+    public static let socketCommands = KernelFeatures(rawValue: 1 << 5)
+    /// Registered fixed buffers.
+    public static let registeredBuffers = KernelFeatures(rawValue: 1 << 6)
+
+    /// Every ring set-up flag: with all three masked the ring is set up with no task-run flags.
+    public static let ringSetupFlags: KernelFeatures = [.deferTaskrun, .singleIssuer, .coopTaskrun]
+
+    /// The names `RINGSIDE_DISABLE` accepts.
+    public static let names: [(String, KernelFeatures)] = [
+        ("defer-taskrun", .deferTaskrun), ("single-issuer", .singleIssuer), ("coop-taskrun", .coopTaskrun),
+        ("recv-limit", .receiveLimit), ("direct-fds", .directDescriptors), ("socket-commands", .socketCommands),
+        ("fixed-buffers", .registeredBuffers),
+    ]
+
+    /// Parses a comma-separated list of names (`RINGSIDE_DISABLE`); throws naming an unknown one.
+    public init(parsing list: String) throws(ConfigurationError) {
+        self = []
+        for name in list.split(separator: ",").map({ $0.trimmingCharacters(in: " ") }) where !name.isEmpty {
+            guard let f = Self.names.first(where: { $0.0 == name }) else {
+                throw ConfigurationError(field: "RINGSIDE_DISABLE",
+                                         message: "unknown feature '\(name)' (known: \(Self.names.map(\.0).joined(separator: ", ")))")
+            }
+            insert(f.1)
+        }
+    }
+
+    /// The features named in the `RINGSIDE_DISABLE` environment variable.
+    static func fromEnvironment() throws(ConfigurationError) -> KernelFeatures {
+        guard let v = getenv("RINGSIDE_DISABLE") else { return [] }
+        return try KernelFeatures(parsing: String(cString: v))
+    }
+
+    public var description: String {
+        let n = Self.names.filter { contains($0.1) }.map(\.0)
+        return n.isEmpty ? "none" : n.joined(separator: ",")
+    }
+}
+
+private extension Substring {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = self
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// A configuration value that cannot be used, named by its field.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// The ``ServerConfiguration`` field (or environment variable) at fault.
+    public let field: String
+    /// What is wrong with it.
+    public let message: String
+    public init(field: String, message: String) { self.field = field; self.message = message }
+    public var description: String { "\(field): \(message)" }
+}
