@@ -211,6 +211,8 @@ struct Attack: ParsableCommand {
             var k = 0
             var closedAt = [Double?](repeating: nil, count: socks.count)
             var saw408 = 0
+            // A byte per 200 ms on an absolute schedule (the time a round takes does not stretch it).
+            let pacer = Schedule(interval: 200_000_000)
             while since() < 10 && closedAt.contains(where: { $0 == nil }) {
                 for (i, c) in socks.enumerated() where closedAt[i] == nil {
                     _ = c.sendSome([k < head.count ? head[k] : UInt8(ascii: "a")])
@@ -220,10 +222,10 @@ struct Attack: ParsableCommand {
                     }
                 }
                 k += 1
-                usleep(200_000)
+                pacer.waitForNext()
             }
             socks.forEach { $0.close() }
-            var o = outcome(socks.count, closedAt, expected: 2, what: "slowloris heads, a byte per 200 ms")
+            var o = outcome(socks.count, closedAt, expected: 2, what: "slowloris heads, a byte per 200 ms (\(pacer.summary))")
             o.detail += ", \(saw408) answered 408"
             if saw408 < socks.count * 9 / 10 { o.failures.append("only \(saw408)/\(socks.count) got 408") }
             return o
@@ -273,8 +275,10 @@ struct Attack: ParsableCommand {
             let payload = s == .oversized ? big : junk
             let expect = Array((s == .oversized ? "HTTP/1.1 431" : "HTTP/1.1 4").utf8)
             var total = 0, statuses = 0, slowest = 0.0, open = 0
+            // Waves on an absolute schedule: 1,500 connections/s of bad requests, not a connection-rate flood.
+            let wave = count(100)
+            let pacer = Schedule(interval: UInt64(Double(wave) / 1500 * 1e9))
             while since() < 1.5 {
-                let wave = count(100)
                 let socks = (0..<wave).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.2") }
                 let w0 = Date()
                 for c in socks { _ = c.sendSome(payload[...]) }
@@ -283,10 +287,13 @@ struct Attack: ParsableCommand {
                 total += socks.count
                 open += closedAt.filter { $0 == nil }.count
                 slowest = max(slowest, closedAt.compactMap { $0 }.max() ?? 0)
-                usleep(50_000)  // ~1,000-2,000 connections/s: bad requests, not a connection-rate flood
+                pacer.waitForNext()
             }
+            let achieved = Double(total) / max(since(), 1e-9)
             var o = AttackOutcome(attackers: total, cutoff: slowest, expectedCutoff: 0,
-                                  detail: "\(total) connections sent \(s == .oversized ? "64 KiB header lines" : "4 KiB of random bytes"), \(statuses) answered \(s == .oversized ? "431" : "4xx"); cut-off is the slowest per connection")
+                                  detail: "\(total) connections sent \(s == .oversized ? "64 KiB header lines" : "4 KiB of random bytes") in waves of \(wave) "
+                                      + String(format: "(1,500/s scheduled, %.0f/s achieved; %@)", achieved, pacer.summary)
+                                      + ", \(statuses) answered \(s == .oversized ? "431" : "4xx"); cut-off is the slowest per connection")
             if open > 0 { o.failures.append("\(open) never closed") }
             if statuses < total * 9 / 10 { o.failures.append("only \(statuses)/\(total) got the error status") }
             return o
@@ -373,58 +380,5 @@ struct Attack: ParsableCommand {
         var o = AttackOutcome(attackers: n, cutoff: closedAt.compactMap { $0 }.max(), expectedCutoff: expected, detail: what)
         if open > 0 { o.failures.append("\(open) of \(n) attackers were never cut off") }
         return o
-    }
-
-    /// Waits until the server closed every socket (EOF or reset), up to `limit` seconds from `t0`;
-    /// returns when each was seen closed (seconds since `t0`). `reply` gets each socket's first bytes.
-    /// `reading: false` judges from the TCP state without reading (for clients that must not read).
-    private func waitClosed(_ socks: [RawSocket], limit: Double, t0: Date, reading: Bool = true, serverPort: Int = 0,
-                            reply: ((ArraySlice<UInt8>) -> Void)? = nil) -> [Double?] {
-        var closedAt = [Double?](repeating: nil, count: socks.count)
-        while Date().timeIntervalSince(t0) < limit {
-            var remaining = 0
-            let established = reading ? [] : RawSocket.serverEstablishedPeers(serverPort: serverPort)
-            for (i, s) in socks.enumerated() where closedAt[i] == nil {
-                if !reading {
-                    // Cut off: the client saw a reset or FIN, or the server no longer has the connection.
-                    if s.peerClosedWithoutReading() || !established.contains(s.localPort) {
-                        closedAt[i] = Date().timeIntervalSince(t0)
-                    } else { remaining += 1 }
-                } else if let r = s.pollClosed() {
-                    closedAt[i] = Date().timeIntervalSince(t0)
-                    reply?(r)
-                } else { remaining += 1 }
-            }
-            if remaining == 0 { break }
-            usleep(10_000)
-        }
-        return closedAt
-    }
-
-    static func fdCount(_ pid: Int32) -> Int {
-        guard let d = opendir("/proc/\(pid)/fd") else { return -1 }
-        defer { closedir(d) }
-        var n = 0
-        while readdir(d) != nil { n += 1 }
-        return n - 2
-    }
-
-    /// `key=value` or `key: value` from a swift-log line's metadata.
-    static func metadataValue(_ line: String, _ key: String) -> Int? {
-        guard let r = line.range(of: key + "=") else { return nil }
-        return Int(line[r.upperBound...].prefix { $0.isNumber })
-    }
-
-    private func printTable(_ results: [AttackResult]) {
-        print("")
-        print("| scenario | backend | attackers | cut off (limit) | peak RSS MiB | good p99 µs (alone -> attacked) | server fds | result |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in results {
-            let cut = r.cutoffSeconds.map { String(format: "%.2f s", $0) } ?? "-"
-            let lim = r.expectedCutoffSeconds.map { String(format: " (%.1f s)", $0) } ?? ""
-            print("| \(r.scenario) | \(r.backend) | \(r.attackers) | \(cut)\(lim) | \(String(format: "%.1f", r.peakRSSMiB)) | "
-                + "\(String(format: "%.0f", r.goodP99BaseMicros)) -> \(String(format: "%.0f", r.goodP99AttackMicros)) | "
-                + "\(r.fdsBefore) -> \(r.fdsAfter) | \(r.failures.isEmpty ? "ok" : "FAIL") |")
-        }
     }
 }
