@@ -34,7 +34,9 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
     private let period: Double
     /// How long before an intended send the pacer wakes up to spin (adapted to the wake-up cost).
     private var margin: UInt64 = 50_000
-    private var wakeCost = 20_000.0
+    private var maxMargin: UInt64 = 200_000
+    private var recentWakes = [UInt64](repeating: 0, count: 32)
+    private var wakeCount = 0
     private let finished = DispatchSemaphore(value: 0)
     static var bufferSize: Int { 16 * 1024 }
     /// The most requests one connection keeps outstanding; a send beyond it counts as backlogged.
@@ -89,6 +91,11 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
                 let r = pthread_setschedparam(pthread_self(), SCHED_FIFO, &p)
                 if r != 0 { state.pacerNote = "--realtime: SCHED_FIFO refused (\(String(cString: strerror(r)))); the pacer runs at normal priority" }
             }
+            // A real-time pacer (--realtime, or started under `chrt`) that spun all the time would be
+            // throttled by the kernel (sched_rt_runtime_us) for tens of milliseconds: spin at most half
+            // of every gap between sends.
+            let policy = sched_getscheduler(0)
+            if policy == SCHED_FIFO || policy == SCHED_RR { maxMargin = min(maxMargin, UInt64(period / 2)) }
             run()
             finish()
             finished.signal()
@@ -106,11 +113,17 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         var j: UInt64 = 0
         var next = t0
         var lastWatch = t0
-        while !state.isStopping {
+        var lastSleep = t0
+        // Past the window's end plus a little (main normally sets `stopping` first; this bounds a run
+        // whose main thread cannot get the CPU from a real-time pacer).
+        while !state.isStopping && nowNanos() < state.windowEnd.load(ordering: .relaxed) &+ 100_000_000 {
             var now = nowNanos()
-            while next <= now {
+            // At most `count` sends per round, so receives are reaped even when the pacer falls behind.
+            var burst = 0
+            while next <= now && burst < count {
                 sendDue(Int(j % UInt64(count)), intended: next)
                 j += 1
+                burst += 1
                 next = t0 &+ UInt64(Double(j) * period)
                 now = nowNanos()
             }
@@ -118,11 +131,14 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
             if pendingConnections > 0 { flushPending() }
             if now &- lastWatch >= 10_000_000 { watchdog(now); lastWatch = now }
             now = nowNanos()
-            if next > now &+ margin {
-                let wakeAt = min(next - margin, now + 10_000_000)
+            if next > now &+ margin || now &- lastSleep >= 50_000_000 {
+                // Sleep to `margin` before the next send; and at least every 50 ms, even when behind,
+                // so the other threads of this CPU (this process's main thread) get to run.
+                let wakeAt = next > now &+ margin ? min(next - margin, now + 10_000_000) : now + 100_000
                 ring.wake(at: wakeAt)
                 ring.wait()
                 let woke = nowNanos()
+                lastSleep = woke
                 if woke >= wakeAt { adapt(late: woke - wakeAt) }
             } else {
                 ring.submitPending()  // receives re-armed above; then spin to `next`
@@ -130,11 +146,16 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         }
     }
 
-    /// Follows the wake-up cost (how long after its deadline a sleeping pacer runs again): the pacer
-    /// wakes twice that (plus 5 µs) early and spins the rest, between 10 µs and 300 µs.
+    /// Follows the wake-up cost (how long after its deadline a sleeping pacer runs again): the 90th
+    /// percentile of the last 32 wake-ups, so a rare preemption does not turn the pacer into a
+    /// spinner. The pacer wakes that (plus 5 µs) early and spins the rest, between 5 µs and `maxMargin`.
     private func adapt(late: UInt64) {
-        wakeCost += (Double(min(late, 1_000_000)) - wakeCost) / 16
-        margin = UInt64(min(300_000, max(10_000, 2 * wakeCost + 5_000)))
+        recentWakes[wakeCount % recentWakes.count] = late
+        wakeCount += 1
+        guard wakeCount % 8 == 0 else { return }
+        let n = min(wakeCount, recentWakes.count)
+        let p90 = recentWakes[0..<n].sorted()[n * 9 / 10]
+        margin = min(maxMargin, max(5_000, p90 + 5_000))
     }
 
     private func sendDue(_ i: Int, intended: UInt64) {
