@@ -35,6 +35,10 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
     /// How long before an intended send the pacer wakes up to spin (adapted to the wake-up cost).
     private var margin: UInt64 = 50_000
     private var maxMargin: UInt64 = 200_000
+    /// Whether the pacer thread runs at a real-time priority.
+    private var realtime = false
+    /// How much of its time the pacer must spend off the CPU.
+    private var duty = DutyCycle(minimumIdle: 0.002, period: 50_000_000)
     private var recentWakes = [UInt64](repeating: 0, count: 32)
     private var wakeCount = 0
     private let finished = DispatchSemaphore(value: 0)
@@ -92,10 +96,17 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
                 if r != 0 { state.pacerNote = "--realtime: SCHED_FIFO refused (\(String(cString: strerror(r)))); the pacer runs at normal priority" }
             }
             // A real-time pacer (--realtime, or started under `chrt`) that spun all the time would be
-            // throttled by the kernel (sched_rt_runtime_us) for tens of milliseconds: spin at most half
-            // of every gap between sends.
+            // throttled by the kernel (sched_rt_runtime_us) for tens of milliseconds: it sleeps in
+            // every gap between sends and spins at most half of it.
             let policy = sched_getscheduler(0)
-            if policy == SCHED_FIFO || policy == SCHED_RR { maxMargin = min(maxMargin, UInt64(period / 2)) }
+            if policy == SCHED_FIFO || policy == SCHED_RR {
+                maxMargin = min(maxMargin, UInt64(period / 2))
+                self.realtime = true
+                // Linux 6.12+ serves starved normal tasks 50 ms at a stretch (the fair deadline server) when
+                // real-time ones leave them too little; measured here, 8% idle was too little and 20%
+                // in 50 µs pauses every 250 µs was enough.
+                duty = DutyCycle(minimumIdle: 0.2, period: 250_000)
+            }
             run()
             finish()
             finished.signal()
@@ -113,10 +124,9 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         var j: UInt64 = 0
         var next = t0
         var lastWatch = t0
-        var lastSleep = t0
         // Past the window's end plus a little (main normally sets `stopping` first; this bounds a run
         // whose main thread cannot get the CPU from a real-time pacer).
-        while !state.isStopping && nowNanos() < state.windowEnd.load(ordering: .relaxed) &+ 100_000_000 {
+        while !state.isStopping && !pastWindow(nowNanos()) {
             var now = nowNanos()
             // At most `count` sends per round, so receives are reaped even when the pacer falls behind.
             var burst = 0
@@ -131,19 +141,31 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
             if pendingConnections > 0 { flushPending() }
             if now &- lastWatch >= 10_000_000 { watchdog(now); lastWatch = now }
             now = nowNanos()
-            if next > now &+ margin || now &- lastSleep >= 50_000_000 {
-                // Sleep to `margin` before the next send; and at least every 50 ms, even when behind,
-                // so the other threads of this CPU (this process's main thread) get to run.
-                let wakeAt = next > now &+ margin ? min(next - margin, now + 10_000_000) : now + 100_000
+            // Sleep to `margin` before the next send when the gap is worth a wake-up (twice the wake-up
+            // cost; a real-time pacer sleeps in every gap of 2 µs or more beyond `margin`), else spin.
+            if next > now &+ margin &+ (realtime ? 2_000 : margin) {
+                let wakeAt = min(next - margin, now + 10_000_000)
                 ring.wake(at: wakeAt)
                 ring.wait()
                 let woke = nowNanos()
-                lastSleep = woke
+                duty.slept(woke &- now)
                 if woke >= wakeAt { adapt(late: woke - wakeAt) }
+            } else if let pause = duty.pauseNeeded(now: now) {
+                // Off the CPU too little lately (even when behind): a real pause (not a ring wait, which
+                // any completion ends), so the other threads of this CPU get to run; for a real-time
+                // pacer, before the kernel's real-time throttling stops it for tens of milliseconds.
+                sleepUntil(now + pause, spin: 0)
+                duty.slept(nowNanos() &- now)
             } else {
                 ring.submitPending()  // receives re-armed above; then spin to `next`
             }
         }
+    }
+
+    /// Whether `now` is 100 ms past the window's end (not while the end is unset, `.max`).
+    private func pastWindow(_ now: UInt64) -> Bool {
+        let end = state.windowEnd.load(ordering: .relaxed)
+        return end < UInt64.max - 100_000_000 && now > end + 100_000_000
     }
 
     /// Follows the wake-up cost (how long after its deadline a sleeping pacer runs again): the 90th
@@ -246,5 +268,30 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         windows.deinitialize(count: count); windows.deallocate()
         fds.deallocate(); alive.deallocate()
         if receivesInFlight == 0 { buffers.deallocate() }
+    }
+}
+
+/// Keeps a busy pacer off the CPU for at least `minimumIdle` of every `period` (ns).
+struct DutyCycle {
+    let minimumIdle: Double
+    private var periodStart: UInt64 = 0
+    private var idle: UInt64 = 0
+
+    let period: UInt64
+
+    init(minimumIdle: Double, period: UInt64) { self.minimumIdle = minimumIdle; self.period = period }
+
+    mutating func slept(_ ns: UInt64) { idle &+= ns }
+
+    /// How long to pause now (nil: no need), checked once per period.
+    mutating func pauseNeeded(now: UInt64) -> UInt64? {
+        if periodStart == 0 { periodStart = now }
+        let elapsed = now &- periodStart
+        guard elapsed >= period else { return nil }
+        let want = UInt64(Double(elapsed) * minimumIdle)
+        let owed = idle < want ? want - idle : 0
+        periodStart = now
+        idle = 0
+        return owed > 0 ? max(owed, 10_000) : nil
     }
 }
