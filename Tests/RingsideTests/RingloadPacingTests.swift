@@ -18,6 +18,7 @@ private final class DelayEchoServer: @unchecked Sendable {
     private var queue: [(due: UInt64, fd: Int32, bytes: [UInt8])] = []
     private var fds: [Int32] = []
     private var stopped = false
+    private var liveThreads = 0  // guarded by `lock`; `stop()` waits for it to reach 0
 
     init(delayNanos: UInt64) throws {
         delay = delayNanos
@@ -41,11 +42,13 @@ private final class DelayEchoServer: @unchecked Sendable {
     }
 
     private func spawn(_ body: @escaping @Sendable () -> Void) {
-        let t = Thread {
+        lock.lock(); liveThreads += 1; lock.unlock()
+        let t = Thread { [self] in
             _ = rs_pin_to_cpu(0)
             var p = sched_param(sched_priority: 40)
             _ = pthread_setschedparam(pthread_self(), SCHED_FIFO, &p)
             body()
+            lock.lock(); liveThreads -= 1; lock.broadcast(); lock.unlock()
         }
         t.start()
     }
@@ -104,14 +107,22 @@ private final class DelayEchoServer: @unchecked Sendable {
         }
     }
 
+    /// Ends every connection and thread, then closes every descriptor (after the threads using them
+    /// are gone, so none is closed under a thread still using it).
     func stop() {
         shutdown(listenFD, Int32(SHUT_RDWR))
-        close(listenFD)
         lock.lock()
         stopped = true
         for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
         lock.broadcast()
+        let deadline = Date().addingTimeInterval(5)
+        while liveThreads > 0 && lock.wait(until: deadline) {}
+        let allGone = liveThreads == 0
         lock.unlock()
+        #expect(allGone, "delay server threads still running 5 s after stop")
+        guard allGone else { return }
+        for fd in fds { close(fd) }
+        close(listenFD)
     }
 }
 
