@@ -68,7 +68,7 @@ struct Attack: ParsableCommand {
         return me.deletingLastPathComponent().appendingPathComponent(name).path
     }
 
-    private func count(_ n: Int) -> Int { max(1, Int(Double(n) * scale)) }
+    func count(_ n: Int) -> Int { max(1, Int(Double(n) * scale)) }
 
     // MARK: scenarios
 
@@ -204,29 +204,7 @@ struct Attack: ParsableCommand {
         func since() -> Double { Date().timeIntervalSince(t0) }
         switch s {
         case .slowloris:
-            // Request heads dribbled a byte at a time; the header deadline (2 s) must answer 408 and close.
-            let n = count(500)
-            let socks = (0..<n).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.2") }
-            let head = Array("GET /plaintext HTTP/1.1\r\nHost: x\r\nX-Slow: ".utf8)
-            var k = 0
-            var closedAt = [Double?](repeating: nil, count: socks.count)
-            var saw408 = 0
-            while since() < 10 && closedAt.contains(where: { $0 == nil }) {
-                for (i, c) in socks.enumerated() where closedAt[i] == nil {
-                    _ = c.sendSome([k < head.count ? head[k] : UInt8(ascii: "a")])
-                    if let reply = c.pollClosed() {
-                        closedAt[i] = since()
-                        if reply.starts(with: Array("HTTP/1.1 408".utf8)) { saw408 += 1 }
-                    }
-                }
-                k += 1
-                usleep(200_000)
-            }
-            socks.forEach { $0.close() }
-            var o = outcome(socks.count, closedAt, expected: 2, what: "slowloris heads, a byte per 200 ms")
-            o.detail += ", \(saw408) answered 408"
-            if saw408 < socks.count * 9 / 10 { o.failures.append("only \(saw408)/\(socks.count) got 408") }
-            return o
+            return slowloris(port: port)
         case .noAuth:
             // Connections that never send the greeting: closed at the authentication deadline (2 s).
             let n = count(5000)
@@ -239,57 +217,9 @@ struct Attack: ParsableCommand {
             if socks.count < n * 9 / 10 { o.failures.append("only \(socks.count)/\(n) attackers connected") }
             return o
         case .uploadNoRead:
-            // 200 MB pushed at an echo without reading the echo: paused at the watermark, then cut off by
-            // the write-stall timeout (2 s) once its queue stops moving.
-            guard let c = try? RawSocket(port: port, source: "127.0.0.2", receiveBuffer: 4096) else { return failed("connect") }
-            let total = count(200 << 20)
-            var sent = 0
-            var lastProgress = since()
-            let chunk = [UInt8](repeating: 0x5A, count: 256 * 1024)
-            var closed: Double? = nil
-            while sent < total && since() < 20 {
-                let n = c.sendSome(chunk[0..<min(chunk.count, total - sent)])
-                if n > 0 { sent += n; lastProgress = since() }
-                else if n < 0 { closed = since(); break }
-                else {
-                    if c.peerClosedWithoutReading()
-                        || !RawSocket.serverEstablishedPeers(serverPort: port).contains(c.localPort) { closed = since(); break }
-                    usleep(5_000)
-                }
-            }
-            if closed == nil { closed = waitClosed([c], limit: since() + 10, t0: t0, reading: false, serverPort: port)[0] }
-            c.close()
-            var o = AttackOutcome(attackers: 1, cutoff: closed, expectedCutoff: lastProgress + 2,
-                                  detail: "uploaded \(sent >> 20) MiB of \(total >> 20) MiB without reading; last progress at \(String(format: "%.2f", lastProgress)) s")
-            if closed == nil { o.failures.append("never cut off") }
-            return o
+            return uploadNoRead(port: port)
         case .oversized, .garbage:
-            // Waves of bad requests for 1.5 s. oversized: a 64 KiB header line (limit 16 KiB) must get
-            // 431 and a close at once; garbage: 4 KiB of random bytes must get a 4xx and a close.
-            var rng = UInt64(0x1234_5678)
-            var junk = [UInt8](repeating: 0, count: 4096)
-            for i in 0..<junk.count { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; junk[i] = UInt8(truncatingIfNeeded: rng) }
-            let big = Array("GET / HTTP/1.1\r\nX-Big: ".utf8) + [UInt8](repeating: 0x41, count: 64 * 1024)
-            let payload = s == .oversized ? big : junk
-            let expect = Array((s == .oversized ? "HTTP/1.1 431" : "HTTP/1.1 4").utf8)
-            var total = 0, statuses = 0, slowest = 0.0, open = 0
-            while since() < 1.5 {
-                let wave = count(100)
-                let socks = (0..<wave).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.2") }
-                let w0 = Date()
-                for c in socks { _ = c.sendSome(payload[...]) }
-                let closedAt = waitClosed(socks, limit: 5, t0: w0) { reply in if reply.starts(with: expect) { statuses += 1 } }
-                socks.forEach { $0.close() }
-                total += socks.count
-                open += closedAt.filter { $0 == nil }.count
-                slowest = max(slowest, closedAt.compactMap { $0 }.max() ?? 0)
-                usleep(50_000)  // ~1,000-2,000 connections/s: bad requests, not a connection-rate flood
-            }
-            var o = AttackOutcome(attackers: total, cutoff: slowest, expectedCutoff: 0,
-                                  detail: "\(total) connections sent \(s == .oversized ? "64 KiB header lines" : "4 KiB of random bytes"), \(statuses) answered \(s == .oversized ? "431" : "4xx"); cut-off is the slowest per connection")
-            if open > 0 { o.failures.append("\(open) never closed") }
-            if statuses < total * 9 / 10 { o.failures.append("only \(statuses)/\(total) got the error status") }
-            return o
+            return badRequestWaves(s, port: port)
         case .resetMidWrite:
             // Push 1 MiB at the echo and reset the connection while the server is still writing.
             let payload = [UInt8](repeating: 0x33, count: 1 << 20)
@@ -336,95 +266,18 @@ struct Attack: ParsableCommand {
             if refused != socks.count - cap { o.failures.append("refused \(refused), expected \(socks.count - cap)") }
             return o
         case .stopReading:
-            // 50 clients queue megabytes of echo and stop reading: paused, then aborted at the stall timeout.
-            let n = count(50)
-            let socks = (0..<n).compactMap { _ in try? RawSocket(port: port, source: "127.0.0.2", receiveBuffer: 4096) }
-            let payload = [UInt8](repeating: 0x44, count: 4 << 20)
-            for c in socks { c.setNonBlocking() }
-            var offs = [Int](repeating: 0, count: socks.count)
-            let until = since() + 1.5
-            while since() < until {
-                var progressed = false
-                for (i, c) in socks.enumerated() where offs[i] < payload.count {
-                    let k = c.sendSome(payload[offs[i]...])
-                    if k > 0 { offs[i] += k; progressed = true }
-                }
-                if !progressed { usleep(5_000) }
-            }
-            let stuckAt = since()
-            let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false, serverPort: port)
-            socks.forEach { $0.close() }
-            let queued = offs.reduce(0, +)
-            var o = outcome(socks.count, closedAt, expected: stuckAt + 2,
-                            what: "\(socks.count) clients pushed \(queued >> 20) MiB of echo and stopped reading")
-            // Output the engine already handed to the kernel is cut off by TCP_USER_TIMEOUT, which the
-            // kernel checks on its zero-window probe schedule (exponential from 200 ms): up to ~4 s late.
-            o.tolerance = 4.5
-            return o
+            return stopReading(port: port)
         }
     }
 
-    private func failed(_ what: String) -> AttackOutcome {
+    func failed(_ what: String) -> AttackOutcome {
         AttackOutcome(attackers: 0, cutoff: nil, expectedCutoff: nil, detail: what, failures: ["attacker could not \(what)"])
     }
 
-    private func outcome(_ n: Int, _ closedAt: [Double?], expected: Double, what: String) -> AttackOutcome {
+    func outcome(_ n: Int, _ closedAt: [Double?], expected: Double, what: String) -> AttackOutcome {
         let open = closedAt.filter { $0 == nil }.count
         var o = AttackOutcome(attackers: n, cutoff: closedAt.compactMap { $0 }.max(), expectedCutoff: expected, detail: what)
         if open > 0 { o.failures.append("\(open) of \(n) attackers were never cut off") }
         return o
-    }
-
-    /// Waits until the server closed every socket (EOF or reset), up to `limit` seconds from `t0`;
-    /// returns when each was seen closed (seconds since `t0`). `reply` gets each socket's first bytes.
-    /// `reading: false` judges from the TCP state without reading (for clients that must not read).
-    private func waitClosed(_ socks: [RawSocket], limit: Double, t0: Date, reading: Bool = true, serverPort: Int = 0,
-                            reply: ((ArraySlice<UInt8>) -> Void)? = nil) -> [Double?] {
-        var closedAt = [Double?](repeating: nil, count: socks.count)
-        while Date().timeIntervalSince(t0) < limit {
-            var remaining = 0
-            let established = reading ? [] : RawSocket.serverEstablishedPeers(serverPort: serverPort)
-            for (i, s) in socks.enumerated() where closedAt[i] == nil {
-                if !reading {
-                    // Cut off: the client saw a reset or FIN, or the server no longer has the connection.
-                    if s.peerClosedWithoutReading() || !established.contains(s.localPort) {
-                        closedAt[i] = Date().timeIntervalSince(t0)
-                    } else { remaining += 1 }
-                } else if let r = s.pollClosed() {
-                    closedAt[i] = Date().timeIntervalSince(t0)
-                    reply?(r)
-                } else { remaining += 1 }
-            }
-            if remaining == 0 { break }
-            usleep(10_000)
-        }
-        return closedAt
-    }
-
-    static func fdCount(_ pid: Int32) -> Int {
-        guard let d = opendir("/proc/\(pid)/fd") else { return -1 }
-        defer { closedir(d) }
-        var n = 0
-        while readdir(d) != nil { n += 1 }
-        return n - 2
-    }
-
-    /// `key=value` or `key: value` from a swift-log line's metadata.
-    static func metadataValue(_ line: String, _ key: String) -> Int? {
-        guard let r = line.range(of: key + "=") else { return nil }
-        return Int(line[r.upperBound...].prefix { $0.isNumber })
-    }
-
-    private func printTable(_ results: [AttackResult]) {
-        print("")
-        print("| scenario | backend | attackers | cut off (limit) | peak RSS MiB | good p99 µs (alone -> attacked) | server fds | result |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in results {
-            let cut = r.cutoffSeconds.map { String(format: "%.2f s", $0) } ?? "-"
-            let lim = r.expectedCutoffSeconds.map { String(format: " (%.1f s)", $0) } ?? ""
-            print("| \(r.scenario) | \(r.backend) | \(r.attackers) | \(cut)\(lim) | \(String(format: "%.1f", r.peakRSSMiB)) | "
-                + "\(String(format: "%.0f", r.goodP99BaseMicros)) -> \(String(format: "%.0f", r.goodP99AttackMicros)) | "
-                + "\(r.fdsBefore) -> \(r.fdsAfter) | \(r.failures.isEmpty ? "ok" : "FAIL") |")
-        }
     }
 }

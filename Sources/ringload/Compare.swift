@@ -10,20 +10,28 @@ struct Scenario: Codable, Hashable, Sendable, CustomStringConvertible {
     var size: Int
     var connections: Int
     var pipeline: Int
+    /// Open loop: total requests per second (nil: closed loop).
+    var rate: Double?
 
-    /// Parses "echo,64,50,1", "http,0,50,1" or "idle,0,10000,0".
+    /// Parses "echo,64,50,1", "http,0,50,1" or "idle,0,10000,0", with an optional fifth field, the
+    /// open-loop rate ("echo,64,50,1,50000").
     init?(_ text: String) {
         let p = text.split(separator: ",").map(String.init)
-        guard p.count == 4, ["echo", "http", "idle"].contains(p[0]),
+        guard p.count == 4 || p.count == 5, ["echo", "http", "idle"].contains(p[0]),
               let s = Int(p[1]), let c = Int(p[2]), let d = Int(p[3]) else { return nil }
         mode = p[0]; size = s; connections = c; pipeline = max(1, d)
+        if p.count == 5 {
+            guard let r = Double(p[4]), r > 0, mode != "idle" else { return nil }
+            rate = r
+        }
     }
 
     var description: String {
+        let at = rate.map { String(format: " @%.0f/s", $0) } ?? ""
         switch mode {
-        case "idle": "idle \(connections) conns"
-        case "http": "http \(connections)c" + (pipeline > 1 ? " p\(pipeline)" : "")
-        default: "echo \(size)B \(connections)c" + (pipeline > 1 ? " p\(pipeline)" : "")
+        case "idle": return "idle \(connections) conns"
+        case "http": return "http \(connections)c" + (pipeline > 1 ? " p\(pipeline)" : "") + at
+        default: return "echo \(size)B \(connections)c" + (pipeline > 1 ? " p\(pipeline)" : "") + at
         }
     }
 }
@@ -54,6 +62,8 @@ struct CompareSummary: Codable, Sendable {
     var messagesPerSecond: Double
     var serverCPUMicrosPerMessage: Double
     var p50: Double, p90: Double, p99: Double, p999: Double, max: Double
+    /// Open loop: medians of the generator's send lateness (µs).
+    var sendLateness: LoadResult.Lateness?
     var peakRSSKiB: Double
     var idleRSSKiBPerConnection: Double?
     var clientCPUPercent: Double
@@ -73,13 +83,14 @@ struct Compare: ParsableCommand {
         Servers: one `ringside serve` per --backends entry, plus every --peer. A peer is MODE:NAME=COMMAND \
         (MODE echo or http; plain NAME=COMMAND means echo); COMMAND must exec a server that prints \
         `listening on HOST:PORT` and exits 0 on SIGINT (append `--port 0` yourself).
-        Scenarios: --scenario MODE,SIZE,CONNECTIONS,PIPELINE, repeatable (echo,64,50,1  http,0,50,1  idle,0,10000,0).
+        Scenarios: --scenario MODE,SIZE,CONNECTIONS,PIPELINE[,RATE], repeatable (echo,64,50,1  http,0,50,1  \
+        idle,0,10000,0); a RATE makes it open loop at RATE requests per second (echo,64,50,1,50000).
         """)
 
     @Option(help: "The ringside binary (default: next to ringload).") var server: String?
     @Option(help: "Ringside backends to compare, comma-separated.") var backends = "uring,epoll"
     @Option(help: "A peer server: [MODE:]NAME=COMMAND (repeatable).") var peer: [String] = []
-    @Option(help: "A workload MODE,SIZE,CONNECTIONS,PIPELINE (repeatable).") var scenario: [String] = []
+    @Option(help: "A workload MODE,SIZE,CONNECTIONS,PIPELINE[,RATE] (repeatable).") var scenario: [String] = []
     @Option(help: "Interleaved repetitions.") var reps = 3
     @Option(help: "Measured seconds per run.") var duration = Seconds(argument: "5s")!
     @Option(help: "Warm-up seconds per run.") var warmup = Seconds(argument: "1s")!
@@ -87,6 +98,8 @@ struct Compare: ParsableCommand {
     @Option(help: "CPU for the load generator.") var clientCPU = 1
     @Option(help: "Load generator backend (auto: io_uring unless the kernel refuses it).") var clientBackend: BackendKind = .auto
     @Option(help: "Output folder (default bench/results/compare-DATE).") var out: String?
+    @Flag(help: "Open-loop scenarios: run the pacer thread at SCHED_FIFO priority (see `ringload echo --help`).")
+    var realtime = false
 
     func run() throws {
         let scenarios = try (scenario.isEmpty ? ["echo,64,50,1"] : scenario).map { s in
@@ -154,8 +167,10 @@ struct Compare: ParsableCommand {
             return String(format: "%.2f KiB/conn (RSS before: %d KiB)", idle, r.idleBaselineRSSKiB ?? 0)
         }
         guard let l = r.load else { return "" }
-        return String(format: "%9.0f msgs/s  %6.2f µs/msg srv  p99 %7.0f µs  cli %3.0f%%", l.messagesPerSecond,
-                      r.serverCPUMicrosPerMessage, l.latencyMicros.p99, l.clientCPUPercent)
+        return String(format: "%9.0f msgs/s  %6.2f µs/msg srv  p50 %6.0f µs  p99 %7.0f µs  cli %3.0f%%", l.messagesPerSecond,
+                      r.serverCPUMicrosPerMessage, l.latencyMicros.p50, l.latencyMicros.p99, l.clientCPUPercent)
+            + (l.sendLatenessMicros.map { "  send late " + latenessCell($0) } ?? "")
+            + l.warnings.map { "\n      warning: " + $0 }.joined()
     }
 
     private func runOne(_ sc: Scenario, server name: String, command: String, rep: Int, dir: String) -> CompareRun {
@@ -180,6 +195,8 @@ struct Compare: ParsableCommand {
                 o.duration = duration.value
                 o.warmup = warmup.value
                 o.backend = clientBackend
+                o.rate = sc.rate
+                o.realtime = realtime
                 var cpu0 = 0.0, cpu1 = 0.0, t0 = 0.0, t1 = 0.0
                 let l = try runLoad(o) { start in
                     if start { cpu0 = proc.cpuSeconds(); t0 = Double(nowNanos()) / 1e9 }
@@ -243,6 +260,10 @@ struct Compare: ParsableCommand {
                 p50: median(loads.map(\.latencyMicros.p50)), p90: median(loads.map(\.latencyMicros.p90)),
                 p99: median(loads.map(\.latencyMicros.p99)), p999: median(loads.map(\.latencyMicros.p999)),
                 max: median(loads.map(\.latencyMicros.max)),
+                sendLateness: sc.rate == nil ? nil : LoadResult.Lateness(
+                    p50: median(loads.compactMap(\.sendLatenessMicros?.p50)),
+                    p99: median(loads.compactMap(\.sendLatenessMicros?.p99)),
+                    max: median(loads.compactMap(\.sendLatenessMicros?.max))),
                 peakRSSKiB: median(clean.map { Double($0.peakRSSKiB) }),
                 idleRSSKiBPerConnection: sc.mode == "idle" ? median(clean.compactMap(\.idleRSSKiBPerConnection)) : nil,
                 clientCPUPercent: median(loads.map(\.clientCPUPercent)),
@@ -265,7 +286,7 @@ func compareTable(_ summaries: [CompareSummary]) -> String {
             s.scenario.description, s.server, "\(s.cleanRuns)/\(s.runs)",
             s.scenario.mode == "idle" ? f(s.idleRSSKiBPerConnection ?? .nan, "%.2f KiB/conn") : f(s.messagesPerSecond, "%.0f"),
             f(s.serverCPUMicrosPerMessage, "%.2f"), f(s.p50, "%.0f"), f(s.p99, "%.0f"), f(s.p999, "%.0f"),
-            f(s.peakRSSKiB / 1024, "%.1f"),
+            latenessCell(s.sendLateness), f(s.peakRSSKiB / 1024, "%.1f"),
             f(s.clientCPUPercent, "%.0f%%") + (s.clientBound ? " (!)" : ""),
             s.scenario.mode == "idle" ? ratio(s.idleRSSKiBPerConnection ?? .nan, base.idleRSSKiBPerConnection ?? .nan)
                                       : ratio(s.messagesPerSecond, base.messagesPerSecond),
@@ -273,7 +294,8 @@ func compareTable(_ summaries: [CompareSummary]) -> String {
         ]))
     }
     let header = ["scenario", "server", "clean", "msgs/s", "srv µs/msg", "p50 µs", "p99 µs", "p99.9 µs",
-                  "peak RSS MiB", "client CPU", "x msgs/s", "x µs/msg"]
+                  "send late p50/p99/max µs", "peak RSS MiB", "client CPU", "x msgs/s", "x µs/msg"]
     return formatTable(rows, header: header)
-        + "\n(medians of clean runs; x = ratio to the first server of the scenario; (!) = load generator near 100% of its core: client-bound)"
+        + "\n(medians of clean runs; x = ratio to the first server of the scenario; (!) = load generator near 100% of its core: client-bound; "
+        + "send late = open loop: actual minus intended send time)"
 }

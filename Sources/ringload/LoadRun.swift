@@ -22,6 +22,8 @@ struct LoadOptions: Sendable {
     var duration = 10.0
     var warmup = 2.0
     var rate: Double? = nil
+    /// Open loop: run the pacer thread at SCHED_FIFO priority.
+    var realtime = false
     var timeout = 5.0
     var backend: BackendKind = .auto
     var path = "/plaintext"
@@ -43,6 +45,8 @@ struct LoadResult: Codable, Sendable {
     var messagesPerSecond: Double
     var megabytesPerSecond: Double
     var latencyMicros: Latency
+    /// Open loop: how late the generator issued its sends (actual minus intended send time).
+    var sendLatenessMicros: Lateness?
     var errors: Errors
     var clientCPUPercent: Double
     var clientCPUMicrosPerMessage: Double
@@ -50,6 +54,7 @@ struct LoadResult: Codable, Sendable {
     var warnings: [String]
 
     struct Latency: Codable, Sendable { var p50, p90, p99, p999, max, mean: Double }
+    struct Lateness: Codable, Sendable { var p50, p99, max: Double }
     struct Errors: Codable, Sendable {
         var corrupt = 0, badStatus = 0, resets = 0, timeouts = 0, connectFailures = 0, backlogged = 0
         var total: Int { corrupt + badStatus + resets + timeouts + connectFailures }
@@ -66,7 +71,8 @@ func processCPUSeconds() -> Double {
 
 func sleepSeconds(_ s: Double) { if s > 0 { usleep(UInt32(min(s, 4000) * 1e6)) } }
 
-/// Runs one load: connects every connection through the engine's client path, warms up, measures for
+/// Runs one load: connects every connection (closed loop: through the engine's client path; open
+/// loop: through `OpenLoop`, paced to the microsecond), warms up, measures for
 /// `duration`, stops. `window` is called on this thread right at the start and end of the measured
 /// window (the compare runner samples the server's CPU there).
 func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> LoadResult {
@@ -76,24 +82,7 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     }
     let state = LoadState(size: o.size, pipeline: o.pipeline, connections: o.connections, rate: o.rate,
                           timeout: o.timeout, request: request, expectStatus: o.expectStatus)
-    var config = ServerConfiguration(host: o.host, port: 0, backend: o.backend)
-    config.listen = false
-    config.connect = OutboundConnections(host: o.host, port: o.port, count: o.connections)
-    config.maxConnections = o.connections + 8
-    config.sendBuffers = max(512, o.connections * max(1, (o.size * o.pipeline + 4095) / 4096) + 64)
-    config.drainTimeout = .seconds(1)
-    let loop: RunningServer
-    switch o.mode {
-    case .echo: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { EchoLoadHandler(state: state) }
-    case .http: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { HTTPLoadHandler(state: state) }
-    }
-    // Wait for every connection to be up (or failed), bounded.
-    let connectDeadline = nowNanos() + 10_000_000_000
-    while nowNanos() < connectDeadline {
-        let s = loop.stats
-        if s.connectionsConnected + s.connectFailures >= o.connections { break }
-        usleep(2_000)
-    }
+    let loop = try LoadLoop.start(o, state: state)
     let start = nowNanos() + UInt64(o.warmup * 1e9)
     let end = start + UInt64(o.duration * 1e9)
     state.windowStart.store(start, ordering: .relaxed)
@@ -117,39 +106,108 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     let t1 = nowNanos()
     if tty { printError("\r\u{1B}[K") }
     state.stopping.store(true, ordering: .relaxed)
-    loop.stop()
-    try loop.wait()
-    let stats = loop.stats
+    let (backend, connectFailures) = try loop.stop()
 
     let secs = Double(t1 - t0) / 1e9
     let msgs = Int(state.histogram.totalCount)
     let h = state.histogram
     func us(_ v: UInt64) -> Double { Double(v) / 1000 }
+    let p50 = us(h.valueAtPercentile(50))
     let cpuPct = (cpu1 - cpu0) / secs * 100
     var warnings: [String] = []
-    let clientBound = cpuPct >= 90
+    // The open loop's CPU includes its spinning before sends: there its lateness tells whether it
+    // kept up, not its CPU.
+    let clientBound = o.rate == nil && cpuPct >= 90
     if clientBound {
         warnings.append(String(format: "load generator used %.0f%% of a core: it may be the bottleneck, not the server", cpuPct))
     }
+    if let e = state.pacerNote { warnings.append(e) }
     if state.backlogged > 0 {
         warnings.append("\(state.backlogged) open-loop sends could not be issued on time (window full): the server cannot keep up with --rate")
+    }
+    var lateness: LoadResult.Lateness? = nil
+    if o.rate != nil {
+        let l = state.lateness
+        let late = LoadResult.Lateness(p50: us(l.valueAtPercentile(50)), p99: us(l.valueAtPercentile(99)), max: us(l.max))
+        lateness = late
+        if late.p99 > p50 / 10 {
+            warnings.append(String(format: "generator lateness p99 %.1f µs exceeds a tenth of the measured p50 (%.1f µs): the latencies include the load generator's own delay", late.p99, p50))
+        }
     }
     var errors = LoadResult.Errors()
     errors.corrupt = state.corrupt
     errors.badStatus = state.badStatus
     errors.resets = state.resets
     errors.timeouts = state.timeouts
-    errors.connectFailures = stats.connectFailures
+    errors.connectFailures = connectFailures
     errors.backlogged = state.backlogged
     return LoadResult(
-        mode: o.mode.rawValue, target: "\(o.host):\(o.port)", backend: loop.backend.rawValue,
+        mode: o.mode.rawValue, target: "\(o.host):\(o.port)", backend: backend,
         connections: o.connections, size: o.mode == .echo ? o.size : 0, pipeline: o.pipeline, rate: o.rate,
         seconds: secs, messages: msgs, messagesPerSecond: Double(msgs) / secs,
         megabytesPerSecond: Double(state.bytesInWindow) / secs / 1e6,
-        latencyMicros: .init(p50: us(h.valueAtPercentile(50)), p90: us(h.valueAtPercentile(90)),
+        latencyMicros: .init(p50: p50, p90: us(h.valueAtPercentile(90)),
                              p99: us(h.valueAtPercentile(99)), p999: us(h.valueAtPercentile(99.9)),
                              max: us(h.max), mean: h.mean / 1000),
+        sendLatenessMicros: lateness,
         errors: errors, clientCPUPercent: cpuPct,
         clientCPUMicrosPerMessage: msgs > 0 ? (cpu1 - cpu0) * 1e6 / Double(msgs) : 0,
         clientBound: clientBound, warnings: warnings)
+}
+
+/// The connections of one run: the engine's client loop (closed loop) or the open-loop pacer.
+enum LoadLoop {
+    case engine(RunningServer)
+    case echoPacer(OpenLoop<EchoStream>)
+    case httpPacer(OpenLoop<HTTPStream>)
+
+    /// Connects every connection (bounded to 10 s for the engine) and starts sending.
+    static func start(_ o: LoadOptions, state: LoadState) throws -> LoadLoop {
+        if let rate = state.rate {
+            switch o.mode {
+            case .echo:
+                let p = try OpenLoop<EchoStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate)
+                p.start(realtime: o.realtime)
+                return .echoPacer(p)
+            case .http:
+                let p = try OpenLoop<HTTPStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate)
+                p.start(realtime: o.realtime)
+                return .httpPacer(p)
+            }
+        }
+        var config = ServerConfiguration(host: o.host, port: 0, backend: o.backend)
+        config.listen = false
+        config.connect = OutboundConnections(host: o.host, port: o.port, count: o.connections)
+        config.maxConnections = o.connections + 8
+        config.sendBuffers = max(512, o.connections * max(1, (o.size * o.pipeline + 4095) / 4096) + 64)
+        config.drainTimeout = .seconds(1)
+        let loop: RunningServer
+        switch o.mode {
+        case .echo: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { EchoLoadHandler(state: state) }
+        case .http: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { HTTPLoadHandler(state: state) }
+        }
+        let connectDeadline = nowNanos() + 10_000_000_000
+        while nowNanos() < connectDeadline {
+            let s = loop.stats
+            if s.connectionsConnected + s.connectFailures >= o.connections { break }
+            usleep(2_000)
+        }
+        return .engine(loop)
+    }
+
+    /// Stops (after `state.stopping` was set) and joins; returns the backend name and failed connects.
+    func stop() throws -> (String, Int) {
+        switch self {
+        case .engine(let loop):
+            loop.stop()
+            try loop.wait()
+            return (loop.backend.rawValue, loop.stats.connectFailures)
+        case .echoPacer(let p):
+            p.wait()
+            return ("uring-pacer", p.connectFailures)
+        case .httpPacer(let p):
+            p.wait()
+            return ("uring-pacer", p.connectFailures)
+        }
+    }
 }

@@ -20,8 +20,8 @@ final class LoadState: @unchecked Sendable {
     let size: Int
     let pipeline: Int
     let connections: Int
-    /// Open loop: nanoseconds between intended sends on one connection (0: closed loop).
-    let intervalNanos: UInt64
+    /// Open loop: total requests per second over all connections (nil: closed loop).
+    let rate: Double?
     let timeoutNanos: UInt64
     let request: [UInt8]          // HTTP: the request bytes
     let expectStatus: Int
@@ -37,6 +37,9 @@ final class LoadState: @unchecked Sendable {
 
     // Loop-thread state.
     var histogram: Histogram<UInt64>
+    /// Open loop: how late each send left, actual minus intended send time (ns), for sends intended
+    /// inside the window.
+    var lateness: Histogram<UInt64>
     var bytesInWindow = 0
     var corrupt = 0
     var resets = 0
@@ -44,19 +47,19 @@ final class LoadState: @unchecked Sendable {
     var backlogged = 0
     var badStatus = 0
     var nextConnectionIndex = 0
+    /// Open loop: why the pacer could not get what was asked (e.g. real-time priority refused).
+    var pacerNote: String?
 
     init(size: Int, pipeline: Int, connections: Int, rate: Double?, timeout: Double,
          request: [UInt8] = [], expectStatus: Int = 200, expectBodyLength: Int? = nil) {
         histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000,
                                       numberOfSignificantValueDigits: .three)
+        lateness = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000,
+                                     numberOfSignificantValueDigits: .three)
         self.size = size
         self.pipeline = pipeline
         self.connections = connections
-        if let rate, rate > 0 {
-            intervalNanos = UInt64(Double(connections) / rate * 1e9)
-        } else {
-            intervalNanos = 0
-        }
+        self.rate = rate.flatMap { $0 > 0 ? $0 : nil }
         timeoutNanos = UInt64(timeout * 1e9)
         self.request = request
         self.expectStatus = expectStatus
@@ -69,6 +72,18 @@ final class LoadState: @unchecked Sendable {
         _ = histogram.record(now > sentAt ? now - sentAt : 1)
         bytesInWindow += bytes
         completedInWindow.add(1, ordering: .relaxed)
+    }
+
+    /// Records how late a send left (open loop), if it was intended inside the window.
+    @inline(__always) func sent(intended: UInt64, actual: UInt64) {
+        guard intended >= windowStart.load(ordering: .relaxed) && intended < windowEnd.load(ordering: .relaxed) else { return }
+        _ = lateness.record(actual > intended ? actual - intended : 0)
+    }
+
+    /// Counts an open-loop send that could not be issued (window full), if intended inside the window.
+    @inline(__always) func backlog(intended: UInt64) {
+        guard intended >= windowStart.load(ordering: .relaxed) && intended < windowEnd.load(ordering: .relaxed) else { return }
+        backlogged += 1
     }
 
     var isStopping: Bool { stopping.load(ordering: .relaxed) }

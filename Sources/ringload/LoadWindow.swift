@@ -1,21 +1,17 @@
 import Ringside
 
-/// The send/complete bookkeeping both load handlers share: a ring of send times for outstanding
-/// requests, open-loop pacing, and the per-connection watchdog.
+/// The send/complete bookkeeping every load connection shares: a ring of send (or intended send)
+/// times for outstanding requests, and the per-connection watchdog of the closed loop.
 struct LoadWindow {
-    private let stamps: UnsafeMutablePointer<UInt64>
+    private let stamps: UnsafeMutablePointer<UInt64>  // owned; `capacity` entries
     let capacity: Int
     private(set) var sent: UInt64 = 0
     private(set) var done: UInt64 = 0
-    private var nextIntended: UInt64 = 0
 
-    /// `connectionIndex` spreads open-loop schedules over one interval.
-    init(state: LoadState, connectionIndex: Int) {
-        capacity = state.intervalNanos > 0 ? 4096 : state.pipeline
-        stamps = .allocate(capacity: capacity)
-        if state.intervalNanos > 0 {
-            nextIntended = nowNanos() + state.intervalNanos * UInt64(connectionIndex) / UInt64(max(1, state.connections))
-        }
+    /// `capacity`: the most requests outstanding at once (the pipeline depth, or the open loop's cap).
+    init(capacity: Int) {
+        self.capacity = max(1, capacity)
+        stamps = .allocate(capacity: self.capacity)
     }
 
     func deallocate() { stamps.deallocate() }
@@ -26,8 +22,11 @@ struct LoadWindow {
     var nextIndex: UInt64 { sent }
     /// The index of the oldest outstanding request.
     var oldestIndex: UInt64 { done }
+    /// The send (or intended) time of the oldest outstanding request (only while `outstanding > 0`).
+    var oldestStamp: UInt64 { stamps[Int(done % UInt64(capacity))] }
 
-    private mutating func didSend(stamp: UInt64) {
+    /// Records request `nextIndex` as sent at `stamp`. The caller checks `isFull` first.
+    mutating func didSend(stamp: UInt64) {
         stamps[Int(sent % UInt64(capacity))] = stamp
         sent += 1
     }
@@ -40,7 +39,7 @@ struct LoadWindow {
     }
 
     func timedOut(now: UInt64, timeout: UInt64) -> Bool {
-        outstanding > 0 && now &- stamps[Int(done % UInt64(capacity))] >= timeout
+        outstanding > 0 && now &- oldestStamp >= timeout
     }
 
     /// Sends request `nextIndex` through `write` (which must not touch this window) if the window has
@@ -51,38 +50,20 @@ struct LoadWindow {
         return true
     }
 
-    /// Open loop: sends for every intended time that has come (stamped with the intended time; one that
-    /// cannot be sent is counted as backlogged), then arms the connection's timer for the next one or
-    /// the watchdog, whichever is sooner.
-    mutating func pace(_ connection: Connection, state: LoadState, _ write: (UInt64) -> Bool) {
-        guard !state.isStopping else { return }
-        let now = nowNanos()
-        while nextIntended <= now {
-            if !send(stamp: nextIntended, write) { state.backlogged += 1 }
-            nextIntended += state.intervalNanos
-        }
-        var wait = nextIntended - now
-        if outstanding > 0 {
-            let due = stamps[Int(done % UInt64(capacity))] &+ state.timeoutNanos
-            wait = min(wait, due > now ? due - now : 0)
-        }
-        connection.setTimer(after: .nanoseconds(Int64(wait)))
-    }
-
     /// Closed loop: re-arms the watchdog while something is outstanding.
     func armWatchdog(_ connection: Connection, state: LoadState) {
         if outstanding > 0 { connection.setTimer(after: .nanoseconds(Int64(state.timeoutNanos))) }
     }
 
-    /// Shared timer handling: a timeout aborts the connection (counted unless stopping); otherwise
-    /// the open loop paces and the closed loop re-arms its watchdog.
-    mutating func timerFired(_ connection: Connection, state: LoadState, _ write: (UInt64) -> Bool) {
+    /// Closed loop timer: a timeout aborts the connection (counted unless stopping); otherwise the
+    /// watchdog is re-armed.
+    func timerFired(_ connection: Connection, state: LoadState) {
         if timedOut(now: nowNanos(), timeout: state.timeoutNanos) {
             if !state.isStopping { state.timeouts += 1 }
             connection.abort()
             return
         }
-        if state.intervalNanos > 0 { pace(connection, state: state, write) } else { armWatchdog(connection, state: state) }
+        armWatchdog(connection, state: state)
     }
 }
 

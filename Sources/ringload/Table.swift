@@ -12,13 +12,20 @@ extension LoadResult {
             name, String(format: "%.0f", messagesPerSecond), String(format: "%.2f", megabytesPerSecond),
             String(format: "%.0f", latencyMicros.p50), String(format: "%.0f", latencyMicros.p90),
             String(format: "%.0f", latencyMicros.p99), String(format: "%.0f", latencyMicros.p999),
-            String(format: "%.0f", latencyMicros.max), "\(errors.total)",
+            String(format: "%.0f", latencyMicros.max), latenessCell(sendLatenessMicros), "\(errors.total)",
             String(format: "%.0f%%", clientCPUPercent) + (clientBound ? " (!)" : ""),
         ])
     }
 }
 
-let loadTableHeader = ["run", "msgs/s", "MB/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "errors", "client CPU"]
+let loadTableHeader = ["run", "msgs/s", "MB/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs",
+                       "send late p50/p99/max µs", "errors", "client CPU"]
+
+/// The open loop's send lateness as one cell ("-" for the closed loop).
+func latenessCell(_ l: LoadResult.Lateness?) -> String {
+    guard let l else { return "-" }
+    return String(format: "%.1f/%.1f/%.0f", l.p50, l.p99, l.max)
+}
 
 /// Formats rows under a header as aligned columns.
 func formatTable(_ rows: [TableRow], header: [String] = loadTableHeader) -> String {

@@ -29,6 +29,8 @@ struct CommonLoadOptions: ParsableArguments {
     @Option(help: "A request outstanding this long counts as a timeout.") var timeout = Seconds(argument: "5s")!
     @Option(help: "Client backend (uring, epoll, auto: io_uring unless the kernel refuses it).") var backend: BackendKind = .auto
     @Option(help: "Pin the load generator to this CPU.") var cpu: Int?
+    @Flag(help: "Open loop: run the pacer thread at real-time priority (SCHED_FIFO; needs CAP_SYS_NICE), so other work on its CPU cannot delay sends.")
+    var realtime = false
     @Flag(help: "Print one JSON result instead of the table.") var json = false
 
     func options(_ mode: LoadOptions.Mode) throws -> LoadOptions {
@@ -43,6 +45,7 @@ struct CommonLoadOptions: ParsableArguments {
         o.duration = duration.value
         o.warmup = warmup.value
         o.rate = rate
+        o.realtime = realtime
         o.timeout = timeout.value
         o.backend = backend
         o.progress = !json
