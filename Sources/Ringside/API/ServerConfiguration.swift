@@ -98,6 +98,10 @@ public struct ServerConfiguration: Sendable {
     /// CPUs to pin the loops to: loop i runs on `cpuAffinity[i % count]`. nil leaves placement to the
     /// scheduler.
     public var cpuAffinity: [Int]? = nil
+    /// SO_SNDBUF for accepted connections (set on the listener, inherited); nil: the kernel's
+    /// auto-tuning. A small one makes the kernel hold back sends sooner (tests use it to keep sends in
+    /// flight).
+    public var socketSendBuffer: Int? = nil
     /// Kernel features to treat as missing, as if the kernel lacked them, so every fallback path can
     /// run on a new kernel (tests, and the `RINGSIDE_DISABLE` environment variable, added to this).
     public var disabledFeatures: KernelFeatures = []

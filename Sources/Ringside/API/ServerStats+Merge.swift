@@ -8,7 +8,7 @@ extension ServerStats {
         \.cqDropped, \.sqFullEvents, \.sqDeferredOps, \.staleCompletions, \.shortSends, \.readPauses,
         \.receivesHeld, \.writesRefused, \.acceptErrors,
         \.connectionsRefusedPerAddress, \.authenticationTimeouts, \.idleTimeouts, \.readTimeouts,
-        \.writeStallTimeouts, \.receiveBurstLimitEnds, \.engineErrors,
+        \.writeStallTimeouts, \.receiveBurstLimitEnds, \.engineErrors, \.teardownsWithSendInFlight,
     ] }
     /// Peaks and maxima: the merged value is the largest of any loop (each loop has its own pool and
     /// connections, so a sum of peaks would describe no moment that happened).

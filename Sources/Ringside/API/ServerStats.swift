@@ -68,6 +68,9 @@ public struct ServerStats: Sendable, Equatable {
     /// descriptor it owns, EINVAL on an operation the kernel supports, ENOTSOCK): logged at error level
     /// with the operation and slot, the connection closed with that errno as its reason.
     public var engineErrors = 0
+    /// Teardowns that found a multi-chunk send still in flight (io_uring): its chunks were kept until
+    /// that send's final completion.
+    public var teardownsWithSendInFlight = 0
 
     /// Every connection closed by a deadline (authentication, idle, read, write stall).
     public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }

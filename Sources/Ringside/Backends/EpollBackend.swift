@@ -53,7 +53,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             if config.listen {
                 lfd = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: true,
                                         reusePort: config.threads > 1)
-                try Socket.configureListener(lfd, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout)
+                try Socket.configureListener(lfd, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout,
+                                                sendBuffer: config.socketSendBuffer)
             }
         } catch {
             if lfd >= 0 { closeDescriptor(lfd) }

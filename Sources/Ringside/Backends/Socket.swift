@@ -114,7 +114,9 @@ enum Socket {
     /// unacknowledged, or whose peer keeps a zero window, for this long. That catches a peer that stopped
     /// reading after the engine's own queue was flushed into the kernel's send buffer, where the
     /// engine's write-stall clock cannot see it.
-    static func configureListener(_ fd: Int32, keepAlive: TCPKeepAlive?, userTimeout: Duration? = nil) throws(SyscallError) {
+    static func configureListener(_ fd: Int32, keepAlive: TCPKeepAlive?, userTimeout: Duration? = nil,
+                                  sendBuffer: Int? = nil) throws(SyscallError) {
+        if let b = sendBuffer { try setOption(fd, SOL_SOCKET, SO_SNDBUF, Int32(clamping: b), "SO_SNDBUF") }
         if let u = userTimeout {
             try setOption(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, Int32(clamping: max(1, u.wholeMilliseconds)), "TCP_USER_TIMEOUT")
         }

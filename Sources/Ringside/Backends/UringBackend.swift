@@ -131,7 +131,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             // Accepted sockets inherit TCP_NODELAY from the listener (needed for direct descriptors,
             // which setsockopt(2) cannot reach).
             if config.noDelay { try? Socket.setOption(listenFD, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
-            do { try Socket.configureListener(listenFD, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout) } catch {
+            do { try Socket.configureListener(listenFD, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout,
+                                                sendBuffer: config.socketSendBuffer) } catch {
                 closeDescriptor(listenFD)
                 throw error
             }

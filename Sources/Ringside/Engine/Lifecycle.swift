@@ -48,6 +48,7 @@ extension HandlerTable {
                 core.freeSlot(slot)
                 return
             case .teardown(let abort):
+                if core.states[i].sendInFlight && core.states[i].inflightChunks > 1 { core.counters.teardownsWithSendInFlight += 1 }
                 core.discardHeld(slot: slot)
                 core.discardQueue(slot: slot)  // keeps what a send in flight still reads
                 io.close(slot, abort: abort)
