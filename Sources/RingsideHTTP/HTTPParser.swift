@@ -173,6 +173,30 @@ public struct HTTPRequestParser: ~Copyable {
         }
     }
 
+    /// `feed`, but returns right after a request's `requestEnd` when `stop()` says so (the server stops
+    /// there while that request's response is still being sent). Returns the bytes consumed; the rest
+    /// is to be fed again later.
+    @inline(__always)
+    mutating func feed<S: HTTPParserSink & ~Copyable>(
+        _ bytes: UnsafeRawBufferPointer, into sink: inout S, stopAfterEnd stop: () -> Bool
+    ) throws(HTTPParseError) -> Int {
+        var index = 0
+        while true {
+            switch try advance(bytes, &index) {
+            case .needMore:
+                return bytes.count
+            case .head:
+                sink.requestHead(headView)
+            case .body(let start, let count):
+                // 0 <= start, start + count <= bytes.count, count > 0 (see `advance`).
+                sink.requestBody(UnsafeRawBufferPointer(rebasing: bytes[start ..< start + count]))
+            case .end(let trailers):
+                sink.requestEnd(trailers: trailers ? trailerView : nil)
+                if stop() { return index }
+            }
+        }
+    }
+
     @usableFromInline var headView: HTTPRequestHead {
         HTTPRequestHead(base: UnsafeRawPointer(head), fields: UnsafePointer(fields), headerCount: headerCount,
                         methodEnd: methodEnd, targetStart: targetStart, targetEnd: targetEnd,
