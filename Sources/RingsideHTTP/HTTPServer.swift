@@ -133,7 +133,8 @@ final class HTTPConnection {
     /// holds what the kernel completes before the pause lands; beyond the limit the connection is aborted,
     /// since no error status can be sent in the middle of another response).
     private func stashInput(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
-        guard stash.count + bytes.count <= config.limits.maxHeaderBytes + max(0, config.spoolThreshold) else {
+        let limit = max(0, config.limits.maxHeaderBytes).addingReportingOverflow(max(0, config.spoolThreshold))
+        guard limit.overflow || stash.count + bytes.count <= limit.partialValue else {
             config.stats.count(.overflow)
             closing = true
             connection.abort()

@@ -23,6 +23,7 @@ public enum RingsideServer {
         handler makeHandler: @escaping @Sendable () -> H
     ) throws -> RunningServer {
         let threads = configuration.threads
+        try configuration.validate()
         guard threads >= 1 else {
             throw SyscallError("ServerConfiguration.threads must be at least 1 (got \(threads))", .invalidArgument)
         }
