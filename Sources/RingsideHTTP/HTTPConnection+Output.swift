@@ -16,6 +16,9 @@ struct Outgoing {
     var piece = Int.max
     /// Whether this response has been counted as deferred.
     var deferred = false
+    /// Whether the pool-retry timer is armed (cancelled when the response completes, so it cannot
+    /// fire into the next request's header deadline).
+    var retryArmed = false
 }
 
 extension HTTPConnection {
@@ -129,6 +132,7 @@ extension HTTPConnection {
                 if !out.deferred { out.deferred = true; config.stats.count(.deferred) }
                 if n > 1 { n /= 2; out.piece = n; continue }
                 connection.setTimer(after: .milliseconds(1))
+                out.retryArmed = true
                 return .wait
             }
         }
@@ -139,6 +143,7 @@ extension HTTPConnection {
     private func endResponse(_ connection: Connection, cutOff: Bool) {
         out.active = false
         finishFile()
+        if out.retryArmed { out.retryArmed = false; connection.cancelTimer() }
         if cutOff { closing = true; return }
         if out.closeAfter { closing = true; connection.close(); return }
         if readingPaused { readingPaused = false; connection.resumeReading() }

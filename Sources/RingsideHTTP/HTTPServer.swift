@@ -256,7 +256,7 @@ final class HTTPConnection {
     }
 
     func timerFired(_ connection: Connection) {
-        if out.active { pumpOutput(connection); return }
+        if out.active { out.retryArmed = false; pumpOutput(connection); return }
         if !parser.isIdle && !headComplete {
             fail(status: 408, reason: "request head not complete within the header timeout", connection)
         }
