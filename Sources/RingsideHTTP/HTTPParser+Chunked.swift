@@ -14,7 +14,7 @@ extension HTTPRequestParser {
     }
 
     /// `.chunkSizeStart`: the first hex digit of a chunk size.
-    @inline(__always)
+    @_transparent
     mutating func chunkSizeStartByte(_ b: UInt8) throws(HTTPParseError) {
         let v = Self.hexValue(b)
         guard v >= 0 else { throw fail(400, b == Self.LF ? "bare LF in chunk framing" : "invalid chunk size") }
@@ -25,7 +25,7 @@ extension HTTPRequestParser {
     }
 
     /// `.chunkSize`: more hex digits, or what ends the size (CR, ";" or BWS).
-    @inline(__always)
+    @_transparent
     mutating func chunkSizeByte(_ b: UInt8) throws(HTTPParseError) {
         let v = Self.hexValue(b)
         if v >= 0 {
@@ -49,7 +49,7 @@ extension HTTPRequestParser {
     }
 
     /// `.chunkBWS`: whitespace after the chunk size; only ";" may follow.
-    @inline(__always)
+    @_transparent
     mutating func chunkBWSByte(_ b: UInt8) throws(HTTPParseError) {
         try chunkLineByte()
         if b == Self.semicolon {
@@ -60,7 +60,7 @@ extension HTTPRequestParser {
     }
 
     /// `.chunkSizeLF`: the LF ending a chunk-size line; a zero size starts the trailer section.
-    @inline(__always)
+    @_transparent
     mutating func chunkSizeLFByte(_ b: UInt8) throws(HTTPParseError) {
         guard b == Self.LF else { throw fail(400, "bare CR in chunk framing") }
         if remaining == 0 {             // last-chunk: the trailer section follows
@@ -74,21 +74,21 @@ extension HTTPRequestParser {
     }
 
     /// `.chunkDataCR`: the CR after chunk data.
-    @inline(__always)
+    @_transparent
     mutating func chunkDataCRByte(_ b: UInt8) throws(HTTPParseError) {
         guard b == Self.CR else { throw fail(400, "chunk data not followed by CRLF") }
         state = .chunkDataLF
     }
 
     /// `.chunkDataLF`: the LF after chunk data.
-    @inline(__always)
+    @_transparent
     mutating func chunkDataLFByte(_ b: UInt8) throws(HTTPParseError) {
         guard b == Self.LF else { throw fail(400, "chunk data not followed by CRLF") }
         state = .chunkSizeStart
     }
 
     /// Chunk-extension names (RFC 9112 §7.1.1), up to the value: validated, counted against maxChunkLine, dropped.
-    @inline(__always)
+    @_transparent
     mutating func chunkExtensionNameByte(_ b: UInt8) throws(HTTPParseError) {
         switch state {
         case .extNameStart:                 // after ";": BWS chunk-ext-name
@@ -138,7 +138,7 @@ extension HTTPRequestParser {
     }
 
     /// Chunk-extension values (token or quoted-string): validated, counted against maxChunkLine, dropped.
-    @inline(__always)
+    @_transparent
     mutating func chunkExtensionValueByte(_ b: UInt8) throws(HTTPParseError) {
         switch state {
         case .extToken:

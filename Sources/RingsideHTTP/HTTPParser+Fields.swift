@@ -2,7 +2,7 @@
 
 extension HTTPRequestParser {
     /// `.lineStart`: the first byte of a field line (fast path: the whole line is in this input), or the CR of the empty line ending the head.
-    @inline(__always)
+    @_transparent
     mutating func lineStartByte(_ b: UInt8, _ p: UnsafeRawPointer, _ i: inout Int, _ n: Int) throws(HTTPParseError) {
         if Self.isTChar(b) {
             guard headerCount < limits.maxHeaderCount else {
@@ -42,7 +42,7 @@ extension HTTPRequestParser {
     }
 
     /// `.name`: a run of field-name tchars, or the colon after the name.
-    @inline(__always)
+    @_transparent
     mutating func nameByte(_ b: UInt8, _ p: UnsafeRawPointer, _ i: inout Int, _ n: Int) throws(HTTPParseError) {
         if Self.isTChar(b) {
             var j = i                   // the run of tchars starting at b
@@ -61,7 +61,7 @@ extension HTTPRequestParser {
     }
 
     /// `.valueOWS`: whitespace before the field value, its first byte, or the CR of an empty value.
-    @inline(__always)
+    @_transparent
     mutating func valueOWSByte(_ b: UInt8) throws(HTTPParseError) {
         if b == Self.SP || b == Self.HTAB {
             try store(b)
@@ -81,7 +81,7 @@ extension HTTPRequestParser {
     }
 
     /// `.value`: a run of field-value bytes (OWS trimmed at the end), or the CR after the value.
-    @inline(__always)
+    @_transparent
     mutating func valueByte(_ b: UInt8, _ p: UnsafeRawPointer, _ i: inout Int, _ n: Int) throws(HTTPParseError) {
         if Self.isFieldVChar(b) || b == Self.SP || b == Self.HTAB {
             // The run of value bytes starting at b (input offsets runStart..<j); visibleEnd is
@@ -111,7 +111,7 @@ extension HTTPRequestParser {
     }
 
     /// `.lineLF`: the LF ending a field line: the field is recorded.
-    @inline(__always)
+    @_transparent
     mutating func lineLFByte(_ b: UInt8) throws(HTTPParseError) {
         guard b == Self.LF else { throw fail(400, "bare CR in header") }
         try store(b)
@@ -126,7 +126,7 @@ extension HTTPRequestParser {
     }
 
     /// `.headEndLF`: the LF ending the head (or the trailer section): always an event.
-    @inline(__always)
+    @_transparent
     mutating func headEndLFByte(_ b: UInt8) throws(HTTPParseError) -> Step {
         guard b == Self.LF else { throw fail(400, "bare CR in header") }
         try store(b)

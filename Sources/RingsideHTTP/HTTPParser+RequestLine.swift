@@ -2,7 +2,7 @@
 
 extension HTTPRequestParser {
     /// `.start`: the first byte of a request line (fast path: the whole line is in this input, stored and checked in one go), or an empty line before it.
-    @inline(__always)
+    @_transparent
     mutating func startByte(_ b: UInt8, _ p: UnsafeRawPointer, _ i: inout Int, _ n: Int) throws(HTTPParseError) {
         if Self.isTChar(b) {
             headLen = 0
@@ -37,7 +37,7 @@ extension HTTPRequestParser {
     }
 
     /// `.leadingLF`: the LF of an empty line before the request line.
-    @inline(__always)
+    @_transparent
     mutating func leadingLFByte(_ b: UInt8) throws(HTTPParseError) {
         guard b == Self.LF else { throw fail(400, "bare CR before request line") }
         emptyLines += 1
@@ -48,7 +48,7 @@ extension HTTPRequestParser {
     }
 
     /// `.method`: a run of method tchars, or the SP after the method.
-    @inline(__always)
+    @_transparent
     mutating func methodByte(_ b: UInt8, _ p: UnsafeRawPointer, _ i: inout Int, _ n: Int) throws(HTTPParseError) {
         if Self.isTChar(b) {
             var j = i                   // the run of tchars starting at b
@@ -65,7 +65,7 @@ extension HTTPRequestParser {
     }
 
     /// `.targetStart`: the first byte of the request-target.
-    @inline(__always)
+    @_transparent
     mutating func targetStartByte(_ b: UInt8) throws(HTTPParseError) {
         if Self.isTargetChar(b) {
             targetStart = headLen
@@ -79,7 +79,7 @@ extension HTTPRequestParser {
     }
 
     /// `.target`: a run of request-target bytes, or the SP after it.
-    @inline(__always)
+    @_transparent
     mutating func targetByte(_ b: UInt8, _ p: UnsafeRawPointer, _ i: inout Int, _ n: Int) throws(HTTPParseError) {
         if Self.isTargetChar(b) {
             var j = i                   // the run of target chars starting at b
@@ -97,7 +97,7 @@ extension HTTPRequestParser {
     }
 
     /// `.version`: a byte of the HTTP version, or the CR after it.
-    @inline(__always)
+    @_transparent
     mutating func versionByte(_ b: UInt8) throws(HTTPParseError) {
         if b == Self.CR {
             try checkVersion()
@@ -111,7 +111,7 @@ extension HTTPRequestParser {
     }
 
     /// `.requestLineLF`: the LF ending the request line.
-    @inline(__always)
+    @_transparent
     mutating func requestLineLFByte(_ b: UInt8) throws(HTTPParseError) {
         guard b == Self.LF else { throw fail(400, "bare CR in request line") }
         try store(b)

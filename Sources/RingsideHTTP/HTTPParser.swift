@@ -318,6 +318,9 @@ public struct HTTPRequestParser: ~Copyable {
 
             let b = p.load(fromByteOffset: i, as: UInt8.self)
             i += 1
+            // One dispatch per byte. The per-state functions are @_transparent: @inline(__always) left
+            // several of them out of line (callgrind: +4% instructions per whole-input request, +8% on a
+            // chunked one); transparent, the compiled loop is the one the single 373-line switch gave.
             switch state {
             // request line: HTTPParser+RequestLine.swift
             case .start: try startByte(b, p, &i, n)
