@@ -180,6 +180,25 @@ private var bigRoutes: HTTPRouter {
         }
     }
 
+    @Test(arguments: allBackends) func spooledBodyEchoedThroughATinyPoolArrivesWhole(_ backend: BackendKind) throws {
+        var http = HTTPServerConfiguration()
+        http.spoolThreshold = 64 * 1024
+        try withServer(backend, configure: { $0.sendBuffers = 4; $0.sendBufferSize = 4096 },
+                       handler: HTTPServer.handler(router: bigRoutes, configuration: http)) { server in
+            let body = randomBytes(3 << 20, seed: 12)
+            let c = try TestClient(port: server.port, timeoutSeconds: 10)
+            // A spooled upload (streamed back from its file) with a small request pipelined behind it.
+            try c.send(Array("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: \(body.count)\r\n\r\n".utf8))
+            try c.send(body)
+            try c.send(Array("GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            let r = parseResponses(try c.receiveUntilEOF())
+            #expect(r.map(\.status) == [200, 200])
+            let exact = r.first?.body == body
+            #expect(exact, "\(r.first?.body.count ?? -1) of \(body.count) bytes")
+            #expect(r.last?.body == Array("Hello, World!".utf8))
+        }
+    }
+
     @Test(arguments: allBackends) func continueThatCannotBeQueuedClosesTheConnection(_ backend: BackendKind) throws {
         let http = HTTPServerConfiguration()
         try withServer(backend, configure: { $0.sendBuffers = 8; $0.sendBufferSize = 4096 },
