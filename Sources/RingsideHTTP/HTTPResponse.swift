@@ -119,6 +119,7 @@ func reasonPhrase(_ status: Int) -> StaticString {
     case 501: "Not Implemented"
     case 503: "Service Unavailable"
     case 505: "HTTP Version Not Supported"
+    case 507: "Insufficient Storage"
     default: "Status"
     }
 }

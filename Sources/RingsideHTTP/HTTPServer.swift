@@ -7,10 +7,14 @@ public struct HTTPServerConfiguration: Sendable {
     public var limits = HTTPLimits()
     /// Bodies larger than this go to a temporary file instead of memory.
     public var spoolThreshold = 1 << 20
-    /// Where spooled bodies are written (the files are unlinked at once).
+    /// Where spooled bodies are written (the files are unlinked at once). A body that cannot be
+    /// stored there (no space, no such directory) is answered 507 (ENOSPC, EDQUOT) or 500, with
+    /// `Connection: close`; the route handler never sees a truncated body.
     public var spoolDirectory = "/tmp"
     /// A request head must be complete this long after its first byte (slowloris), else 408 and close.
     public var headerTimeout: Duration = .seconds(10)
+    /// Failure counters, shared by every connection (and every copy of this configuration).
+    public var stats = HTTPServerStats()
     public init() {}
 }
 
@@ -40,43 +44,52 @@ public struct HTTPHandler: ConnectionHandler {
 
     public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) { c.received(bytes.bytes, connection) }
     public mutating func inputClosed(on connection: Connection) { c.inputClosed(connection) }
-    public mutating func writable(on connection: Connection) { c.pump(connection) }
+    public mutating func writable(on connection: Connection) { c.pumpOutput(connection) }
     public mutating func timerFired(on connection: Connection) { c.timerFired(connection) }
     public mutating func closed(reason: CloseReason) { c.closed() }
 }
 
 /// Per-connection HTTP state (one allocation per connection; buffers keep their capacity).
+///
+/// Input is parsed until a response cannot be sent at once (the send pool is short, or the queue is
+/// above the high watermark); the rest of the input then waits in `stash` (reading paused) until that
+/// response has been queued whole (see HTTPConnection+Output.swift).
 final class HTTPConnection {
-    private var parser: HTTPRequestParser
-    private let router: HTTPRouter
-    private let config: HTTPServerConfiguration
-    private let head: HeadStore
-    private let bodyBuffer: ByteBuffer
-    private let userHeaders: ByteBuffer   // header lines the route handler set
-    private let responseHead: ByteBuffer  // the composed head
-    private let responseBody: ByteBuffer
-    /// Input that arrived while a file response was still streaming (kept in order).
-    private let stash: ByteBuffer
+    var parser: HTTPRequestParser
+    let router: HTTPRouter
+    let config: HTTPServerConfiguration
+    let head: HeadStore
+    let bodyBuffer: ByteBuffer
+    let userHeaders: ByteBuffer   // header lines the route handler set
+    let responseHead: ByteBuffer  // the composed head
+    let responseBody: ByteBuffer
+    /// Input that arrived while a response was still being sent (kept in order).
+    let stash: ByteBuffer
+    var readingPaused = false
 
     // Current request.
-    private var route = HTTPRouter.Match.notFound
-    private var version = HTTPVersion.http11
-    private var keepAlive = true
-    private var isHead = false
-    private var streaming: (any HTTPStreamingHandler)? = nil
-    private var spoolFD: Int32 = -1
-    private var spoolSize = 0
-    private var headComplete = false
+    var route = HTTPRouter.Match.notFound
+    var version = HTTPVersion.http11
+    var keepAlive = true
+    var isHead = false
+    var streaming: (any HTTPStreamingHandler)? = nil
+    var spoolFD: Int32 = -1
+    var spoolSize = 0
+    var headComplete = false
 
-    // A file body being streamed out.
-    private var fileFD: Int32 = -1
-    private var fileOffset = 0
-    private var fileEnd = 0
-    private var closeAfterFile = false
-    private var readBuffer: UnsafeMutableRawPointer? = nil
-    private let readChunk = 64 * 1024
+    /// The response being sent (see HTTPConnection+Output.swift).
+    var out = Outgoing()
+    // A file body being streamed out: bytes fileOffset..<fileEnd not read yet, readBuffer[readPos..<readLen]
+    // read but not queued yet.
+    var fileFD: Int32 = -1
+    var fileOffset = 0
+    var fileEnd = 0
+    var readBuffer: UnsafeMutableRawPointer? = nil
+    var readPos = 0
+    var readLen = 0
+    let readChunk = 64 * 1024
 
-    private var closing = false
+    var closing = false
 
     init(router: HTTPRouter, configuration: HTTPServerConfiguration) {
         self.router = router
@@ -98,32 +111,45 @@ final class HTTPConnection {
 
     func received(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         guard !closing else { return }
-        if fileFD >= 0 {
-            // A file response is still streaming: later pipelined requests wait their turn.
-            guard stash.count + bytes.count <= config.limits.maxHeaderBytes + config.spoolThreshold else {
-                return fail(HTTPParseError(status: 503, reason: "pipelined input while streaming"), connection)
-            }
-            stash.append(bytes)
-            return
-        }
+        if out.active { return stashInput(bytes, connection) }
         let wasIdle = parser.isIdle
         var sink = Sink(c: self, connection: connection)
+        let consumed: Int
         do throws(HTTPParseError) {
-            try parser.feed(bytes, into: &sink)
+            // Stop after a request whose response is still being sent: its buffers are in use.
+            consumed = try parser.feed(bytes, into: &sink, stopAfterEnd: { self.out.active || self.closing })
         } catch {
-            return fail(error, connection)
+            return fail(status: error.status, reason: error.reason, connection)
         }
-        if wasIdle && !parser.isIdle && !headComplete {
+        if consumed < bytes.count && !closing {
+            stashInput(UnsafeRawBufferPointer(rebasing: bytes[consumed...]), connection)
+        }
+        if wasIdle && !parser.isIdle && !headComplete && !out.active && !closing {
             connection.setTimer(after: config.headerTimeout)  // header deadline (slow clients)
         }
+    }
+
+    /// Keeps input for after the response being sent, and stops reading meanwhile (bounded: the engine
+    /// holds what the kernel completes before the pause lands; beyond the limit the connection is aborted,
+    /// since no error status can be sent in the middle of another response).
+    private func stashInput(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
+        let limit = max(0, config.limits.maxHeaderBytes).addingReportingOverflow(max(0, config.spoolThreshold))
+        guard limit.overflow || stash.count + bytes.count <= limit.partialValue else {
+            config.stats.count(.overflow)
+            closing = true
+            connection.abort()
+            return
+        }
+        stash.append(bytes)
+        if !readingPaused { readingPaused = true; connection.pauseReading() }
     }
 
     struct Sink: HTTPParserSink {
         unowned(unsafe) let c: HTTPConnection
         let connection: Connection
-        mutating func requestHead(_ head: HTTPRequestHead) { c.onHead(head, connection) }
-        mutating func requestBody(_ bytes: UnsafeRawBufferPointer) { c.onBody(bytes, connection) }
-        mutating func requestEnd(trailers: HTTPRequestHead?) { c.onEnd(connection) }
+        mutating func requestHead(_ head: HTTPRequestHead) { if !c.closing { c.onHead(head, connection) } }
+        mutating func requestBody(_ bytes: UnsafeRawBufferPointer) { if !c.closing { c.onBody(bytes, connection) } }
+        mutating func requestEnd(trailers: HTTPRequestHead?) { if !c.closing { c.onEnd(connection) } }
     }
 
     private func onHead(_ h: HTTPRequestHead, _ connection: Connection) {
@@ -143,21 +169,33 @@ final class HTTPConnection {
             handler.head(request(body: .none))
             streaming = handler
         } else if let n = h.contentLength, n > config.spoolThreshold {
-            openSpool()
+            guard openSpool(connection) else { return }  // answered 507/500
         }
-        if h.expectsContinue, case .route = route {
-            try? connection.write(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+        if h.expectsContinue, case .route = route { sendContinue(connection) }
+    }
+
+    /// Queues `100 Continue`; if it cannot be queued the client would wait for it, so the connection
+    /// is closed (what is queued before it still goes out) and counted.
+    private func sendContinue(_ connection: Connection) {
+        do throws(WriteError) {
+            try connection.write(UnsafeRawBufferPointer(start: Self.continueLine.utf8Start,
+                                                        count: Self.continueLine.utf8CodeUnitCount))
+        } catch {
+            config.stats.count(.continueWrite)
+            closing = true
+            if error == .bufferPoolExhausted { connection.close() }
         }
     }
+    private static let continueLine: StaticString = "HTTP/1.1 100 Continue\r\n\r\n"
 
     private func onBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         guard case .route = route else { return }  // 404/405: the body is read and dropped
         if streaming != nil { streaming!.body(bytes); return }
         if spoolFD < 0 && bodyBuffer.count + bytes.count > config.spoolThreshold {
-            openSpool()
-            if spoolFD >= 0 { writeSpool(bodyBuffer.bytes); bodyBuffer.clear() }
+            guard openSpool(connection), writeSpool(bodyBuffer.bytes, connection) else { return }
+            bodyBuffer.clear()
         }
-        if spoolFD >= 0 { writeSpool(bytes) } else { bodyBuffer.append(bytes) }
+        if spoolFD >= 0 { _ = writeSpool(bytes, connection) } else { bodyBuffer.append(bytes) }
     }
 
     private func onEnd(_ connection: Connection) {
@@ -194,158 +232,39 @@ final class HTTPConnection {
         return target
     }
 
-    // MARK: output
+    // MARK: errors and engine events
 
-    private func send(_ res: inout HTTPResponse, _ connection: Connection) {
-        let close = !keepAlive || closing
-        let fileSize = res.bodyFile?.size ?? 0
-        let h = responseHead
-        h.clear()
-        h.append(version == .http10 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        h.append(decimal: res.status)
-        h.append(" ")
-        h.append(reasonPhrase(res.status))
-        h.append("\r\nServer: ringside\r\nDate: ")
-        HTTPDate.withCurrent { h.append($0) }
-        h.append("\r\n")
-        h.append(userHeaders.bytes)
-        let chunked = res.chunked && res.bodyFile == nil && version == .http11
-        if res.status != 204 && res.status != 304 {
-            if chunked {
-                h.append("Transfer-Encoding: chunked\r\n")
-            } else {
-                h.append("Content-Length: ")
-                h.append(decimal: responseBody.count + fileSize)
-                h.append("\r\n")
-            }
-        }
-        if close { h.append("Connection: close\r\n") }
-        else if version == .http10 { h.append("Connection: keep-alive\r\n") }
-        h.append("\r\n")
-        do {
-            if chunked && !isHead {
-                // One chunk with the whole body, then the last chunk.
-                if responseBody.count > 0 {
-                    appendHex(responseBody.count, to: h)
-                    h.append("\r\n")
-                    try connection.write(h.bytes)
-                    try connection.write(responseBody.bytes)
-                    h.clear()
-                    h.append("\r\n")
-                }
-                h.append("0\r\n\r\n")
-                try connection.write(h.bytes)
-            } else {
-                try connection.write(h.bytes)
-                if !isHead && responseBody.count > 0 { try connection.write(responseBody.bytes) }
-            }
-        } catch {
-            if let f = res.bodyFile { _ = Glibc.close(f.fd) }
-            connection.abort()
-            return
-        }
-        if let f = res.bodyFile {
-            if isHead || f.size == 0 { _ = Glibc.close(f.fd) } else {
-                fileFD = f.fd; fileOffset = 0; fileEnd = f.size; closeAfterFile = close
-                pump(connection)
-                return
-            }
-        }
-        if close { closing = true; connection.close() }
-    }
-
-    /// Streams the file body with backpressure: fills the outbound queue up to the high watermark,
-    /// continues when the engine reports the connection writable again.
-    func pump(_ connection: Connection) {
-        guard fileFD >= 0 else { return }
-        if readBuffer == nil { readBuffer = .allocate(byteCount: readChunk, alignment: 4096) }
-        while fileOffset < fileEnd && !connection.isBackpressured {
-            let n = pread(fileFD, readBuffer, min(readChunk, fileEnd - fileOffset), off_t(fileOffset))
-            if n <= 0 { connection.abort(); finishFile(); return }
-            do { try connection.write(UnsafeRawBufferPointer(start: readBuffer, count: n)) } catch {
-                // The pool's send chunks are all in use (many streams at once): retry shortly.
-                connection.setTimer(after: .milliseconds(1))
-                return
-            }
-            fileOffset += n
-        }
-        guard fileOffset >= fileEnd else { return }  // `writable` resumes us
-        let close = closeAfterFile
-        finishFile()
-        if close { closing = true; connection.close(); return }
-        if stash.count > 0 {
-            // Feed what arrived meanwhile (copy out first: feeding may stash again).
-            let pending = [UInt8](stash.bytes)
-            stash.clear()
-            pending.withUnsafeBytes { received($0, connection) }
-        }
-    }
-
-    private func finishFile() {
-        if fileFD >= 0 { _ = Glibc.close(fileFD) }
-        fileFD = -1
-    }
-
-    private func fail(_ e: HTTPParseError, _ connection: Connection) {
+    /// Answers `status` with `reason` as the body, then closes (the request, if any, is abandoned).
+    func fail(status: Int, reason: String, _ connection: Connection) {
         guard !closing else { return }
-        closing = true
+        if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
+        streaming = nil
         keepAlive = false
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
-        res.status = e.status
+        res.status = status
         res.setHeader("Content-Type", "text/plain")
-        res.write(e.reason)
+        res.write(reason)
         res.write("\n")
         isHead = false
         send(&res, connection)
+        closing = true
     }
 
     func inputClosed(_ connection: Connection) {
-        // A half-closed client may still read what is queued (and a file being streamed).
-        if fileFD < 0 { closing = true; connection.close() } else { closeAfterFile = true }
+        // A half-closed client may still read what is queued (and a response still being sent).
+        if out.active { out.closeAfter = true } else { closing = true; connection.close() }
     }
 
     func timerFired(_ connection: Connection) {
-        if fileFD >= 0 { pump(connection); return }
+        if out.active { out.retryArmed = false; pumpOutput(connection); return }
         if !parser.isIdle && !headComplete {
-            fail(HTTPParseError(status: 408, reason: "request head not complete within the header timeout"), connection)
+            fail(status: 408, reason: "request head not complete within the header timeout", connection)
         }
     }
 
     func closed() {
         if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
+        if out.active { out.active = false; config.stats.count(.cutOff) }
         finishFile()
     }
-
-    private func appendHex(_ v: Int, to b: ByteBuffer) {
-        var digits: (UInt64, UInt64) = (0, 0)
-        withUnsafeMutableBytes(of: &digits) { d in
-            var n = v, i = 16
-            repeat { i -= 1; d[i] = hexDigit(n & 15); n >>= 4 } while n > 0 && i > 0
-            b.append(UnsafeRawBufferPointer(rebasing: d[i..<16]))
-        }
-    }
-
-    // MARK: spooling
-
-    private func openSpool() {
-        var template = Array("\(config.spoolDirectory)/ringside-body-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { return }  // stays in memory; the body limit still bounds it
-        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
-        spoolFD = fd
-        spoolSize = 0
-    }
-
-    private func writeSpool(_ bytes: UnsafeRawBufferPointer) {
-        var off = 0
-        while off < bytes.count {
-            let n = Glibc.write(spoolFD, bytes.baseAddress! + off, bytes.count - off)
-            if n < 0 { if errno == EINTR { continue }; return }
-            off += n
-        }
-        spoolSize += bytes.count
-    }
 }
-
-
-@inline(__always) private func hexDigit(_ v: Int) -> UInt8 { v < 10 ? UInt8(48 + v) : UInt8(87 + v) }

@@ -146,32 +146,48 @@ public struct LengthPrefixedDecoder: FrameDecoder, ~Copyable {
     }
 }
 
-/// Encoders: write a frame into the connection's pooled send buffers (all or nothing per part).
+/// Encoders: write a whole frame into the connection's pooled send buffers, or nothing.
+///
+/// A frame is assembled (delimiter or length prefix and payload) in one temporary buffer and queued
+/// with one all-or-nothing write, so a pool that runs short never leaves part of a frame on the wire:
+/// ``WriteError/bufferPoolExhausted`` means nothing of the frame was queued. The temporary buffer is on
+/// the stack for small frames; large frames cost one heap allocation and one copy.
 public enum FrameEncoder {
-    /// Writes `line` followed by `delimiter`.
+    /// Writes `line` followed by `delimiter`, whole or not at all.
     public static func writeLine(_ line: UnsafeRawBufferPointer, delimiter: UInt8 = UInt8(ascii: "\n"),
                                  to connection: Connection) throws(WriteError) {
-        try connection.write(line)
-        var d = delimiter
-        try withUnsafeBytes(of: &d) { (p) throws(WriteError) in try connection.write(p) }
+        try writeFrame(prefix: 0, payload: line, suffix: 1, to: connection) { _, suffix in suffix[0] = delimiter }
     }
 
-    /// Writes the length prefix then `payload`.
+    /// Writes the length prefix then `payload`, whole or not at all.
     public static func writeLengthPrefixed(_ payload: UnsafeRawBufferPointer, prefixSize: Int = 4,
                                            endianness: LengthPrefixedDecoder.Endianness = .big,
                                            to connection: Connection) throws(WriteError) {
         precondition([1, 2, 4, 8].contains(prefixSize))
         precondition(prefixSize == 8 || payload.count < 1 << (8 * prefixSize), "payload too large for the prefix")
-        var header: UInt64 = 0
         let n = UInt64(payload.count)
-        try withUnsafeMutableBytes(of: &header) { (h) throws(WriteError) in
+        try writeFrame(prefix: prefixSize, payload: payload, suffix: 0, to: connection) { h, _ in
             for k in 0..<prefixSize {
                 let shift = endianness == .big ? 8 * (prefixSize - 1 - k) : 8 * k
                 h[k] = UInt8(truncatingIfNeeded: n >> UInt64(shift))
             }
-            try connection.write(UnsafeRawBufferPointer(rebasing: h[0..<prefixSize]))
         }
-        try connection.write(payload)
+    }
+
+    /// Assembles `prefix` bytes, `payload` and `suffix` bytes (`fill` writes prefix and suffix) in one
+    /// buffer and queues it with a single all-or-nothing write.
+    private static func writeFrame(prefix: Int, payload: UnsafeRawBufferPointer, suffix: Int, to connection: Connection,
+                                   _ fill: (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer) -> Void)
+        throws(WriteError) {
+        let total = prefix + payload.count + suffix
+        let result: Result<Void, WriteError> = withUnsafeTemporaryAllocation(byteCount: total, alignment: 1) { frame in
+            // Safe: `frame` holds exactly `total` bytes: prefix | payload | suffix.
+            if payload.count > 0 { (frame.baseAddress! + prefix).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+            fill(UnsafeMutableRawBufferPointer(rebasing: frame[0..<prefix]),
+                 UnsafeMutableRawBufferPointer(rebasing: frame[(prefix + payload.count)...]))
+            return Result { () throws(WriteError) in try connection.write(UnsafeRawBufferPointer(frame)) }
+        }
+        try result.get()
     }
 }
 

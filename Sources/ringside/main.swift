@@ -43,6 +43,8 @@ struct Serve: ParsableCommand {
     @Option(help: "io_uring SQ entries.") var ringEntries: UInt32 = 1024
     @Option(help: "HTTP: request bodies larger than this many bytes are spooled to a temporary file.")
     var spoolThreshold = 1 << 20
+    @Option(help: "HTTP: directory for spooled request bodies (a body that cannot be stored there is answered 507 or 500).")
+    var spoolDirectory = "/tmp"
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
     @Option(help: "Echo: require this greeting line before echoing (clients that never send it are closed at --auth-timeout).")
     var authToken: String? = nil
@@ -59,9 +61,11 @@ struct Serve: ParsableCommand {
     var cpus: String? = nil
 
     func validate() throws {
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         if let cpus, parseCPUs(cpus) == nil {
             throw ValidationError("--cpus takes comma-separated CPU numbers, e.g. 0,1 (got '\(cpus)')")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level takes one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(logLevel)')")
         }
     }
 
@@ -71,9 +75,18 @@ struct Serve: ParsableCommand {
         return cpus.map { $0! }
     }
 
-    func run() throws {
-        var logger = Logger(label: "ringside")
-        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+    /// `--flag` seconds as a duration: finite, 0 or more, at most 100 years; 0 is nil when `zeroIsOff`.
+    private func seconds(_ s: Double, _ flag: String, zeroIsOff: Bool = true) throws(ConfigurationError) -> Duration? {
+        let most = Double(ServerConfiguration.maximumDuration.components.seconds)
+        guard s.isFinite, s >= 0, s <= most else {
+            throw ConfigurationError(field: flag, problem: "\(s) is not a number of seconds in 0...\(Int(most)) (100 years)")
+        }
+        if s == 0 && zeroIsOff { return nil }
+        return .nanoseconds(Int64(s * 1e9))  // s <= 3.2e9: fits
+    }
+
+    /// The engine configuration from the flags, validated.
+    private func serverConfiguration() throws(ConfigurationError) -> ServerConfiguration {
         var config = ServerConfiguration(host: host, port: port, backend: backend)
         config.maxConnections = maxConnections
         config.bufferSize = bufferSize
@@ -81,13 +94,45 @@ struct Serve: ParsableCommand {
         config.sendBufferSize = sendBufferSize
         config.sendBuffers = sendBuffers
         config.ringEntries = ringEntries
-        func seconds(_ s: Double) -> Duration? { s > 0 ? .milliseconds(Int64(s * 1000)) : nil }
-        config.authenticationTimeout = seconds(authTimeout)
-        config.idleTimeout = seconds(idleTimeout)
-        config.writeStallTimeout = seconds(writeStallTimeout)
+        config.authenticationTimeout = try seconds(authTimeout, "--auth-timeout")
+        config.idleTimeout = try seconds(idleTimeout, "--idle-timeout")
+        config.writeStallTimeout = try seconds(writeStallTimeout, "--write-stall-timeout")
+        guard maxPerAddress >= 0 else { throw ConfigurationError(field: "--max-per-address", problem: "\(maxPerAddress) is negative (0: no cap)") }
         config.maxConnectionsPerAddress = maxPerAddress > 0 ? maxPerAddress : nil
         config.threads = threads
-        if let cpus { config.cpuAffinity = parseCPUs(cpus) } else if pin { config.cpuAffinity = Array(0..<threads) }
+        if let cpus { config.cpuAffinity = parseCPUs(cpus) } else if pin { config.cpuAffinity = Array(0..<max(1, threads)) }
+        do { try config.validate() } catch { throw ConfigurationError(field: Self.flag(error.field), problem: error.problem) }
+        return config
+    }
+
+    private func httpConfiguration() throws(ConfigurationError) -> HTTPServerConfiguration {
+        var http = HTTPServerConfiguration()
+        http.spoolThreshold = spoolThreshold
+        http.spoolDirectory = spoolDirectory
+        guard let header = try seconds(headerTimeout, "--header-timeout"), header >= .milliseconds(1) else {
+            throw ConfigurationError(field: "--header-timeout", problem: "\(headerTimeout) must be at least 0.001 seconds")
+        }
+        http.headerTimeout = header
+        do { try http.validate() } catch { throw ConfigurationError(field: Self.flag(error.field), problem: error.problem) }
+        return http
+    }
+
+    /// The flag that sets a configuration field (the field's own name when no flag does).
+    static func flag(_ field: String) -> String {
+        let flags = ["host": "--host", "port": "--port", "maxConnections": "--max-connections",
+                     "bufferSize": "--buffer-size", "receiveBuffers": "--receive-buffers",
+                     "sendBufferSize": "--send-buffer-size", "sendBuffers": "--send-buffers",
+                     "ringEntries": "--ring-entries", "maxConnectionsPerAddress": "--max-per-address",
+                     "threads": "--threads", "cpuAffinity": "--cpus", "spoolThreshold": "--spool-threshold",
+                     "spoolDirectory": "--spool-directory", "headerTimeout": "--header-timeout"]
+        return flags[field] ?? field
+    }
+
+    func run() throws {
+        var logger = Logger(label: "ringside")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let config = try serverConfiguration()
+        let http = self.protocol == .http ? try httpConfiguration() : nil
 
         // SIGPIPE would kill us on a write to a reset peer; sends use MSG_NOSIGNAL, this is belt and braces.
         signal(SIGPIPE, SIG_IGN)
@@ -112,11 +157,8 @@ struct Serve: ParsableCommand {
                 for try await chunk in conn.inbound { try await conn.write(chunk) }
             }
         case .http:
-            var http = HTTPServerConfiguration()
-            http.spoolThreshold = spoolThreshold
-            http.headerTimeout = .milliseconds(Int64(headerTimeout * 1000))
             server = try RingsideServer.start(configuration: config, logger: logger,
-                                              handler: HTTPServer.handler(router: .benchmarkRoutes, configuration: http))
+                                              handler: HTTPServer.handler(router: .benchmarkRoutes, configuration: http!))
         }
         print("listening on \(host):\(server.port) backend=\(server.backend)\(threads > 1 ? " threads=\(threads)" : "")")
         fflush(nil)  // all output streams: the line must reach a pipe at once
@@ -135,7 +177,33 @@ struct Serve: ParsableCommand {
             "writeStallTimeouts": "\(s.writeStallTimeouts)", "readTimeouts": "\(s.readTimeouts)",
             "acceptedPerLoop": "\(server.loopStats.map { String($0.connectionsAccepted) }.joined(separator: ","))",
         ])
+        if let h = http?.stats {
+            logger.info("http", metadata: [
+                "spoolFailures": "\(h.spoolFailures)", "continueWriteFailures": "\(h.continueWriteFailures)",
+                "responsesDeferred": "\(h.responsesDeferred)", "fileReadFailures": "\(h.fileReadFailures)",
+                "responsesCutOff": "\(h.responsesCutOff)", "pipelineOverflows": "\(h.pipelineOverflows)",
+            ])
+        }
     }
 }
 
-RingsideCommand.main()
+/// Usage and configuration errors: one line on stderr, exit status 2 (never a trap). Help and version
+/// requests and run-time failures go through ArgumentParser as usual.
+func usageError(_ message: String) -> Never {
+    let line = message.split(separator: "\n", omittingEmptySubsequences: true).first.map(String.init) ?? message
+    var text = "ringside: \(line)\n"
+    text.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    exit(2)
+}
+
+do {
+    var command = try RingsideCommand.parseAsRoot()
+    try command.run()
+} catch let error as ConfigurationError {
+    usageError("\(error.field): \(error.problem)")
+} catch {
+    if RingsideCommand.exitCode(for: error) == .validationFailure {
+        usageError(RingsideCommand.message(for: error))
+    }
+    RingsideCommand.exit(withError: error)
+}

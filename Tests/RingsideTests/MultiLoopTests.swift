@@ -98,7 +98,7 @@ struct MultiLoopTests {
         #expect(eventually(3) { openDescriptorCount() <= fdsBefore + 2 }, "descriptors \(fdsBefore) -> \(openDescriptorCount())")
         config.threads = 0
         config.cpuAffinity = nil
-        #expect(throws: SyscallError.self) {
+        #expect(throws: ConfigurationError(field: "threads", problem: "0 is outside 1...1024")) {
             _ = try RingsideServer.start(configuration: config) { EchoHandler() }
         }
     }

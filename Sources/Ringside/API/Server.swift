@@ -25,6 +25,7 @@ public enum RingsideServer {
         var configuration = configuration
         configuration.disabledFeatures.formUnion(try KernelFeatures.fromEnvironment())
         let threads = configuration.threads
+        try configuration.validate()
         guard threads >= 1 else {
             throw SyscallError("ServerConfiguration.threads must be at least 1 (got \(threads))", .invalidArgument)
         }

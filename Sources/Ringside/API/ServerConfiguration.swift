@@ -1,3 +1,5 @@
+import Glibc
+
 /// Which I/O backend a server uses.
 public enum BackendKind: String, Sendable, CaseIterable, CustomStringConvertible {
     /// io_uring; fails with a clear error if the kernel refuses it.
@@ -138,5 +140,118 @@ public struct TCPKeepAlive: Sendable, Equatable {
     /// Defaults: a dead peer is found after about 60 + 6 x 10 = 120 seconds.
     public init(idle: Duration = .seconds(60), interval: Duration = .seconds(10), count: Int = 6) {
         self.idle = idle; self.interval = interval; self.count = count
+    }
+}
+
+/// A configuration value the server cannot run with, found by ``ServerConfiguration/validate()`` before
+/// anything is started.
+public struct ConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The field, as spelled in the configuration type (`port`, `keepAlive.count`, ...).
+    public let field: String
+    /// What is wrong, with the value given and what is allowed.
+    public let problem: String
+
+    public init(field: String, problem: String) {
+        self.field = field
+        self.problem = problem
+    }
+
+    public var description: String { "\(field): \(problem)" }
+}
+
+extension ServerConfiguration {
+    /// The longest deadline or timeout accepted (100 years); use nil to switch one off.
+    public static let maximumDuration: Duration = .seconds(100 * 365 * 86_400)
+    /// The most connections one loop may be sized for.
+    public static let maximumConnections = 1 << 22
+    /// The most event loops one server may run.
+    public static let maximumThreads = 1024
+
+    /// Checks every field; `RingsideServer.start` calls it first.
+    /// - Throws: ``ConfigurationError`` naming the first field found out of range.
+    public func validate() throws(ConfigurationError) {
+        func check(_ ok: Bool, _ field: String, _ problem: @autoclosure () -> String) throws(ConfigurationError) {
+            if !ok { throw ConfigurationError(field: field, problem: problem()) }
+        }
+        try check(Self.isNumericAddress(host), "host", "'\(host)' is not a numeric IPv4 or IPv6 address")
+        try check((0...65535).contains(port), "port", "\(port) is outside 0...65535")
+        try check(backlog >= 0, "backlog", "\(backlog) is negative")
+        try check((1...Self.maximumConnections).contains(maxConnections), "maxConnections",
+                  "\(maxConnections) is outside 1...\(Self.maximumConnections)")
+        try validateBuffers()
+        try check(highWatermark >= 1, "highWatermark", "\(highWatermark) must be at least 1")
+        try check((0...highWatermark).contains(lowWatermark), "lowWatermark",
+                  "\(lowWatermark) is outside 0...highWatermark (\(highWatermark))")
+        try check((1...32768).contains(ringEntries), "ringEntries", "\(ringEntries) is outside 1...32768")
+        try check(completionEntries == 0 || (ringEntries...65536).contains(completionEntries), "completionEntries",
+                  "\(completionEntries) must be 0 (8 x ringEntries) or within ringEntries (\(ringEntries))...65536")
+        try validateDurations()
+        if let n = maxConnectionsPerAddress { try check(n >= 1, "maxConnectionsPerAddress", "\(n) must be at least 1 (nil: no cap)") }
+        try check(receiveBurstLimit >= 0, "receiveBurstLimit", "\(receiveBurstLimit) is negative (0: no limit)")
+        if let c = connect {
+            try check(Self.isNumericAddress(c.host), "connect.host", "'\(c.host)' is not a numeric IPv4 or IPv6 address")
+            try check((1...65535).contains(c.port), "connect.port", "\(c.port) is outside 1...65535")
+            try check(c.count >= 0, "connect.count", "\(c.count) is negative")
+        }
+        try check((1...Self.maximumThreads).contains(threads), "threads", "\(threads) is outside 1...\(Self.maximumThreads)")
+        if let cpus = cpuAffinity {
+            try check(!cpus.isEmpty, "cpuAffinity", "is empty (nil: no pinning)")
+            // CPUs that do not exist are refused by sched_setaffinity when the loop starts (an error, not a trap).
+            for c in cpus { try check(c >= 0, "cpuAffinity", "CPU \(c) is negative") }
+        }
+    }
+
+    private func validateBuffers() throws(ConfigurationError) {
+        let chunkLimit = Int(Int32.max)
+        guard (1...chunkLimit).contains(bufferSize) else {
+            throw ConfigurationError(field: "bufferSize", problem: "\(bufferSize) is outside 1...\(chunkLimit)")
+        }
+        guard (1...32768).contains(receiveBuffers), receiveBuffers & (receiveBuffers - 1) == 0 else {
+            throw ConfigurationError(field: "receiveBuffers", problem: "\(receiveBuffers) is not a power of two in 1...32768")
+        }
+        guard (1...chunkLimit).contains(sendBufferSize) else {
+            throw ConfigurationError(field: "sendBufferSize", problem: "\(sendBufferSize) is outside 1...\(chunkLimit)")
+        }
+        guard (1...(chunkLimit - receiveBuffers)).contains(sendBuffers) else {
+            throw ConfigurationError(field: "sendBuffers", problem: "\(sendBuffers) is outside 1...\(chunkLimit - receiveBuffers)")
+        }
+        let (r, o1) = bufferSize.multipliedReportingOverflow(by: receiveBuffers)
+        let (s, o2) = sendBufferSize.multipliedReportingOverflow(by: sendBuffers)
+        guard !o1 && !o2 && r <= 1 << 46 && s <= 1 << 46 else {
+            throw ConfigurationError(field: "sendBuffers", problem: "the buffer slab (bufferSize x receiveBuffers + sendBufferSize x sendBuffers) exceeds 2^47 bytes")
+        }
+    }
+
+    private func validateDurations() throws(ConfigurationError) {
+        func check(_ d: Duration?, _ field: String) throws(ConfigurationError) {
+            guard let d else { return }
+            guard d >= .zero else { throw ConfigurationError(field: field, problem: "\(d) is negative") }
+            guard d <= Self.maximumDuration else {
+                throw ConfigurationError(field: field, problem: "\(d) is longer than 100 years (nil switches it off)")
+            }
+        }
+        try check(drainTimeout, "drainTimeout")
+        try check(authenticationTimeout, "authenticationTimeout")
+        try check(idleTimeout, "idleTimeout")
+        try check(writeStallTimeout, "writeStallTimeout")
+        try check(lingerTimeout, "lingerTimeout")
+        if let k = keepAlive {
+            // Linux bounds: TCP_KEEPIDLE and TCP_KEEPINTVL 1...32767 s, TCP_KEEPCNT 1...127.
+            let limit: Duration = .seconds(32767)
+            guard k.idle >= .seconds(1), k.idle <= limit else {
+                throw ConfigurationError(field: "keepAlive.idle", problem: "\(k.idle) is outside 1...32767 seconds")
+            }
+            guard k.interval >= .seconds(1), k.interval <= limit else {
+                throw ConfigurationError(field: "keepAlive.interval", problem: "\(k.interval) is outside 1...32767 seconds")
+            }
+            guard (1...127).contains(k.count) else {
+                throw ConfigurationError(field: "keepAlive.count", problem: "\(k.count) is outside 1...127")
+            }
+        }
+    }
+
+    static func isNumericAddress(_ host: String) -> Bool {
+        var v4 = in_addr(), v6 = in6_addr()
+        return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }
 }

@@ -7,14 +7,6 @@ import Glibc
     return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
 }
 
-extension Duration {
-    /// Whole milliseconds, negative durations as 0.
-    @inline(__always) var wholeMilliseconds: UInt64 {
-        let c = components
-        return UInt64(max(0, c.seconds)) * 1000 + UInt64(max(0, c.attoseconds)) / 1_000_000_000_000_000
-    }
-}
-
 /// A hashed timer wheel with 1 ms resolution: one timer per connection slot, stored intrusively in
 /// per-slot arrays (no allocation per timer, O(1) arm and cancel). The loop waits no longer than the
 /// next non-empty bucket (io_uring: the wait's own timeout, epoll: epoll_wait's), so thousands of

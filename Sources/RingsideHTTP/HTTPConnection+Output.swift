@@ -1,0 +1,174 @@
+import Glibc
+import Ringside
+
+/// The response being sent, in order: the head (with the chunk-size line of a chunked body), the
+/// in-memory body, the chunked ending, then a file body (`HTTPConnection.fileFD`).
+struct Outgoing {
+    var active = false
+    /// 0: head, 1: body, 2: ending, 3: file.
+    var part = 0
+    /// Bytes of `part` already queued.
+    var offset = 0
+    var ending: StaticString = ""
+    var sendBody = true
+    var closeAfter = false
+    /// The largest write tried next: halved while the pool refuses, doubled after each success.
+    var piece = Int.max
+    /// Whether this response has been counted as deferred.
+    var deferred = false
+    /// Whether the pool-retry timer is armed (cancelled when the response completes, so it cannot
+    /// fire into the next request's header deadline).
+    var retryArmed = false
+}
+
+extension HTTPConnection {
+    /// Composes the head of `res` and sends the response: at once when the send pool has room (the
+    /// usual case: a few writes), else piece by piece as the pool and the peer allow.
+    func send(_ res: inout HTTPResponse, _ connection: Connection) {
+        let close = !keepAlive || closing
+        let chunked = res.chunked && res.bodyFile == nil && version == .http11
+        composeHead(res, chunked: chunked, close: close)
+        out = Outgoing(active: true, closeAfter: close)
+        out.sendBody = !isHead
+        if chunked && !isHead {
+            out.ending = responseBody.count > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n"
+        }
+        if let f = res.bodyFile {
+            if isHead || f.size == 0 { _ = Glibc.close(f.fd) } else {
+                fileFD = f.fd; fileOffset = 0; fileEnd = f.size; readPos = 0; readLen = 0
+            }
+        }
+        pumpOutput(connection)
+    }
+
+    private func composeHead(_ res: HTTPResponse, chunked: Bool, close: Bool) {
+        let h = responseHead
+        h.clear()
+        h.append(version == .http10 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        h.append(decimal: res.status)
+        h.append(" ")
+        h.append(reasonPhrase(res.status))
+        h.append("\r\nServer: ringside\r\nDate: ")
+        HTTPDate.withCurrent { h.append($0) }
+        h.append("\r\n")
+        h.append(userHeaders.bytes)
+        if res.status != 204 && res.status != 304 {
+            if chunked {
+                h.append("Transfer-Encoding: chunked\r\n")
+            } else {
+                h.append("Content-Length: ")
+                h.append(decimal: responseBody.count + (res.bodyFile?.size ?? 0))
+                h.append("\r\n")
+            }
+        }
+        if close { h.append("Connection: close\r\n") }
+        else if version == .http10 { h.append("Connection: keep-alive\r\n") }
+        h.append("\r\n")
+        if chunked && !isHead && responseBody.count > 0 {
+            // One chunk with the whole body; its size line goes with the head.
+            appendHex(responseBody.count, to: h)
+            h.append("\r\n")
+        }
+    }
+
+    private func part(_ k: Int) -> UnsafeRawBufferPointer {
+        switch k {
+        case 0: responseHead.bytes
+        case 1: out.sendBody ? responseBody.bytes : UnsafeRawBufferPointer(start: nil, count: 0)
+        default: UnsafeRawBufferPointer(start: out.ending.utf8Start, count: out.ending.utf8CodeUnitCount)
+        }
+    }
+
+    /// Queues as much of the response as the pool and the watermark allow; called again on `writable`
+    /// (the queue drained below the low watermark) or by the retry timer (the pool had no room).
+    func pumpOutput(_ connection: Connection) {
+        guard out.active else { return }
+        while out.part < 3 {
+            let bytes = part(out.part)
+            if out.offset >= bytes.count { out.part += 1; out.offset = 0; continue }
+            switch writeSome(UnsafeRawBufferPointer(rebasing: bytes[out.offset...]), connection) {
+            case .wrote(let n): out.offset += n
+            case .wait: return
+            case .closed: config.stats.count(.cutOff); return endResponse(connection, cutOff: true)
+            }
+        }
+        while fileOffset < fileEnd || readPos < readLen {
+            if readPos == readLen {
+                if readBuffer == nil { readBuffer = .allocate(byteCount: readChunk, alignment: 4096) }
+                let n = pread(fileFD, readBuffer, min(readChunk, fileEnd - fileOffset), off_t(fileOffset))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else {
+                    // The file ended early or failed: the promised Content-Length cannot be met.
+                    config.stats.count(.fileRead)
+                    connection.abort()
+                    return endResponse(connection, cutOff: true)
+                }
+                readPos = 0; readLen = n; fileOffset += n
+            }
+            switch writeSome(UnsafeRawBufferPointer(start: readBuffer! + readPos, count: readLen - readPos), connection) {
+            case .wrote(let n): readPos += n
+            case .wait: return
+            case .closed: config.stats.count(.cutOff); return endResponse(connection, cutOff: true)
+            }
+        }
+        endResponse(connection, cutOff: false)
+    }
+
+    enum Progress { case wrote(Int), wait, closed }
+
+    /// Queues a non-empty prefix of `bytes`: all of them when the pool has room, else the largest
+    /// halving that fits. `.wait`: nothing fits now (the pool is empty: a 1 ms timer retries) or the queue
+    /// is above the high watermark (`writable` resumes).
+    private func writeSome(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) -> Progress {
+        if connection.isBackpressured { return .wait }
+        var n = min(bytes.count, out.piece)
+        while true {
+            do throws(WriteError) {
+                try connection.write(UnsafeRawBufferPointer(rebasing: bytes[0..<n]))
+                out.piece = out.piece > Int.max / 2 ? Int.max : out.piece * 2
+                return .wrote(n)
+            } catch {
+                if error == .closed { return .closed }
+                if !out.deferred { out.deferred = true; config.stats.count(.deferred) }
+                if n > 1 { n /= 2; out.piece = n; continue }
+                connection.setTimer(after: .milliseconds(1))
+                out.retryArmed = true
+                return .wait
+            }
+        }
+    }
+
+    /// The response is queued whole (or cut off: the connection is closing): close if it said so, else
+    /// go on with stashed input.
+    private func endResponse(_ connection: Connection, cutOff: Bool) {
+        out.active = false
+        finishFile()
+        if out.retryArmed { out.retryArmed = false; connection.cancelTimer() }
+        if cutOff { closing = true; return }
+        if out.closeAfter { closing = true; connection.close(); return }
+        if readingPaused { readingPaused = false; connection.resumeReading() }
+        if stash.count > 0 {
+            // Feed what arrived meanwhile (copy out first: feeding may stash again).
+            let pending = [UInt8](stash.bytes)
+            stash.clear()
+            pending.withUnsafeBytes { received($0, connection) }
+        }
+    }
+
+    func finishFile() {
+        if fileFD >= 0 { _ = Glibc.close(fileFD) }
+        fileFD = -1
+        fileOffset = 0; fileEnd = 0; readPos = 0; readLen = 0
+    }
+
+    private func appendHex(_ v: Int, to b: ByteBuffer) {
+        var digits: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &digits) { d in
+            var n = v, i = 16
+            repeat { i -= 1; d[i] = hexDigit(n & 15); n >>= 4 } while n > 0 && i > 0
+            b.append(UnsafeRawBufferPointer(rebasing: d[i..<16]))
+        }
+    }
+}
+
+@inline(__always) private func hexDigit(_ v: Int) -> UInt8 { v < 10 ? UInt8(48 + v) : UInt8(87 + v) }
