@@ -38,7 +38,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         for name in list.split(separator: ",").map({ $0.trimmingCharacters(in: " ") }) where !name.isEmpty {
             guard let f = Self.names.first(where: { $0.0 == name }) else {
                 throw ConfigurationError(field: "RINGSIDE_DISABLE",
-                                         message: "unknown feature '\(name)' (known: \(Self.names.map(\.0).joined(separator: ", ")))")
+                                         problem: "unknown feature '\(name)' (known: \(Self.names.map(\.0).joined(separator: ", ")))")
             }
             insert(f.1)
         }
@@ -63,14 +63,4 @@ private extension Substring {
         while s.last == set { s = s.dropLast() }
         return String(s)
     }
-}
-
-/// A configuration value that cannot be used, named by its field.
-public struct ConfigurationError: Error, Sendable, CustomStringConvertible, Equatable {
-    /// The ``ServerConfiguration`` field (or environment variable) at fault.
-    public let field: String
-    /// What is wrong with it.
-    public let message: String
-    public init(field: String, message: String) { self.field = field; self.message = message }
-    public var description: String { "\(field): \(message)" }
 }

@@ -26,12 +26,6 @@ public enum RingsideServer {
         configuration.disabledFeatures.formUnion(try KernelFeatures.fromEnvironment())
         let threads = configuration.threads
         try configuration.validate()
-        guard threads >= 1 else {
-            throw SyscallError("ServerConfiguration.threads must be at least 1 (got \(threads))", .invalidArgument)
-        }
-        if let cpus = configuration.cpuAffinity, cpus.isEmpty || cpus.contains(where: { $0 < 0 }) {
-            throw SyscallError("ServerConfiguration.cpuAffinity must list CPU numbers >= 0 (got \(cpus))", .invalidArgument)
-        }
         var loops: [Loop] = []
         loops.reserveCapacity(threads)
         var first: Loop.Started? = nil

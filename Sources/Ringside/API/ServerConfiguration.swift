@@ -199,6 +199,9 @@ extension ServerConfiguration {
             // CPUs that do not exist are refused by sched_setaffinity when the loop starts (an error, not a trap).
             for c in cpus { try check(c >= 0, "cpuAffinity", "CPU \(c) is negative") }
         }
+        if let b = socketSendBuffer {
+            try check((1...Int(Int32.max)).contains(b), "socketSendBuffer", "\(b) is outside 1...\(Int32.max)")
+        }
     }
 
     private func validateBuffers() throws(ConfigurationError) {
