@@ -46,8 +46,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     let acceptAddressLengths: UnsafeMutablePointer<socklen_t>
     /// Per-arming byte limit of multishot receives (0: none; set to 0 if the kernel refuses it).
     var receiveLimit: Int
-    /// The kernel refused the receive limit (EINVAL): receives armed with it before then fail the same way.
-    var receiveLimitRefused = false
+    /// What the kernel supports, probed once at start.
+    let probe: UringProbe
     /// A receive cancel was prepared during a completion batch: submit once the batch is consumed.
     var submitSoon = false
     /// Whether aborts set SO_LINGER 0 through the ring (socket uring_cmd, Linux 6.7+).
@@ -112,6 +112,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         }
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
+        probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config)
         core = LoopCore(pool: pool, capacity: config.maxConnections,
                         highWatermark: config.highWatermark, lowWatermark: config.lowWatermark,
                         limits: .init(config, requiresAuthentication: H.requiresAuthentication))
@@ -123,8 +124,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         acceptAddresses.initialize(repeating: sockaddr_storage(), count: acceptSlots)
         acceptAddressLengths = .allocate(capacity: acceptSlots)
         acceptAddressLengths.initialize(repeating: 0, count: acceptSlots)
-        receiveLimit = config.disabledFeatures.contains(.receiveLimit) ? 0 : max(0, config.receiveBurstLimit)
-        lingerSupported = !config.disabledFeatures.contains(.socketCommands)
+        receiveLimit = probe.receiveLimit ? max(0, config.receiveBurstLimit) : 0
+        lingerSupported = probe.socketCommands
         if config.listen {
             listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false,
                                          reusePort: config.threads > 1)
@@ -174,7 +175,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     var summary: String {
-        "\(ring.summary) \(pool.summary) direct-descriptors=\(directFiles ? "on" : "off") fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
+        "\(ring.summary) \(pool.summary) direct-descriptors=\(directFiles ? "on" : "off") \(probe.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
     }
 
     // MARK: the loop

@@ -82,13 +82,6 @@ extension UringBackend {
             if core.states[Int(slot)].starve() { starved.append(slot) }
         case ECANCELED:
             core.counters.canceledCompletions += 1
-        case EINVAL where receiveLimit > 0 || receiveLimitRefused:
-            // A kernel before 6.16 rejects the per-arming limit: receive without it (re-armed by the
-            // state machine; the multishot never started, so nothing was lost). Every receive armed
-            // with the limit before this one fails the same way.
-            if !receiveLimitRefused { logger.notice("multishot receive limit refused (EINVAL): receiving without it") }
-            receiveLimit = 0
-            receiveLimitRefused = true
         default:
             core.requestClose(slot: slot, abort: true, reason: EngineErrors.reason(
                 errno, op: "recv", slot: slot, counters: &core.counters, logger: logger))
@@ -124,9 +117,9 @@ extension UringBackend {
         switch kind {
         case .close: core.states[i].fdClosed = true
         case .cancelRecv: core.states[i].cancelCompleted()
-        case .setLinger where res == -EINVAL || res == -EOPNOTSUPP:
-            // Before Linux 6.7 (no socket uring_cmd) the close is an orderly one instead of a reset.
-            if lingerSupported { lingerSupported = false; logger.notice("SO_LINGER through io_uring refused (\(Errno(rawValue: -res))): aborts close without a reset") }
+        case .setLinger where res < 0:
+            // The probe found socket commands supported: a failure is the engine's (the close follows anyway).
+            _ = EngineErrors.reason(-res, op: "setsockopt(SO_LINGER)", slot: ud.slot, counters: &core.counters, logger: logger)
         case .shutdown where res < 0 && res != -ENOTCONN && core.states[i].phase != .tearingDown:
             // (Once the close is under way the FIN no longer matters: a shutdown that ran after the close
             // of a direct descriptor finds it gone.)
