@@ -23,11 +23,12 @@ ulimit -n 65536
 arg() { sed -n "s/.*rsmatrix\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 K=$(arg kernel); [ -n "$K" ] || K=$(uname -r)
 CONNS=$(arg conns); [ -n "$CONNS" ] || CONNS=500
-SECS=$(arg secs); [ -n "$SECS" ] || SECS=4         # burst load seconds
-TMO=$(arg timeout); [ -n "$TMO" ] || TMO=3          # a response later than this is a timeout (a hung connection)
+SECS=$(arg secs); [ -n "$SECS" ] || SECS=5         # burst load seconds
+TMO=$(arg timeout); [ -n "$TMO" ] || TMO=4          # a response later than this is a timeout (a hung connection)
 CLIENT=$(arg client); [ -n "$CLIENT" ] || CLIENT=epoll
 CHECKS=$(arg checks)   # comma-separated subset (empty: all)
 VERBOSE=$(arg verbose) # 1: every server log in full after its check
+SRVARGS=$(arg srvargs | tr ',' ' ')  # extra `ringside serve` arguments, comma-separated on the command line
 want() { [ -z "$CHECKS" ] || echo ",$CHECKS," | grep -q ",$1,"; }
 echo "MATRIX-BOOT $K $(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s conns=$CONNS secs=$SECS timeout=$TMO client=$CLIENT checks=${CHECKS:-all}"
 
@@ -96,7 +97,7 @@ established() {
 # connection sits in the accept queue with its first request before the server accepts any.
 burst() {
     b=$1; p=$2; slog=/tmp/srv-$b-$p-burst.log
-    start_server $slog ringside serve --protocol $p --backend $b --port 0
+    start_server $slog ringside serve --protocol $p --backend $b --port 0 $SRVARGS
     if [ -z "$PORT" ]; then
         result $b $p-burst FAIL "server did not listen"; tail_of $slog; stop_server; return
     fi
@@ -124,7 +125,7 @@ burst() {
 # byte back with no reset or timeout, and end with every connection and buffer accounted for.
 non_reading() {
     b=$1; slog=/tmp/srv-$b-nonreading.log
-    start_server $slog ringside serve --protocol echo --backend $b --port 0 --write-stall-timeout 2
+    start_server $slog ringside serve --protocol echo --backend $b --port 0 --write-stall-timeout 2 $SRVARGS
     if [ -z "$PORT" ]; then
         result $b non-reading FAIL "server did not listen"; tail_of $slog; stop_server; return
     fi
@@ -151,7 +152,7 @@ non_reading() {
 # expected, so ringload's non-zero exit and its reset count are not failures here).
 stop_under_load() {
     b=$1; slog=/tmp/srv-$b-stop.log
-    start_server $slog ringside serve --protocol echo --backend $b --port 0
+    start_server $slog ringside serve --protocol echo --backend $b --port 0 $SRVARGS
     if [ -z "$PORT" ]; then
         result $b stop-under-load FAIL "server did not listen"; tail_of $slog; stop_server; return
     fi
@@ -174,7 +175,7 @@ stop_under_load() {
 fallback() {
     c=$1; pat=$2; shift 2
     slog=/tmp/srv-$c.log
-    start_server $slog "$@" ringside serve --protocol echo --backend auto --port 0
+    start_server $slog "$@" ringside serve --protocol echo --backend auto --port 0 $SRVARGS
     if [ -z "$PORT" ]; then
         result auto $c FAIL "server did not listen"; tail_of $slog; stop_server; return
     fi
@@ -208,6 +209,7 @@ else
 fi
 want seccomp-enosys && fallback seccomp-enosys 'ENOSYS' noiouring
 
+dmesg | grep -vE '^\[ *[0-9.]+\] *$' | tail -n 15 | cut -c1-200 | sed 's/^/  | dmesg: /'
 echo "MATRIX-END $K uptime=$(cut -d' ' -f1 /proc/uptime)s"
 sync
 poweroff -f

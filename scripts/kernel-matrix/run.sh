@@ -8,7 +8,7 @@
 #
 #   bash scripts/kernel-matrix/run.sh                          # builds the release binaries here
 #   bash scripts/kernel-matrix/run.sh --bin-dir /path/.build/release
-#   bash scripts/kernel-matrix/run.sh --kernels 6.1 --conns 500 --secs 1
+#   bash scripts/kernel-matrix/run.sh --kernels 6.1 --only echo-burst --verbose
 #
 # Kernels are fetched once with `apt-get download` and unpacked with `dpkg-deb -x` into .build-kernels/
 # (git-ignored), then reused; KERNEL_PACKAGES="pkg1 pkg2" picks exact packages instead of the newest.
@@ -18,20 +18,21 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${KERNEL_CACHE:-$repo/.build-kernels}
 
-bin_dir=""; ringside=""; ringload=""; series="6.1 6.12"; conns=500; secs=4; client=epoll
-guest_timeout=240; jobs=1; only=""; verbose=0
+bin_dir=""; ringside=""; ringload=""; series="6.1 6.12"; conns=500; secs=5; client=epoll
+guest_timeout=240; jobs=1; only=""; verbose=0; srvargs=""; qemu_extra=${MATRIX_QEMU_EXTRA:-}
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
 Options:
   --bin-dir DIR       take ringside and ringload from DIR (default: swift build -c release here)
   --ringside PATH     the ringside binary      --ringload PATH   the ringload binary
   --kernels "6.1 6.12"  kernel series          --conns N         burst connections (500)
-  --secs S            burst load seconds (4; responses are due within 3 s, so a hung
+  --secs S            burst load seconds (5; responses are due within 4 s, so a hung
                       connection counts as a timeout)
   --client uring|epoll|auto   ringload's own backend (epoll: every reset it counts is the server's)
   --timeout S         per-guest timeout (240)  --jobs N          guests booted at once (1)
   --only a,b          run only these checks (echo-burst,http-burst,non-reading,stop-under-load,
                       sysctl-disabled,seccomp-enosys)
   --verbose           the guest prints each server's whole log into the serial log
+  --server-args "A B" extra `ringside serve` arguments in the guest (e.g. "--log-level debug")
 EOF
 }
 while (($#)); do
@@ -47,6 +48,7 @@ while (($#)); do
         --jobs) jobs=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
+        --server-args) srvargs=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "kernel-matrix: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -182,9 +184,10 @@ boot() { # PACKAGE LABEL LOG
     local kernel
     kernel=$(ls "$cache/$1"/boot/vmlinuz-* | head -n 1)
     local t0; t0=$(date +%s)
-    timeout --kill-after=5 "$guest_timeout" qemu-system-x86_64 -accel tcg -m 1G -smp 2 -nographic -no-reboot \
+    # shellcheck disable=SC2086 # qemu_extra is a list of words
+    timeout --kill-after=5 "$guest_timeout" qemu-system-x86_64 -accel tcg -m 1G -smp 2 -nographic -no-reboot $qemu_extra \
         -kernel "$kernel" -initrd "$initrd" \
-        -append "console=ttyS0 quiet panic=-1 rsmatrix.kernel=$2 rsmatrix.conns=$conns rsmatrix.secs=$secs rsmatrix.client=$client${only:+ rsmatrix.checks=$only} rsmatrix.verbose=$verbose" \
+        -append "console=ttyS0 quiet panic=-1 rsmatrix.kernel=$2 rsmatrix.conns=$conns rsmatrix.secs=$secs rsmatrix.client=$client${only:+ rsmatrix.checks=$only} rsmatrix.verbose=$verbose${srvargs:+ rsmatrix.srvargs=${srvargs// /,}}" \
         </dev/null >"$3" 2>&1 || echo "QEMU-EXIT $? (timeout ${guest_timeout}s is 124)" >>"$3"
     echo "HOST-SECONDS $(( $(date +%s) - t0 ))" >>"$3"
 }
@@ -207,7 +210,9 @@ for i in "${!labels[@]}"; do
     if [[ -z ${pkgs[$i]} ]]; then
         rows+=("$k|-|kernel|FAIL|no Debian package for this kernel series (see above)"); fail=1; continue
     fi
-    lines=$(tr -d '\r' <"$log" | grep -a '^MATRIX ' || true)
+    # Serial output may put terminal escapes before a line: keep each line from its MATRIX marker on.
+    norm=$(tr -d '\r' <"$log" | sed -n 's/.*\(MATRIX[ -]\)/\1/p')
+    lines=$(grep -a '^MATRIX ' <<<"$norm" || true)
     expect=()
     for b in uring epoll; do for c in "${checks[@]}"; do expect+=("$b $c"); done; done
     expect+=("auto sysctl-disabled" "auto seccomp-enosys")
@@ -221,9 +226,15 @@ for i in "${!labels[@]}"; do
         [[ $st == PASS || $st == SKIP ]] || fail=1
         rows+=("$k|$b|$c|$st|$detail")
     done
-    end=$(tr -d '\r' <"$log" | grep -a '^MATRIX-END ' || true)
+    end=$(grep -a '^MATRIX-END ' <<<"$norm" || true)
     [[ -n $end ]] || { rows+=("$k|-|guest-end|FAIL|no MATRIX-END line (see $log)"); fail=1; }
-    say "$k: $(tr -d '\r' <"$log" | grep -a '^MATRIX-BOOT' | cut -d' ' -f3-) ; ${end#MATRIX-END $k }; $(grep -a '^HOST-SECONDS' "$log")"
+    boot_line=$(grep -a '^MATRIX-BOOT' <<<"$norm" || true)
+    say "$k: ${boot_line:-no MATRIX-BOOT line}; ${end:-no MATRIX-END line}; $(grep -a '^HOST-SECONDS' "$log")"
+    # The guest's uptime when /init starts is the boot time; ~5-15 s under TCG on an idle 2-core host.
+    up=$(sed -n 's/.* uptime=\([0-9]*\).*/\1/p' <<<"$boot_line")
+    if [[ -n $up ]] && ((up > 40)); then
+        say "WARNING: $k took ${up} s to boot (normally 5-15 s): the host is overloaded; TCG timings are unreliable"
+    fi
 done
 printf '%s\n' "${rows[@]}" | awk -F'|' '
     { k[NR]=$1; b[NR]=$2; c[NR]=$3; s[NR]=$4; d[NR]=$5 }
