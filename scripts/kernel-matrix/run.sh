@@ -29,7 +29,7 @@ Options:
                       connection counts as a timeout)
   --client uring|epoll|auto   ringload's own backend (epoll: every reset it counts is the server's)
   --timeout S         per-guest timeout (240)  --jobs N          guests booted at once (1)
-  --only a,b          run only these checks (echo-burst,http-burst,non-reading,stop-under-load,
+  --only a,b          run only these checks (echo-burst,echo-burst-live,http-burst,non-reading,stop-under-load,
                       sysctl-disabled,seccomp-enosys)
   --verbose           the guest prints each server's whole log into the serial log
   --server-args "A B" extra `ringside serve` arguments in the guest (e.g. "--log-level debug")
@@ -202,7 +202,7 @@ done
 wait
 
 # --- table ------------------------------------------------------------------------------------------
-checks=(echo-burst http-burst non-reading stop-under-load)
+checks=(echo-burst echo-burst-live http-burst non-reading stop-under-load)
 fail=0
 rows=()
 for i in "${!labels[@]}"; do
