@@ -19,7 +19,7 @@ repo=$(cd "$here/../.." && pwd)
 cache=${KERNEL_CACHE:-$repo/.build-kernels}
 
 bin_dir=""; ringside=""; ringload=""; series="6.1 6.12"; conns=500; secs=5; client=epoll
-guest_timeout=240; jobs=1; only=""; verbose=0; srvargs=""; qemu_extra=${MATRIX_QEMU_EXTRA:-}
+guest_timeout=240; jobs=1; only=""; verbose=0; srvargs=""; niceness=0; qemu_extra=${MATRIX_QEMU_EXTRA:-}
 usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
 Options:
   --bin-dir DIR       take ringside and ringload from DIR (default: swift build -c release here)
@@ -33,6 +33,8 @@ Options:
                       sysctl-disabled,seccomp-enosys)
   --verbose           the guest prints each server's whole log into the serial log
   --server-args "A B" extra `ringside serve` arguments in the guest (e.g. "--log-level debug")
+  --nice N            run qemu at this niceness (e.g. -5 on a host shared with builds: TCG guests
+                      starved of CPU miss their deadlines; negative values need root)
 EOF
 }
 while (($#)); do
@@ -49,6 +51,7 @@ while (($#)); do
         --only) only=$2; shift 2 ;;
         --verbose) verbose=1; shift ;;
         --server-args) srvargs=$2; shift 2 ;;
+        --nice) niceness=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "kernel-matrix: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -185,7 +188,7 @@ boot() { # PACKAGE LABEL LOG
     kernel=$(ls "$cache/$1"/boot/vmlinuz-* | head -n 1)
     local t0; t0=$(date +%s)
     # shellcheck disable=SC2086 # qemu_extra is a list of words
-    timeout --kill-after=5 "$guest_timeout" qemu-system-x86_64 -accel tcg -m 1G -smp 2 -nographic -no-reboot $qemu_extra \
+    timeout --kill-after=5 "$guest_timeout" nice -n "$niceness" qemu-system-x86_64 -accel tcg -m 1G -smp 2 -nographic -no-reboot $qemu_extra \
         -kernel "$kernel" -initrd "$initrd" \
         -append "console=ttyS0 quiet panic=-1 rsmatrix.kernel=$2 rsmatrix.conns=$conns rsmatrix.secs=$secs rsmatrix.client=$client${only:+ rsmatrix.checks=$only} rsmatrix.verbose=$verbose${srvargs:+ rsmatrix.srvargs=${srvargs// /,}}" \
         </dev/null >"$3" 2>&1 || echo "QEMU-EXIT $? (timeout ${guest_timeout}s is 124)" >>"$3"
