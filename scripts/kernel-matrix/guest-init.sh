@@ -6,9 +6,11 @@
 #   MATRIX <kernel> <backend> <check> PASS|FAIL|SKIP <detail>
 # then `MATRIX-END <kernel>` and powers off. Indented "  | " lines after a check are context (server
 # notices and warnings, the tail of a failing log); the host ignores them but keeps them in its log.
-# Settings come from the kernel command line: rsmatrix.kernel=LABEL rsmatrix.conns=N rsmatrix.secs=S
-# rsmatrix.client=BACKEND (the backend of ringload itself; epoll by default so that every reset it
-# counts is the server's doing).
+# Settings come from the kernel command line (run.sh sets them): rsmatrix.kernel=LABEL (the name in
+# the table), rsmatrix.conns=N (burst connections), rsmatrix.secs=S (burst seconds),
+# rsmatrix.timeout=S (a response later than this is a timeout), rsmatrix.client=BACKEND (ringload's
+# own backend; epoll by default so that every reset it counts is the server's doing),
+# rsmatrix.checks=a,b (a subset), rsmatrix.verbose=1, rsmatrix.srvargs=--a,b (extra serve arguments).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

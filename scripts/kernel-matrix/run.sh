@@ -20,13 +20,13 @@ cache=${KERNEL_CACHE:-$repo/.build-kernels}
 
 bin_dir=""; ringside=""; ringload=""; series="6.1 6.12"; conns=500; secs=5; client=epoll
 guest_timeout=240; jobs=1; only=""; verbose=0; srvargs=""; niceness=0; qemu_extra=${MATRIX_QEMU_EXTRA:-}
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; cat <<EOF
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; cat <<'EOF'
 Options:
   --bin-dir DIR       take ringside and ringload from DIR (default: swift build -c release here)
   --ringside PATH     the ringside binary      --ringload PATH   the ringload binary
   --kernels "6.1 6.12"  kernel series          --conns N         burst connections (500)
-  --secs S            burst load seconds (5; responses are due within 4 s, so a hung
-                      connection counts as a timeout)
+  --secs S            burst load seconds, a whole number (5); a response is due within S-1 s,
+                      so a connection left unanswered counts as a timeout
   --client uring|epoll|auto   ringload's own backend (epoll: every reset it counts is the server's)
   --timeout S         per-guest timeout (240)  --jobs N          guests booted at once (1)
   --only a,b          run only these checks (echo-burst,echo-burst-live,http-burst,non-reading,stop-under-load,
@@ -56,6 +56,7 @@ while (($#)); do
         *) echo "kernel-matrix: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
 done
+[[ $secs =~ ^[0-9]+$ ]] && ((secs >= 2)) || { echo "kernel-matrix: --secs takes a whole number >= 2" >&2; exit 2; }
 t_start=$(date +%s)
 say() { echo "kernel-matrix: $*" >&2; }
 
@@ -140,8 +141,8 @@ kernel_for() {
 
 # --- initramfs --------------------------------------------------------------------------------------
 build_initramfs() {
-    local root=$cache/initramfs-root out=$cache/initramfs.cpio.gz
-    rm -rf "$root"
+    local root out
+    root=$(mktemp -d "$cache/initramfs-root.XXXXXX"); out=$(mktemp "$cache/initramfs.XXXXXX.cpio.gz")
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,etc,root,lib64}
     cp "$busybox" "$root/bin/busybox"
     local app
@@ -181,6 +182,7 @@ for s in $series; do
     fi
 done
 initrd=$(build_initramfs)
+trap 'rm -f "$initrd"' EXIT
 say "initramfs $(du -h "$initrd" | cut -f1) ($initrd)"
 
 boot() { # PACKAGE LABEL LOG
@@ -190,7 +192,7 @@ boot() { # PACKAGE LABEL LOG
     # shellcheck disable=SC2086 # qemu_extra is a list of words
     timeout --kill-after=5 "$guest_timeout" nice -n "$niceness" qemu-system-x86_64 -accel tcg -m 1G -smp 2 -nographic -no-reboot $qemu_extra \
         -kernel "$kernel" -initrd "$initrd" \
-        -append "console=ttyS0 quiet panic=-1 rsmatrix.kernel=$2 rsmatrix.conns=$conns rsmatrix.secs=$secs rsmatrix.client=$client${only:+ rsmatrix.checks=$only} rsmatrix.verbose=$verbose${srvargs:+ rsmatrix.srvargs=${srvargs// /,}}" \
+        -append "console=ttyS0 quiet panic=-1 rsmatrix.kernel=$2 rsmatrix.conns=$conns rsmatrix.secs=$secs rsmatrix.timeout=$((secs - 1)) rsmatrix.client=$client${only:+ rsmatrix.checks=$only} rsmatrix.verbose=$verbose${srvargs:+ rsmatrix.srvargs=${srvargs// /,}}" \
         </dev/null >"$3" 2>&1 || echo "QEMU-EXIT $? (timeout ${guest_timeout}s is 124)" >>"$3"
     echo "HOST-SECONDS $(( $(date +%s) - t0 ))" >>"$3"
 }
