@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench bench-check attack
+.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix
 
 setup:
 	@bash scripts/setup.sh
@@ -33,6 +33,12 @@ bench-check:
 # The adversarial suite alone (scripts/adversarial.sh; SCALE=0.2 for a quick run).
 attack: setup
 	bash scripts/adversarial.sh
+
+# The kernel matrix (scripts/kernel-matrix/run.sh): Debian's 6.1 and 6.12 cloud kernels booted under
+# qemu (TCG) with the release binaries; bursts, a non-reading client and a stop under load on io_uring
+# and epoll, and the `auto` fallbacks. KERNEL_MATRIX_ARGS passes options, e.g. --bin-dir DIR, --kernels 6.1.
+kernel-matrix: setup
+	bash scripts/kernel-matrix/run.sh $(KERNEL_MATRIX_ARGS)
 
 demo: setup
 	bash bench/compare.sh $(if $(QUICK),--quick,)
