@@ -22,6 +22,7 @@ test: setup
 	$(MAKE) -s bench-check
 	bash scripts/release-smoke.sh
 	bash scripts/adversarial.sh
+	$(MAKE) -s kernel-matrix KERNEL_MATRIX_ARGS="--nice -10"
 	swift build --build-tests
 	swift test --skip-build --disable-xctest --no-parallel
 

@@ -40,12 +40,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         self.config = config
         self.control = control
         self.logger = logger
-        pool = try BufferPool(receiveChunkSize: config.bufferSize, receiveChunks: config.receiveBuffers,
-                              sendChunkSize: config.sendBufferSize, sendChunks: config.sendBuffers)
-        pool.poison = config.poisonReleasedChunks
-        core = LoopCore(pool: pool, capacity: config.maxConnections,
-                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark,
-                        limits: .init(config, requiresAuthentication: H.requiresAuthentication))
+        pool = try BufferPool(config)
+        core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
         epfd = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         var lfd: Int32 = -1

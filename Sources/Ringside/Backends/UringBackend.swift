@@ -77,9 +77,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         self.logger = logger
         ring = try Ring(entries: config.ringEntries, completionEntries: config.completionEntries,
                         inject: config.injectRingSetupFailure, disabled: config.disabledFeatures)
-        pool = try BufferPool(receiveChunkSize: config.bufferSize, receiveChunks: config.receiveBuffers,
-                              sendChunkSize: config.sendBufferSize, sendChunks: config.sendBuffers)
-        pool.poison = config.poisonReleasedChunks
+        pool = try BufferPool(config)
         do {
             provided = try ProvidedBufferRing(uring: ring.ring, groupID: 0, entries: config.receiveBuffers)
         } catch {
@@ -113,9 +111,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
         probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config)
-        core = LoopCore(pool: pool, capacity: config.maxConnections,
-                        highWatermark: config.highWatermark, lowWatermark: config.lowWatermark,
-                        limits: .init(config, requiresAuthentication: H.requiresAuthentication))
+        core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
         acceptSlots = (config.maxConnectionsPerAddress ?? 0) > 0 ? 8 : 1
         acceptArmed = .allocate(capacity: acceptSlots)

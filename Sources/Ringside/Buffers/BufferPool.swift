@@ -76,6 +76,13 @@ final class BufferPool {
         freeRecvCount = receiveChunkCount
     }
 
+    /// The pool a loop of `config` uses (sizes, and poisoning when asked for).
+    convenience init(_ config: ServerConfiguration) throws(SyscallError) {
+        try self.init(receiveChunkSize: config.bufferSize, receiveChunks: config.receiveBuffers,
+                      sendChunkSize: config.sendBufferSize, sendChunks: config.sendBuffers)
+        poison = config.poisonReleasedChunks
+    }
+
     deinit {
         munmap(base, slabBytes)
         next.deallocate(); start.deallocate(); end.deallocate(); freeSend.deallocate(); freeRecv.deallocate()

@@ -84,6 +84,12 @@ final class LoopCore {
         dueTimers = .allocate(capacity: capacity)
     }
 
+    /// The core of a loop of `config`, serving handlers that do (or do not) require authentication.
+    convenience init(_ config: ServerConfiguration, pool: BufferPool, requiresAuthentication: Bool) {
+        self.init(pool: pool, capacity: config.maxConnections, highWatermark: config.highWatermark,
+                  lowWatermark: config.lowWatermark, limits: Limits(config, requiresAuthentication: requiresAuthentication))
+    }
+
     deinit {
         states.deinitialize(count: capacity)
         states.deallocate()
