@@ -26,6 +26,7 @@ public enum RingsideServer {
         configuration.disabledFeatures.formUnion(try KernelFeatures.fromEnvironment())
         let threads = configuration.threads
         try configuration.validate()
+        try LockedMemoryPlan.fit(&configuration, logger: logger)
         var loops: [Loop] = []
         loops.reserveCapacity(threads)
         var first: Loop.Started? = nil

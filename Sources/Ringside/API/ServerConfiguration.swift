@@ -46,8 +46,10 @@ public struct ServerConfiguration: Sendable {
     /// io_uring: accept connections as registered (direct) descriptors, saving a file lookup per
     /// operation (falls back to ordinary descriptors when the kernel refuses the file table).
     public var directDescriptors: Bool = true
-    /// Register the buffer slab as fixed buffers (IORING_REGISTER_BUFFERS).
-    public var registerBuffers: Bool = true
+    /// Register the buffer slab as fixed buffers (IORING_REGISTER_BUFFERS), charged to RLIMIT_MEMLOCK
+    /// per loop. Off by default: no operation reads or writes through fixed buffers yet (plain SEND
+    /// cannot use them), so registering them only costs locked memory.
+    public var registerBuffers: Bool = false
     /// Disable TCP Nagle on accepted sockets (request/response latency).
     public var noDelay: Bool = true
     /// How long a graceful stop waits for queued output to drain before aborting connections.
