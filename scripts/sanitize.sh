@@ -46,7 +46,9 @@ for s in "${sanitizers[@]}"; do
     t2=$SECONDS
     reports=$(grep -cE "^(WARNING: ThreadSanitizer|==[0-9]+==ERROR: (AddressSanitizer|LeakSanitizer)|SUMMARY: (Address|Thread|Leak|UndefinedBehavior)Sanitizer)" "$log" || true)
     grep -E "Test run with|✘" "$log" | tail -n 8 | sed "s/^/sanitize: $s: /" || true
-    grep -E "^Suppressions used:" -A20 "$log" | grep -E "^ *[0-9]+ " | sed "s/^/sanitize: $s: suppressed: /" || true
+    # Suppressions that matched (LSan: "Suppressions used:" table; TSan: "Matched N suppressions").
+    grep -E "^Suppressions used:|^ThreadSanitizer: Matched" -A20 "$log" | grep -E "^ *[0-9]+ " \
+        | awk '{n[$NF] += $1} END {for (t in n) print n[t], t}' | sed "s/^/sanitize: $s: suppressed: /" || true
     echo "sanitize: $s: build $((t1 - t0)) s, tests $((t2 - t1)) s, exit $rc, unsuppressed reports $reports (log $log)"
     if ((rc != 0 || reports != 0)); then
         status=1
