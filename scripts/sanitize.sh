@@ -44,7 +44,8 @@ for s in "${sanitizers[@]}"; do
     rc=0
     "${args[@]}" >"$log" 2>&1 || rc=$?
     t2=$SECONDS
-    reports=$(grep -cE "^(WARNING: ThreadSanitizer|==[0-9]+==ERROR: (AddressSanitizer|LeakSanitizer)|SUMMARY: (Address|Thread|Leak|UndefinedBehavior)Sanitizer)" "$log" || true)
+    # One SUMMARY line per unsuppressed report (LeakSanitizer: one for all leaks of the process).
+    reports=$(grep -cE "^SUMMARY: (Address|Thread|Leak|UndefinedBehavior)Sanitizer" "$log" || true)
     grep -E "Test run with|✘" "$log" | tail -n 8 | sed "s/^/sanitize: $s: /" || true
     # Suppressions that matched (LSan: "Suppressions used:" table; TSan: "Matched N suppressions").
     grep -E "^Suppressions used:|^ThreadSanitizer: Matched" -A20 "$log" | grep -E "^ *[0-9]+ " \
