@@ -19,7 +19,7 @@ struct LoopExecutorTests {
     @Test func foreignCallsRunOnceEachOnTheLoopThread() throws {
         let control = try LoopControl()
         let executor = control.executor
-        let senders = 2, perSender = 20_000, total = senders * perSender
+        let senders = 2, perSender = 10_000, total = senders * perSender
         let state = LoopState()
         let stopped = LockedFlag()
         // pthreads joined below (LoopThread), so reading the results afterwards is ordered for TSan too.
