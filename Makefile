@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix
+.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize
 
 setup:
 	@bash scripts/setup.sh
@@ -50,3 +50,18 @@ echo-bench: release bench-tools
 	  uring="$$(swift build -c release --show-bin-path)/ringside serve --backend uring --port 0" \
 	  epoll="$$(swift build -c release --show-bin-path)/ringside serve --backend epoll --port 0" \
 	  c-ref="bench/c/build/ref_echo_server --port 0"
+
+# Coverage-guided fuzzing (libFuzzer + AddressSanitizer; Fuzz/, scripts/fuzz.sh). FUZZ_SECONDS: total
+# time shared by the targets (default 600); FUZZ_MERGE=1: merge new coverage into the committed seeds.
+# A crash leaves a reproducer in Fuzz/.artifacts/ and prints the command that replays it.
+fuzz: setup
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),600) bash scripts/fuzz.sh $(if $(FUZZ_MERGE),--merge,)
+
+# CI: every fuzz target for 30 s on its corpus.
+fuzz-ci: setup
+	bash scripts/fuzz.sh --ci
+
+# The test suite under AddressSanitizer (LeakSanitizer included) and under ThreadSanitizer
+# (scripts/sanitize.sh; scratch dirs .build-asan, .build-tsan). SANITIZERS="address" for one.
+sanitize: setup
+	bash scripts/sanitize.sh $(SANITIZERS)

@@ -22,7 +22,9 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     let maxEvents = 512
     let iov: UnsafeMutablePointer<iovec>
     /// Where a lingering connection's input is read and dropped.
-    let discard = UnsafeMutableRawPointer.allocate(byteCount: 16 * 1024, alignment: 16)
+    /// (Allocated last in `init`, after every throwing step: a class init that throws before all stored
+    /// properties are set does not run deinit, so a block allocated earlier leaked on failed starts.)
+    let discard: UnsafeMutableRawPointer
     let maxIOV = 64
     /// Accept is paused after EMFILE/ENFILE until this instant (level-triggered would spin).
     var acceptResume: ContinuousClock.Instant? = nil
@@ -64,6 +66,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         starved.reserveCapacity(config.maxConnections)
         registered = .allocate(capacity: config.maxConnections)
         registered.initialize(repeating: 0, count: config.maxConnections)
+        discard = .allocate(byteCount: 16 * 1024, alignment: 16)
         if listenFD >= 0 { try ctl(EPOLL_CTL_ADD, listenFD, EPOLLIN.rawValue, Self.listenerTag) }
         try ctl(EPOLL_CTL_ADD, control.wakeFD, EPOLLIN.rawValue, Self.wakeTag)
     }

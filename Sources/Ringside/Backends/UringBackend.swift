@@ -29,10 +29,10 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// The outbound target (the kernel copies it when the connect SQE is submitted).
     let outbound: UnsafeMutablePointer<Socket.Address>?
     let logger: Logger
-    var registeredBuffers = false
+    let registeredBuffers: Bool
     /// Accepted connections are registered (direct) descriptors: no fget/fput per operation, and they
     /// do not count against RLIMIT_NOFILE. Falls back to ordinary descriptors if registration fails.
-    var directFiles = false
+    let directFiles: Bool
 
     /// Ring-level operations in flight (accept, wake read, timers, listener cancel/close).
     var ringInflight = 0
@@ -55,13 +55,13 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// The previous accept failed with ENFILE: a second one in a row is the system's file limit, not
     /// our full direct table, and backs off like any accept error.
     var lastAcceptENFILE = false
-    var listenerClosed = false
+    var listenerClosed: Bool
 
     /// Operations that found no free SQE even after a submit; drained first on every iteration.
     var deferred: [UserData] = []
     /// Slots whose receive ended on -ENOBUFS, re-armed once the ring has buffers again.
     var starved: [Int32] = []
-    let wakeBuffer = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    let wakeBuffer: UnsafeMutablePointer<UInt64>
     /// Stable memory: the kernel reads the timespec when the SQE is submitted, after `fill` returns.
     let acceptRetryTimespec: UnsafeMutablePointer<__kernel_timespec>
     let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
@@ -75,44 +75,28 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         self.config = config
         self.control = control
         self.logger = logger
+        // Every step that can throw comes before the raw allocations at the end: a class init that
+        // throws before all stored properties are set does not run deinit, so memory allocated earlier
+        // leaked on every failed start (LeakSanitizer found it).
         ring = try Ring(entries: config.ringEntries, completionEntries: config.completionEntries,
                         inject: config.injectRingSetupFailure, disabled: config.disabledFeatures)
         pool = try BufferPool(config)
-        do {
-            provided = try ProvidedBufferRing(uring: ring.ring, groupID: 0, entries: config.receiveBuffers)
-        } catch {
-            if error.errno == .noMemory {
-                throw RingSetupError(errno: .noMemory, detail: "registering a provided-buffer ring of \(config.receiveBuffers) entries")
-            }
-            throw error
-        }
-        if config.registerBuffers && !config.disabledFeatures.contains(.registeredBuffers) {
-            // One iovec covering the whole slab: fixed buffer index 0. Counts against RLIMIT_MEMLOCK
-            // for users without CAP_IPC_LOCK.
-            // Raise the soft RLIMIT_MEMLOCK towards the hard one where we may (no-op with CAP_IPC_LOCK).
-            _ = rs_raise_memlock_limit(UInt64(pool.slabBytes) + 1 << 20)
-            var iov = iovec(iov_base: pool.base, iov_len: pool.slabBytes)
-            let r = io_uring_register_buffers(ring.ring, &iov, 1)
-            if r < 0 {
-                provided.unregister(uring: ring.ring)
-                let e = Errno(rawValue: -r)
-                throw RingSetupError(errno: e, detail: "registering \(pool.slabBytes / 1024) KiB of fixed buffers (\(pool.summary))")
-            }
-            registeredBuffers = true
-        }
+        provided = try Self.providedRing(ring, config)
+        registeredBuffers = try Self.registerFixedBuffers(ring, pool, provided, config)
         pool.providedRing = provided
-        if config.directDescriptors && !config.disabledFeatures.contains(.directDescriptors) {
-            // Headroom above the connection cap: a connection over the cap must still be accepted (and
-            // then closed and counted as refused); a full table would fail the accept itself (ENFILE).
-            let r = io_uring_register_files_sparse(ring.ring, UInt32(config.maxConnections + Self.directHeadroom(config.maxConnections)))
-            directFiles = r >= 0
-            if r < 0 { logger.notice("direct descriptors unavailable (\(Errno(rawValue: -r))): using ordinary ones") }
-        }
+        directFiles = Self.registerFileTable(ring, config, logger)
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
         probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config)
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
+        receiveLimit = probe.receiveLimit ? max(0, config.receiveBurstLimit) : 0
+        lingerSupported = probe.socketCommands
+        let outboundAddress = try config.connect.map { c in try Socket.address(host: c.host, port: c.port) }
+        sendVectors = try SendVectors(capacity: config.maxConnections)
+        (listenFD, port) = try Self.listener(config)
+        listenerClosed = listenFD < 0
+        // No throw from here to the end (deinit frees all of these).
         acceptSlots = (config.maxConnectionsPerAddress ?? 0) > 0 ? 8 : 1
         acceptArmed = .allocate(capacity: acceptSlots)
         acceptArmed.initialize(repeating: false, count: acceptSlots)
@@ -120,37 +104,69 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         acceptAddresses.initialize(repeating: sockaddr_storage(), count: acceptSlots)
         acceptAddressLengths = .allocate(capacity: acceptSlots)
         acceptAddressLengths.initialize(repeating: 0, count: acceptSlots)
-        receiveLimit = probe.receiveLimit ? max(0, config.receiveBurstLimit) : 0
-        lingerSupported = probe.socketCommands
-        if config.listen {
-            listenFD = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false,
-                                         reusePort: config.threads > 1)
-            // Accepted sockets inherit TCP_NODELAY from the listener (needed for direct descriptors,
-            // which setsockopt(2) cannot reach).
-            if config.noDelay { try? Socket.setOption(listenFD, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
-            do { try Socket.configureListener(listenFD, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout,
-                                                sendBuffer: config.socketSendBuffer) } catch {
-                closeDescriptor(listenFD)
-                throw error
-            }
-            port = (try? Socket.localPort(listenFD)) ?? config.port
-        } else {
-            listenFD = -1
-            port = 0
-            listenerClosed = true
-        }
-        if let c = config.connect {
+        if let outboundAddress {
             outbound = .allocate(capacity: 1)
-            outbound!.initialize(to: try Socket.address(host: c.host, port: c.port))
+            outbound!.initialize(to: outboundAddress)
         } else {
             outbound = nil
         }
         deferred.reserveCapacity(1024)
         starved.reserveCapacity(config.maxConnections)
         cqes = .allocate(capacity: cqeBatch)
-        sendVectors = try SendVectors(capacity: config.maxConnections)
         acceptRetryTimespec = .allocate(capacity: 1)
         acceptRetryTimespec.initialize(to: __kernel_timespec(tv_sec: 0, tv_nsec: 50_000_000))
+        wakeBuffer = .allocate(capacity: 1)
+    }
+
+    private static func providedRing(_ ring: Ring, _ config: ServerConfiguration) throws -> ProvidedBufferRing {
+        do {
+            return try ProvidedBufferRing(uring: ring.ring, groupID: 0, entries: config.receiveBuffers)
+        } catch {
+            if error.errno == .noMemory {
+                throw RingSetupError(errno: .noMemory, detail: "registering a provided-buffer ring of \(config.receiveBuffers) entries")
+            }
+            throw error
+        }
+    }
+
+    /// One iovec covering the whole slab (fixed buffer index 0), when asked for; counts against
+    /// RLIMIT_MEMLOCK for users without CAP_IPC_LOCK (planned for all loops by `LockedMemoryPlan`).
+    private static func registerFixedBuffers(_ ring: Ring, _ pool: BufferPool, _ provided: ProvidedBufferRing,
+                                             _ config: ServerConfiguration) throws -> Bool {
+        guard config.registerBuffers && !config.disabledFeatures.contains(.registeredBuffers) else { return false }
+        var iov = iovec(iov_base: pool.base, iov_len: pool.slabBytes)
+        let r = io_uring_register_buffers(ring.ring, &iov, 1)
+        guard r < 0 else { return true }
+        provided.unregister(uring: ring.ring)
+        throw RingSetupError(errno: Errno(rawValue: -r), detail: "registering \(pool.slabBytes / 1024) KiB of fixed buffers (\(pool.summary))")
+    }
+
+    /// The direct-descriptor table, with headroom above the connection cap: a connection over the cap
+    /// must still be accepted (and then closed and counted as refused); a full table would fail the
+    /// accept itself (ENFILE). Falls back to ordinary descriptors.
+    private static func registerFileTable(_ ring: Ring, _ config: ServerConfiguration, _ logger: Logger) -> Bool {
+        guard config.directDescriptors && !config.disabledFeatures.contains(.directDescriptors) else { return false }
+        let r = io_uring_register_files_sparse(ring.ring, UInt32(config.maxConnections + directHeadroom(config.maxConnections)))
+        if r < 0 { logger.notice("direct descriptors unavailable (\(Errno(rawValue: -r))): using ordinary ones") }
+        return r >= 0
+    }
+
+    /// The blocking listener (io_uring accepts on it) and its port, or (-1, 0) for a client-only loop.
+    private static func listener(_ config: ServerConfiguration) throws -> (Int32, Int) {
+        guard config.listen else { return (-1, 0) }
+        let fd = try Socket.listen(host: config.host, port: config.port, backlog: config.backlog, nonBlocking: false,
+                                   reusePort: config.threads > 1)
+        do {
+            // Accepted sockets inherit TCP_NODELAY from the listener (needed for direct descriptors,
+            // which setsockopt(2) cannot reach).
+            if config.noDelay { try Socket.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY") }
+            try Socket.configureListener(fd, keepAlive: config.keepAlive, userTimeout: config.writeStallTimeout,
+                                         sendBuffer: config.socketSendBuffer)
+            return (fd, try Socket.localPort(fd))
+        } catch {
+            closeDescriptor(fd)
+            throw error
+        }
     }
 
     /// Spare direct-descriptor entries above the connection cap, for connections accepted only to be

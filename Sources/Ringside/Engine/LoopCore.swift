@@ -25,7 +25,14 @@ final class LoopCore {
     var lentChunk: Int32 = -1
     var lentChunkKept = false
 
-    var counters = ServerStats()
+    /// The loop's counters. Kept behind a pointer and reached through `_read`/`_modify`, so the hot
+    /// path's `counters.x += 1` (and the state machine's `&counters`) costs no dynamic exclusivity check,
+    /// as a stored class property would (loop-thread confined: no other access can overlap).
+    private let countersStorage: UnsafeMutablePointer<ServerStats>
+    var counters: ServerStats {
+        _read { yield countersStorage.pointee }
+        _modify { yield &countersStorage.pointee }
+    }
 
     /// One timer per connection slot (the handler's: `Connection.setTimer`).
     var timers: TimerWheel
@@ -82,6 +89,8 @@ final class LoopCore {
         freeSlotCount = capacity
         timers = TimerWheel(capacity: capacity)
         dueTimers = .allocate(capacity: capacity)
+        countersStorage = .allocate(capacity: 1)
+        countersStorage.initialize(to: ServerStats())
     }
 
     /// The core of a loop of `config`, serving handlers that do (or do not) require authentication.
@@ -95,6 +104,8 @@ final class LoopCore {
         states.deallocate()
         freeSlots.deallocate()
         dueTimers.deallocate()
+        countersStorage.deinitialize(count: 1)
+        countersStorage.deallocate()
     }
 
     /// What the connection state machines need from the loop.
