@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize
+.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize conformance-masks
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,16 @@ test: setup
 	$(MAKE) -s kernel-matrix KERNEL_MATRIX_ARGS="--nice -10"
 	swift build --build-tests
 	swift test --skip-build --disable-xctest --no-parallel
+	$(MAKE) -s conformance-masks
+
+# The conformance suite again under each kernel-feature mask (RINGSIDE_DISABLE), so every fallback path
+# runs on this kernel too.
+MASKS := defer-taskrun single-issuer coop-taskrun defer-taskrun,single-issuer,coop-taskrun recv-limit direct-fds socket-commands
+conformance-masks:
+	@for m in $(MASKS); do echo "conformance with RINGSIDE_DISABLE=$$m"; \
+	  RINGSIDE_DISABLE=$$m swift test --skip-build --disable-xctest --no-parallel --filter ConformanceTests 2>&1 \
+	    | grep -E "^(✔|✘) (Suite ConformanceTests|Test .*recorded)|error" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; done
 
 # Steady-state mallocs per echoed message through the engine's real paths, against stored thresholds
 # (bench/Thresholds: 0 per message on both backends).

@@ -122,10 +122,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         do {
             return try ProvidedBufferRing(uring: ring.ring, groupID: 0, entries: config.receiveBuffers)
         } catch {
-            if error.errno == .noMemory {
-                throw RingSetupError(errno: .noMemory, detail: "registering a provided-buffer ring of \(config.receiveBuffers) entries")
-            }
-            throw error
+            // Any refusal (ENOMEM: locked memory; EINVAL: a kernel before 5.19) is a set-up failure that
+            // `auto` answers by serving on epoll, like a refused io_uring_setup.
+            throw RingSetupError(errno: error.errno, detail: "registering a provided-buffer ring of \(config.receiveBuffers) entries")
         }
     }
 
