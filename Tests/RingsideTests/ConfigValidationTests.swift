@@ -6,11 +6,7 @@ import Testing
 
 /// Runs the `ringside` binary built next to the tests; returns its exit status and stderr.
 private func ringside(_ args: [String]) throws -> (status: Int32, stderr: String) {
-    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    var exe = dir.appendingPathComponent("ringside")
-    if !FileManager.default.fileExists(atPath: exe.path) {
-        exe = dir.deletingLastPathComponent().appendingPathComponent("ringside")
-    }
+    let exe = builtBinary("ringside")
     let p = Process()
     p.executableURL = exe
     p.arguments = args

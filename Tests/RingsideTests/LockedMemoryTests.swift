@@ -6,12 +6,6 @@ import Testing
 /// `ringside serve --threads N` as an ordinary user (nobody, through setpriv) under a locked-memory limit
 /// (prlimit): it must serve, every byte echoed, on the backend its start line names.
 @Suite(.serialized) struct LockedMemoryTests {
-    static func binary() -> String {
-        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        let exe = dir.appendingPathComponent("ringside").path
-        return FileManager.default.fileExists(atPath: exe) ? exe : dir.deletingLastPathComponent().appendingPathComponent("ringside").path
-    }
-
     static let cases: [(limit: String, threads: Int)] = [
         ("64K", 2), ("64K", 4), ("8M", 2), ("8M", 4), ("unlimited", 2), ("unlimited", 4),
     ]
@@ -37,7 +31,7 @@ import Testing
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
         p.arguments = ["--memlock=\(bytes):\(bytes)", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                       Self.binary(), "serve", "--protocol", "echo", "--backend", "auto", "--threads", "\(threads)", "--port", "0"]
+                       builtBinary("ringside").path, "serve", "--protocol", "echo", "--backend", "auto", "--threads", "\(threads)", "--port", "0"]
         // A sanitizer build's options name files the ordinary user may not read: leave them out.
         p.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasSuffix("SAN_OPTIONS") }
         let out = Pipe()

@@ -129,9 +129,7 @@ private final class DelayEchoServer: @unchecked Sendable {
 /// Runs the ringload binary built next to the tests on CPU 1 (at real-time priority when `chrt` may
 /// set it, so other work on this 2-core machine cannot delay the generator); returns its JSON result.
 private func ringloadJSON(_ args: [String]) throws -> [String: Any] {
-    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    var exe = dir.appendingPathComponent("ringload")
-    if !FileManager.default.fileExists(atPath: exe.path) { exe = dir.deletingLastPathComponent().appendingPathComponent("ringload") }
+    let exe = builtBinary("ringload")
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
     var prefix = ["-c", "1"]

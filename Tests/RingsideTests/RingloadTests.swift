@@ -17,11 +17,7 @@ private struct CorruptingEcho: ConnectionHandler {
 
 /// Runs the ringload binary built next to the tests; returns its exit status and stdout.
 private func ringload(_ args: [String]) throws -> (Int32, String) {
-    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    var exe = dir.appendingPathComponent("ringload")
-    if !FileManager.default.fileExists(atPath: exe.path) {
-        exe = dir.deletingLastPathComponent().appendingPathComponent("ringload")
-    }
+    let exe = builtBinary("ringload")
     let p = Process()
     p.executableURL = exe
     p.arguments = args

@@ -216,3 +216,10 @@ struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// A product built next to the test bundle (`ringside`, `ringload`): beside it, or one folder up.
+func builtBinary(_ name: String) -> URL {
+    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    let exe = dir.appendingPathComponent(name)
+    return FileManager.default.fileExists(atPath: exe.path) ? exe : dir.deletingLastPathComponent().appendingPathComponent(name)
+}
