@@ -25,11 +25,12 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
-        // Thin C face of Debian's liburing 2.3 (liburing-dev).
+        // Thin C face of Debian's liburing 2.3 (liburing-dev headers). liburing.so.2 itself is opened with
+        // dlopen when a ring is first set up, so a binary that serves on epoll starts without it.
         .target(
             name: "CLiburing",
             path: "CLiburing",
-            linkerSettings: [.linkedLibrary("uring")]
+            linkerSettings: [.linkedLibrary("dl")]
         ),
         // The engine: ring, buffer pool, io_uring and epoll backends, handler interface, server.
         .target(
@@ -92,7 +93,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // The load generator needs io_uring (its pacer and client rings call liburing's inline
+            // helpers, which reach into the library), so it links liburing; the engine does not.
+            linkerSettings: [.linkedLibrary("uring")]
         ),
         .testTarget(
             name: "RingsideTests",

@@ -1,11 +1,68 @@
 #define _GNU_SOURCE
 #include "CLiburing.h"
 #include <sys/resource.h>
+#include <stdlib.h>
 #include <sched.h>
 #include <errno.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <string.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+
+// ---- liburing loaded at run time (see CLiburing.h) ----
+struct rs_liburing_table rs_liburing;
+static pthread_once_t rs_liburing_once = PTHREAD_ONCE_INIT;
+static int rs_liburing_status = -ELIBACC;
+static char rs_liburing_why[512];
+
+static void rs_liburing_open(void) {
+    void *h = dlopen("liburing.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        const char *e = dlerror();
+        snprintf(rs_liburing_why, sizeof(rs_liburing_why), "%s", e ? e : "dlopen(liburing.so.2) failed");
+        return;
+    }
+    struct rs_liburing_table t;
+    // Each name must resolve; a liburing older than 2.2 lacks the buffer-ring and sparse-file calls.
+#define RS_RESOLVE(field, name) \
+    do { *(void **)(&t.field) = dlsym(h, name); \
+         if (t.field == NULL) { snprintf(rs_liburing_why, sizeof(rs_liburing_why), \
+             "liburing.so.2 lacks %s (liburing 2.2 or later is needed)", name); dlclose(h); return; } } while (0)
+    RS_RESOLVE(queue_init, "io_uring_queue_init");
+    RS_RESOLVE(queue_init_params, "io_uring_queue_init_params");
+    RS_RESOLVE(queue_exit, "io_uring_queue_exit");
+    RS_RESOLVE(get_probe_ring, "io_uring_get_probe_ring");
+    RS_RESOLVE(free_probe, "io_uring_free_probe");
+    RS_RESOLVE(register_ring_fd, "io_uring_register_ring_fd");
+    RS_RESOLVE(register_buffers, "io_uring_register_buffers");
+    RS_RESOLVE(unregister_buffers, "io_uring_unregister_buffers");
+    RS_RESOLVE(register_files_sparse, "io_uring_register_files_sparse");
+    RS_RESOLVE(register_buf_ring, "io_uring_register_buf_ring");
+    RS_RESOLVE(unregister_buf_ring, "io_uring_unregister_buf_ring");
+    RS_RESOLVE(submit, "io_uring_submit");
+    RS_RESOLVE(submit_and_wait, "io_uring_submit_and_wait");
+    RS_RESOLVE(submit_and_wait_timeout, "io_uring_submit_and_wait_timeout");
+    RS_RESOLVE(peek_batch_cqe, "io_uring_peek_batch_cqe");
+#undef RS_RESOLVE
+    rs_liburing = t;
+    rs_liburing_why[0] = 0;
+    rs_liburing_status = 0;
+}
+
+int rs_liburing_load(void) {
+    // RINGSIDE_TEST_NO_LIBURING=1 behaves as if liburing.so.2 were absent (tests of the epoll-only host).
+    const char *force = getenv("RINGSIDE_TEST_NO_LIBURING");
+    if (force != NULL && force[0] == '1') {
+        snprintf(rs_liburing_why, sizeof(rs_liburing_why), "liburing.so.2: refused (RINGSIDE_TEST_NO_LIBURING=1)");
+        return -ELIBACC;
+    }
+    pthread_once(&rs_liburing_once, rs_liburing_open);
+    return rs_liburing_status;
+}
+
+const char *rs_liburing_error(void) { return rs_liburing_why; }
 
 int rs_io_uring_setup_raw(unsigned entries, struct io_uring_params *p) {
     return (int)syscall(__NR_io_uring_setup, entries, p);

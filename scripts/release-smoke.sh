@@ -31,5 +31,32 @@ for backend in uring epoll; do
         if ((ok)); then passed=$((passed + 1)); echo "ok   $proto on $backend"; else fail=$((fail + 1)); echo "FAIL $proto on $backend"; fi
     done
 done
+# The binary must start without liburing (a host or container without it serves on epoll): ldd must
+# not name it, and with the library hidden (a mount namespace binds /dev/null over it; root only)
+# `--backend auto` serves HTTP on epoll and says why.
+if ldd "$bin/ringside" | grep -q liburing; then fail=$((fail + 1)); echo "FAIL ringside links liburing at load time"
+else passed=$((passed + 1)); echo "ok   ringside does not link liburing"; fi
+uring_lib=$(ldconfig -p | awk '/liburing\.so\.2 .*x86-64/ {print $NF; exit}')
+if [[ $(id -u) != 0 || -z $uring_lib ]] || ! command -v unshare >/dev/null; then
+    echo "SKIP serving without liburing: needs root, unshare and an installed liburing.so.2 to hide"
+else
+    out=$(mktemp)
+    if unshare -m bash -c '
+        mount --bind /dev/null "$(readlink -f "$1")" || exit 3
+        "$2/ringside" serve --protocol http --backend auto --port 0 >"$3" 2>&1 &
+        sp=$!
+        for _ in $(seq 100); do grep -q "listening on" "$3" && break; sleep 0.1; done
+        port=$(grep -o "listening on [^ ]*" "$3" | sed "s/.*://")
+        body=$(curl -s --max-time 5 http://127.0.0.1:$port/plaintext)
+        kill -INT $sp; wait $sp || exit 4
+        [[ $body == "Hello, World!" ]] || exit 5
+        grep -q "liburing could not be loaded" "$3" && grep -q "backend=epoll" "$3" || exit 6
+    ' _ "$uring_lib" "$bin" "$out"; then
+        passed=$((passed + 1)); echo "ok   http on auto without liburing (served on epoll)"
+    else
+        fail=$((fail + 1)); echo "FAIL http on auto without liburing:"; cat "$out"
+    fi
+    rm -f "$out"
+fi
 echo "release smoke: $passed passed, $fail failed"
 ((fail == 0))

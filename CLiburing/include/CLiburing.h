@@ -105,4 +105,67 @@ int rs_gettid(void);
 int rs_errno(void);
 void rs_set_errno(int value);
 
+// ---- liburing's exported functions, loaded at run time ----
+//
+// The engine does not link liburing: a binary that serves only on epoll (a host without liburing, a
+// container whose seccomp profile refuses io_uring) must start without it. liburing.so.2 is opened with
+// dlopen the first time a ring is set up (rs_liburing_load), and its exported functions are called
+// through this table. liburing's static inline helpers (io_uring_get_sqe, io_uring_prep_*, ...) are
+// compiled into the caller and need no library. Invariant: every rs_io_uring_* wrapper below except the
+// two queue_init ones is called only on a ring that one of those set up, i.e. after a successful load,
+// so the pointers are non-null; the queue_init wrappers load first and return -ELIBACC when liburing
+// cannot be loaded (rs_liburing_error() says why).
+struct rs_liburing_table {
+    int (*queue_init)(unsigned, struct io_uring *, unsigned);
+    int (*queue_init_params)(unsigned, struct io_uring *, struct io_uring_params *);
+    void (*queue_exit)(struct io_uring *);
+    struct io_uring_probe *(*get_probe_ring)(struct io_uring *);
+    void (*free_probe)(struct io_uring_probe *);
+    int (*register_ring_fd)(struct io_uring *);
+    int (*register_buffers)(struct io_uring *, const struct iovec *, unsigned);
+    int (*unregister_buffers)(struct io_uring *);
+    int (*register_files_sparse)(struct io_uring *, unsigned);
+    int (*register_buf_ring)(struct io_uring *, struct io_uring_buf_reg *, unsigned);
+    int (*unregister_buf_ring)(struct io_uring *, int);
+    int (*submit)(struct io_uring *);
+    int (*submit_and_wait)(struct io_uring *, unsigned);
+    int (*submit_and_wait_timeout)(struct io_uring *, struct io_uring_cqe **, unsigned,
+                                   struct __kernel_timespec *, sigset_t *);
+    unsigned (*peek_batch_cqe)(struct io_uring *, struct io_uring_cqe **, unsigned);
+};
+extern struct rs_liburing_table rs_liburing;
+
+/// Opens liburing.so.2 and resolves the table (once; thread-safe). 0 on success, -ELIBACC if the
+/// library or one of its functions is missing.
+int rs_liburing_load(void);
+/// Why rs_liburing_load failed (dlerror's text), or "" after a success.
+const char *rs_liburing_error(void);
+
+static inline int rs_io_uring_queue_init(unsigned entries, struct io_uring *ring, unsigned flags) {
+    int r = rs_liburing_load();
+    return r != 0 ? r : rs_liburing.queue_init(entries, ring, flags);
+}
+static inline int rs_io_uring_queue_init_params(unsigned entries, struct io_uring *ring, struct io_uring_params *p) {
+    int r = rs_liburing_load();
+    return r != 0 ? r : rs_liburing.queue_init_params(entries, ring, p);
+}
+static inline void rs_io_uring_queue_exit(struct io_uring *ring) { rs_liburing.queue_exit(ring); }
+static inline struct io_uring_probe *rs_io_uring_get_probe_ring(struct io_uring *ring) { return rs_liburing.get_probe_ring(ring); }
+static inline void rs_io_uring_free_probe(struct io_uring_probe *p) { rs_liburing.free_probe(p); }
+static inline int rs_io_uring_register_ring_fd(struct io_uring *ring) { return rs_liburing.register_ring_fd(ring); }
+static inline int rs_io_uring_register_buffers(struct io_uring *ring, const struct iovec *iov, unsigned n) { return rs_liburing.register_buffers(ring, iov, n); }
+static inline int rs_io_uring_unregister_buffers(struct io_uring *ring) { return rs_liburing.unregister_buffers(ring); }
+static inline int rs_io_uring_register_files_sparse(struct io_uring *ring, unsigned n) { return rs_liburing.register_files_sparse(ring, n); }
+static inline int rs_io_uring_register_buf_ring(struct io_uring *ring, struct io_uring_buf_reg *reg, unsigned flags) { return rs_liburing.register_buf_ring(ring, reg, flags); }
+static inline int rs_io_uring_unregister_buf_ring(struct io_uring *ring, int bgid) { return rs_liburing.unregister_buf_ring(ring, bgid); }
+static inline int rs_io_uring_submit(struct io_uring *ring) { return rs_liburing.submit(ring); }
+static inline int rs_io_uring_submit_and_wait(struct io_uring *ring, unsigned n) { return rs_liburing.submit_and_wait(ring, n); }
+static inline int rs_io_uring_submit_and_wait_timeout(struct io_uring *ring, struct io_uring_cqe **cqe, unsigned n,
+                                                     struct __kernel_timespec *ts, sigset_t *sigmask) {
+    return rs_liburing.submit_and_wait_timeout(ring, cqe, n, ts, sigmask);
+}
+static inline unsigned rs_io_uring_peek_batch_cqe(struct io_uring *ring, struct io_uring_cqe **cqes, unsigned n) {
+    return rs_liburing.peek_batch_cqe(ring, cqes, n);
+}
+
 #endif

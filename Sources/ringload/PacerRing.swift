@@ -20,7 +20,7 @@ final class PacerRing {
         ring = .allocate(capacity: 1)
         deadline = .allocate(capacity: 1)
         deadline.initialize(to: __kernel_timespec(tv_sec: 0, tv_nsec: 0))
-        let r = io_uring_queue_init(entries, ring, 0)
+        let r = rs_io_uring_queue_init(entries, ring, 0)
         guard r == 0 else {
             ring.deallocate(); deadline.deallocate()
             throw ValidationErrorText("the open loop needs io_uring (its own ring paces the sends): io_uring_queue_init: \(String(cString: strerror(-r)))")
@@ -31,7 +31,7 @@ final class PacerRing {
     func close() {
         guard !closed else { return }
         closed = true
-        io_uring_queue_exit(ring)
+        rs_io_uring_queue_exit(ring)
         ring.deallocate()
         deadline.deallocate()
     }
@@ -40,7 +40,7 @@ final class PacerRing {
 
     private func sqe() -> UnsafeMutablePointer<io_uring_sqe> {
         if let s = io_uring_get_sqe(ring) { return s }
-        _ = io_uring_submit(ring)  // full: push what is queued, then there is room
+        _ = rs_io_uring_submit(ring)  // full: push what is queued, then there is room
         return io_uring_get_sqe(ring)!
     }
 
@@ -61,18 +61,18 @@ final class PacerRing {
         io_uring_prep_timeout(s, deadline, 0, UInt32(IORING_TIMEOUT_ABS))
         io_uring_sqe_set_data64(s, Self.timerTag | at)
         armed = at
-        _ = io_uring_submit(ring)  // the kernel copies the deadline now
+        _ = rs_io_uring_submit(ring)  // the kernel copies the deadline now
     }
 
     /// Submits what is queued and blocks until at least one completion is there.
     func wait() {
-        let r = io_uring_submit_and_wait(ring, 1)
+        let r = rs_io_uring_submit_and_wait(ring, 1)
         precondition(r >= 0 || r == -EINTR || r == -EBUSY || r == -ETIME, "io_uring_submit_and_wait: \(r)")
     }
 
     /// Submits queued receives without waiting.
     func submitPending() {
-        if io_uring_sq_ready(ring) > 0 { _ = io_uring_submit(ring) }
+        if io_uring_sq_ready(ring) > 0 { _ = rs_io_uring_submit(ring) }
     }
 
     /// Calls `body(index, result)` for every receive completion there is now (no system call);

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Testing
 @testable import Ringside
@@ -32,5 +33,55 @@ import RingsideProtocols
             #expect(report.connections == 64)
             #expect(server.stats.engineErrors == 0)
         }
+    }
+
+    /// A host without liburing (the engine opens liburing.so.2 with dlopen, so the binary starts without
+    /// it): `auto` serves on epoll and says why, `uring` fails with the reason. RINGSIDE_TEST_NO_LIBURING
+    /// makes the loader refuse as if the library were absent; scripts/release-smoke.sh hides the real
+    /// file in a mount namespace for the same check.
+    @Test func withoutLiburingAutoServesOnEpoll() throws {
+        var env = ProcessInfo.processInfo.environment
+        env["RINGSIDE_TEST_NO_LIBURING"] = "1"
+        // `--backend uring`: exits non-zero with the reason.
+        let uring = Process()
+        uring.executableURL = builtBinary("ringside")
+        uring.arguments = ["serve", "--protocol", "echo", "--backend", "uring", "--port", "0"]
+        uring.environment = env
+        let uringErr = Pipe()
+        uring.standardError = uringErr
+        uring.standardOutput = FileHandle.nullDevice
+        try uring.run()
+        let uringText = String(decoding: uringErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        uring.waitUntilExit()
+        #expect(uring.terminationStatus != 0)
+        #expect(uringText.contains("liburing could not be loaded"))
+        // `--backend auto`: listens on epoll, logs the reason, serves, stops cleanly.
+        let auto = Process()
+        auto.executableURL = builtBinary("ringside")
+        auto.arguments = ["serve", "--protocol", "echo", "--backend", "auto", "--port", "0"]
+        auto.environment = env
+        let out = Pipe(), err = Pipe()
+        auto.standardOutput = out
+        auto.standardError = err
+        try auto.run()
+        var line = ""
+        while !line.hasSuffix("\n") {
+            let d = out.fileHandleForReading.availableData
+            if d.isEmpty { break }
+            line += String(decoding: d, as: UTF8.self)
+        }
+        #expect(line.contains("backend=epoll"))
+        if let portText = line.split(separator: " ").first(where: { $0.contains("127.0.0.1:") })?.split(separator: ":").last,
+           let port = Int(portText.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            let report = try MultiClient(port: port, payloads: [randomBytes(5000, seed: 9)]).run()
+            #expect(report.connections == 1)
+        } else {
+            Issue.record("no listening line: \(line)")
+        }
+        kill(auto.processIdentifier, SIGINT)
+        let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        auto.waitUntilExit()
+        #expect(auto.terminationStatus == 0)
+        #expect(errText.contains("liburing could not be loaded"))
     }
 }

@@ -9,13 +9,13 @@ import Testing
 enum UringSupport {
     static let unavailableReason: String? = {
         var ring = io_uring()
-        let r = io_uring_queue_init(2, &ring, 0)
+        let r = rs_io_uring_queue_init(2, &ring, 0)
         if r < 0 {
             let e = Errno(rawValue: -r)
             let sysctl = (try? String(contentsOfFile: "/proc/sys/kernel/io_uring_disabled", encoding: .utf8)) ?? "?"
             return "io_uring refused by this kernel: io_uring_setup -> \(e) (kernel.io_uring_disabled=\(sysctl.trimmingCharacters(in: .whitespacesAndNewlines)))"
         }
-        io_uring_queue_exit(&ring)
+        rs_io_uring_queue_exit(&ring)
         return nil
     }()
 }

@@ -60,6 +60,11 @@ start_server() {
         sleep 0.1; i=$((i + 1))
     done
     BACKEND=$(sed -n 's/.* backend=\([a-z]*\).*/\1/p' /tmp/srv.out)
+    # The io_uring feature probes' verdict, once per boot (the host prints it beside MATRIX-BOOT).
+    if [ -z "$PROBES_SHOWN" ] && grep -q "multishot-recv=" "$log"; then
+        echo "MATRIX-PROBES $(grep -o 'multishot-recv=.*bundles=[a-z]*' "$log" | head -n 1)"
+        PROBES_SHOWN=1
+    fi
 }
 
 # stop_server: SIGINT, up to 20 s, then SIGKILL; sets SRV_RC (the exit status, or "killed").

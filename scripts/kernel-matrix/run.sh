@@ -152,10 +152,13 @@ build_initramfs() {
     cp "$ringside" "$root/bin/ringside"; cp "$ringload" "$root/bin/ringload"
     gcc -static -O2 -Wall -Wextra -o "$root/bin/noiouring" "$here/noiouring.c"
     gcc -static -O2 -Wall -Wextra -o "$root/bin/stopreader" "$here/stopreader.c"
-    # Every shared library ldd names, at the path it names, and the dynamic loader.
-    local lib
+    # Every shared library ldd names, at the path it names, and the dynamic loader; plus liburing.so.2,
+    # which the engine opens with dlopen (ldd does not name it).
+    local lib uring_lib
+    uring_lib=$(ldconfig -p | awk '/liburing\.so\.2 .*x86-64/ {print $NF; exit}')
+    [[ -n $uring_lib ]] || { say "liburing.so.2 not found (install liburing2)"; exit 1; }
     for lib in $( (ldd "$ringside"; ldd "$ringload") | grep -oE '^[[:space:]]+(/[^ ]+|[^ ]+ => /[^ ]+)' \
-                  | sed 's/.*=> //; s/^[[:space:]]*//' | sort -u); do
+                  | sed 's/.*=> //; s/^[[:space:]]*//' | sort -u) $uring_lib; do
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"
     done
@@ -235,6 +238,7 @@ for i in "${!labels[@]}"; do
     [[ -n $end ]] || { rows+=("$k|-|guest-end|FAIL|no MATRIX-END line (see $log)"); fail=1; }
     boot_line=$(grep -a '^MATRIX-BOOT' <<<"$norm" || true)
     say "$k: ${boot_line:-no MATRIX-BOOT line}; ${end:-no MATRIX-END line}; $(grep -a '^HOST-SECONDS' "$log")"
+    say "$k: probes: $(grep -a '^MATRIX-PROBES' <<<"$norm" | head -n 1 | cut -d' ' -f2- || true)"
     # The guest's uptime when /init starts is the boot time; ~5-15 s under TCG on an idle 2-core host.
     up=$(sed -n 's/.* uptime=\([0-9]*\).*/\1/p' <<<"$boot_line")
     if [[ -n $up ]] && ((up > 40)); then

@@ -84,10 +84,12 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         provided = try Self.providedRing(ring, config)
         registeredBuffers = try Self.registerFixedBuffers(ring, pool, provided, config)
         pool.providedRing = provided
-        directFiles = Self.registerFileTable(ring, config, logger)
+        let fileTable = Self.registerFileTable(ring, config, logger)
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
-        probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config)
+        try UringProbe.requireMinimum(ring: ring, provided: provided, pool: pool)
+        probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config, fileTable: fileTable)
+        directFiles = probe.directDescriptors
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
         receiveLimit = probe.receiveLimit ? max(0, config.receiveBurstLimit) : 0
@@ -134,7 +136,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                                              _ config: ServerConfiguration) throws -> Bool {
         guard config.registerBuffers && !config.disabledFeatures.contains(.registeredBuffers) else { return false }
         var iov = iovec(iov_base: pool.base, iov_len: pool.slabBytes)
-        let r = io_uring_register_buffers(ring.ring, &iov, 1)
+        let r = rs_io_uring_register_buffers(ring.ring, &iov, 1)
         guard r < 0 else { return true }
         provided.unregister(uring: ring.ring)
         throw RingSetupError(errno: Errno(rawValue: -r), detail: "registering \(pool.slabBytes / 1024) KiB of fixed buffers (\(pool.summary))")
@@ -145,7 +147,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// accept itself (ENFILE). Falls back to ordinary descriptors.
     private static func registerFileTable(_ ring: Ring, _ config: ServerConfiguration, _ logger: Logger) -> Bool {
         guard config.directDescriptors && !config.disabledFeatures.contains(.directDescriptors) else { return false }
-        let r = io_uring_register_files_sparse(ring.ring, UInt32(config.maxConnections + directHeadroom(config.maxConnections)))
+        let r = rs_io_uring_register_files_sparse(ring.ring, UInt32(config.maxConnections + directHeadroom(config.maxConnections)))
         if r < 0 { logger.notice("direct descriptors unavailable (\(Errno(rawValue: -r))): using ordinary ones") }
         return r >= 0
     }
@@ -174,7 +176,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
 
     deinit {
         provided.unregister(uring: ring.ring)
-        if registeredBuffers { _ = io_uring_unregister_buffers(ring.ring) }
+        if registeredBuffers { _ = rs_io_uring_unregister_buffers(ring.ring) }
         if !listenerClosed { closeDescriptor(listenFD) }
         wakeBuffer.deallocate()
         cqes.deallocate()
@@ -255,7 +257,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
 
     private func reapAll() {
         while true {
-            let n = Int(io_uring_peek_batch_cqe(ring.ring, cqes, UInt32(cqeBatch)))
+            let n = Int(rs_io_uring_peek_batch_cqe(ring.ring, cqes, UInt32(cqeBatch)))
             if n == 0 { return }
             for i in 0..<n {
                 let cqe = cqes[i]!

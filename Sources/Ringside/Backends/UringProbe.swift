@@ -12,15 +12,45 @@ struct UringProbe {
     var socketCommands: Bool = false
     var socketCommandsNote = ""
 
+    /// Direct descriptors are usable: the table is registered, multishot accept straight into it works
+    /// (6.0) and a cancel can name a direct descriptor (IORING_ASYNC_CANCEL_FD_FIXED, 6.0).
+    var directDescriptors: Bool = false
+    var directDescriptorsNote = ""
+
     private static let probeData: UInt64 = 0xFFFF_FFFF_FFFF_FF00
 
-    /// Runs the probes the configuration needs. `provided` must already hold buffers (group 0).
-    init(ring: Ring, provided: ProvidedBufferRing, pool: BufferPool, config: ServerConfiguration) {
+    /// What the io_uring backend cannot run without, probed on the loop's own ring before traffic:
+    /// multishot receive into provided buffers (6.0) and multishot accept (5.19). A kernel without them
+    /// is answered like a refused io_uring_setup (`auto` serves on epoll and logs this reason).
+    static func requireMinimum(ring: Ring, provided: ProvidedBufferRing, pool: BufferPool) throws(RingSetupError) {
+        let (recvOK, recvNote) = probeReceive(ring: ring, provided: provided, pool: pool, limit: false, refuse: false)
+        guard recvOK else {
+            throw RingSetupError(errno: Errno(rawValue: EOPNOTSUPP),
+                                 detail: "multishot receive into provided buffers refused (\(recvNote)); the io_uring backend needs Linux 6.0+")
+        }
+        let (acceptOK, acceptNote) = probeAccept(ring: ring, direct: false)
+        guard acceptOK else {
+            throw RingSetupError(errno: Errno(rawValue: EOPNOTSUPP),
+                                 detail: "multishot accept refused (\(acceptNote)); the io_uring backend needs Linux 6.0+")
+        }
+    }
+
+    /// Runs the probes the configuration needs. `provided` must already hold buffers (group 0);
+    /// `fileTable` says whether a direct-descriptor table was registered.
+    init(ring: Ring, provided: ProvidedBufferRing, pool: BufferPool, config: ServerConfiguration, fileTable: Bool) {
+        if !fileTable {
+            directDescriptorsNote = config.disabledFeatures.contains(.directDescriptors) ? "masked" : "no table"
+        } else {
+            let (acceptOK, acceptNote) = Self.probeAccept(ring: ring, direct: true)
+            let (cancelOK, cancelNote) = Self.probeCancelFixed(ring: ring)
+            directDescriptors = acceptOK && cancelOK
+            directDescriptorsNote = !acceptOK ? "accept direct: \(acceptNote)" : cancelNote
+        }
         if config.receiveBurstLimit > 0 {
             // Masked, the kernel is made to refuse the limit the way kernels before 6.16 do (EINVAL), so
             // the probe itself and the fallback run.
             let refuse = config.disabledFeatures.contains(.receiveLimit)
-            (receiveLimit, receiveLimitNote) = Self.probeReceiveLimit(ring: ring, provided: provided, pool: pool, refuse: refuse)
+            (receiveLimit, receiveLimitNote) = Self.probeReceive(ring: ring, provided: provided, pool: pool, limit: true, refuse: refuse)
         } else {
             receiveLimitNote = "not asked for"
         }
@@ -33,13 +63,15 @@ struct UringProbe {
 
     /// One line for the start log.
     var summary: String {
-        "recv-limit=\(receiveLimit ? "on" : "off(\(receiveLimitNote))") socket-commands=\(socketCommands ? "on" : "off(\(socketCommandsNote))")"
+        "multishot-recv=on multishot-accept=on direct-fds=\(directDescriptors ? "on" : "off(\(directDescriptorsNote))") recv-limit=\(receiveLimit ? "on" : "off(\(receiveLimitNote))") socket-commands=\(socketCommands ? "on" : "off(\(socketCommandsNote))") bundles=unused"
     }
 
-    /// A multishot receive with a 1-byte limit on a socketpair holding one byte: a kernel with the limit
-    /// delivers the byte and ends the receive; one without rejects the SQE with EINVAL.
-    private static func probeReceiveLimit(ring: Ring, provided: ProvidedBufferRing, pool: BufferPool,
-                                          refuse: Bool) -> (Bool, String) {
+    /// A multishot receive into the provided buffers on a socketpair holding one byte, then EOF. Without
+    /// `limit`: a kernel with multishot receive delivers the byte (more to come) and ends at EOF. With a
+    /// 1-byte `limit`: a kernel with the limit delivers the byte and ends the receive; one without
+    /// rejects the SQE with EINVAL.
+    private static func probeReceive(ring: Ring, provided: ProvidedBufferRing, pool: BufferPool,
+                                     limit: Bool, refuse: Bool) -> (Bool, String) {
         var sv: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0, &sv) == 0 else {
             return (false, "socketpair: \(Errno.current)")
@@ -51,7 +83,7 @@ struct UringProbe {
         io_uring_prep_recv_multishot(s, sv[0], nil, 0, 0)
         s.pointee.flags |= UInt8(RS_IOSQE_BUFFER_SELECT)
         rs_sqe_set_buf_group(s, provided.groupID)
-        rs_sqe_set_recv_total_limit(s, 1)
+        if limit { rs_sqe_set_recv_total_limit(s, 1) }
         if refuse { s.pointee.ioprio |= 1 << 15 }  // an unknown receive flag: EINVAL, as before 6.16
         io_uring_sqe_set_data64(s, probeData)
         var result: (Bool, String) = (false, "no completion")
@@ -69,9 +101,78 @@ struct UringProbe {
             }
             if res == -EINVAL { result = (false, refuse ? "EINVAL: masked" : "EINVAL: kernel before 6.16") }
             else if res < 0 { result = (false, "\(Errno(rawValue: -res))") }
-            else if res == 1 && !more { result = (true, "") }
+            else if limit && res == 1 && !more { result = (true, "") }
+            else if !limit && res == 1 && more { result = (true, "") }
         }
         return result
+    }
+
+    /// A multishot accept (into the direct-descriptor table when `direct`) on a scratch loopback
+    /// listener, one connection made to it, then the accept cancelled: a kernel with it completes the
+    /// connection with more to come.
+    private static func probeAccept(ring: Ring, direct: Bool) -> (Bool, String) {
+        let lfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard lfd >= 0 else { return (false, "socket: \(Errno.current)") }
+        defer { Glibc.close(lfd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                bind(lfd, sa, len) == 0 && listen(lfd, 4) == 0 && getsockname(lfd, sa, &len) == 0
+            }
+        }
+        guard bound else { return (false, "listen: \(Errno.current)") }
+        let cfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard cfd >= 0 else { return (false, "socket: \(Errno.current)") }
+        defer { Glibc.close(cfd) }
+        // Loopback connect completes at once into the backlog (blocking socket, no accept needed).
+        let connected = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in connect(cfd, sa, len) == 0 }
+        }
+        guard connected else { return (false, "connect: \(Errno.current)") }
+        guard let s = ring.getSQE() else { return (false, "no SQE") }
+        if direct {
+            io_uring_prep_multishot_accept_direct(s, lfd, nil, nil, 0)
+        } else {
+            io_uring_prep_multishot_accept(s, lfd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+        }
+        io_uring_sqe_set_data64(s, probeData)
+        guard let (res, flags) = waitProbe(ring) else { return (false, "no completion within 1 s") }
+        var result: (Bool, String)
+        if res >= 0 {
+            result = flags & IORING_CQE_F_MORE != 0 ? (true, "") : (false, "accepted once, not multishot")
+            if direct, let c = ring.getSQE() {
+                io_uring_prep_close_direct(c, UInt32(res))
+                io_uring_sqe_set_data64(c, probeData)
+                _ = waitProbe(ring)
+            } else if !direct {
+                Glibc.close(res)
+            }
+        } else {
+            result = (false, "\(Errno(rawValue: -res))")
+        }
+        if flags & IORING_CQE_F_MORE != 0 {
+            // End the armed accept: the cancel's completion and the accept's -ECANCELED, in either order.
+            guard let c = ring.getSQE() else { return (false, "no SQE") }
+            io_uring_prep_cancel_fd(c, lfd, UInt32(IORING_ASYNC_CANCEL_ALL))
+            io_uring_sqe_set_data64(c, probeData)
+            for _ in 0..<2 where waitProbe(ring) == nil { return (false, "accept not cancelled within 1 s") }
+        }
+        return result
+    }
+
+    /// A cancel naming an empty slot of the direct-descriptor table: a kernel that understands
+    /// IORING_ASYNC_CANCEL_FD_FIXED looks the slot up and answers EBADF (empty slot; ENOENT would mean
+    /// nothing to cancel), an older one rejects the unknown flag with EINVAL.
+    private static func probeCancelFixed(ring: Ring) -> (Bool, String) {
+        guard let s = ring.getSQE() else { return (false, "no SQE") }
+        io_uring_prep_cancel_fd(s, 0, UInt32(IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED))
+        io_uring_sqe_set_data64(s, probeData)
+        guard let (res, _) = waitProbe(ring) else { return (false, "cancel: no completion within 1 s") }
+        if res == -EBADF || res == -ENOENT || res >= 0 { return (true, "") }
+        return (false, "cancel by direct descriptor: \(Errno(rawValue: -res))")
     }
 
     /// SO_LINGER through IORING_OP_URING_CMD on a scratch TCP socket.
@@ -91,7 +192,7 @@ struct UringProbe {
     private static func waitProbe(_ ring: Ring) -> (Int32, UInt32)? {
         var ts = __kernel_timespec(tv_sec: 1, tv_nsec: 0)
         var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
-        let r = io_uring_submit_and_wait_timeout(ring.ring, &cqe, 1, &ts, nil)
+        let r = rs_io_uring_submit_and_wait_timeout(ring.ring, &cqe, 1, &ts, nil)
         guard r >= 0, let c = cqe else { return nil }
         precondition(c.pointee.user_data == probeData, "a completion other than the probe's at start")
         let out = (c.pointee.res, c.pointee.flags)

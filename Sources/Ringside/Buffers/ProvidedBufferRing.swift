@@ -36,7 +36,7 @@ final class ProvidedBufferRing {
         reg.ring_addr = UInt64(UInt(bitPattern: p))
         reg.ring_entries = UInt32(entries)
         reg.bgid = groupID
-        let r = io_uring_register_buf_ring(uring, &reg, 0)
+        let r = rs_io_uring_register_buf_ring(uring, &reg, 0)
         if r < 0 {
             munmap(p, bytes)
             throw SyscallError("io_uring_register_buf_ring(\(entries) entries)", Errno(rawValue: -r))
@@ -46,7 +46,7 @@ final class ProvidedBufferRing {
 
     /// Unregisters (call before the ring is torn down, after the last receive completion).
     func unregister(uring: UnsafeMutablePointer<io_uring>) {
-        _ = io_uring_unregister_buf_ring(uring, Int32(groupID))
+        _ = rs_io_uring_unregister_buf_ring(uring, Int32(groupID))
     }
 
     deinit { munmap(ring, mapBytes) }

@@ -8,6 +8,8 @@ public struct RingSetupError: Error, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch errno.rawValue {
+        case ELIBACC:
+            "io_uring not used: liburing could not be loaded (\(detail)); install liburing2 (Debian/Ubuntu) to use the io_uring backend"
         case ENOSYS:
             "io_uring refused: io_uring_setup returned ENOSYS (no io_uring in this kernel, or a seccomp filter blocks it, as container runtimes often do)"
         case EPERM:
@@ -76,27 +78,28 @@ final class Ring {
             params = io_uring_params()
             params.flags = flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP
             params.cq_entries = cq
-            let r = io_uring_queue_init_params(entries, ring, &params)
+            let r = rs_io_uring_queue_init_params(entries, ring, &params)
             if r == 0 { chosen = flags; break }
             lastError = -r
             if lastError != EINVAL { break }  // only EINVAL means "this flag is unknown": try fewer
         }
         guard let chosen else {
             ring.deallocate()
-            throw RingSetupError(errno: Errno(rawValue: lastError), detail: "io_uring_setup(\(entries) entries)")
+            let detail = lastError == ELIBACC ? String(cString: rs_liburing_error()) : "io_uring_setup(\(entries) entries)"
+            throw RingSetupError(errno: Errno(rawValue: lastError), detail: detail)
         }
         setupFlags = chosen
         features = params.features
         sqEntries = params.sq_entries
         cqEntries = params.cq_entries
-        probe = io_uring_get_probe_ring(ring)
+        probe = rs_io_uring_get_probe_ring(ring)
         // Registering the ring fd saves an fget/fput on every io_uring_enter.
-        _ = io_uring_register_ring_fd(ring)
+        _ = rs_io_uring_register_ring_fd(ring)
     }
 
     deinit {
-        if let probe { io_uring_free_probe(probe) }
-        io_uring_queue_exit(ring)
+        if let probe { rs_io_uring_free_probe(probe) }
+        rs_io_uring_queue_exit(ring)
         ring.deallocate()
     }
 
@@ -137,12 +140,12 @@ final class Ring {
         if let t = timeoutNanos {
             var ts = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
             var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
-            return io_uring_submit_and_wait_timeout(ring, &cqe, waitFor, &ts, nil)
+            return rs_io_uring_submit_and_wait_timeout(ring, &cqe, waitFor, &ts, nil)
         }
-        return io_uring_submit_and_wait(ring, waitFor)
+        return rs_io_uring_submit_and_wait(ring, waitFor)
     }
 
-    @inline(__always) func submit() -> Int32 { io_uring_submit(ring) }
+    @inline(__always) func submit() -> Int32 { rs_io_uring_submit(ring) }
 
     /// Free SQ entries.
     @inline(__always) var spaceLeft: UInt32 { io_uring_sq_space_left(ring) }
