@@ -112,3 +112,44 @@ void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd) {
     sqe->file_index = sizeof(rs_linger_zero);                         /* optlen */
     sqe->addr3 = (uint64_t)(uintptr_t)&rs_linger_zero;                /* optval */
 }
+
+// liburing 2.3's internal flag for a registered ring fd (src/int_flags.h: INT_FLAG_REG_RING = 1).
+#define RS_INT_FLAG_REG_RING 1
+
+// Publishes the SQEs prepared since the last flush to the kernel (liburing 2.3's __io_uring_flush_sq,
+// which it does not export). Invariant: called only on the loop thread that owns the ring (no SQPOLL).
+static unsigned rs_flush_sq(struct io_uring *ring) {
+    struct io_uring_sq *sq = &ring->sq;
+    unsigned tail = sq->sqe_tail;
+    if (sq->sqe_head != tail) {
+        sq->sqe_head = tail;
+        io_uring_smp_store_release(sq->ktail, tail);
+    }
+    return tail - *sq->khead;
+}
+
+int rs_submit_and_wait_batch(struct io_uring *ring, unsigned wait_nr, int64_t timeout_ns, uint32_t min_wait_usec) {
+    unsigned to_submit = rs_flush_sq(ring);
+    unsigned flags = IORING_ENTER_GETEVENTS;
+    int fd = ring->ring_fd;
+    if (ring->int_flags & RS_INT_FLAG_REG_RING) {
+        flags |= IORING_ENTER_REGISTERED_RING;
+        fd = ring->enter_ring_fd;
+    }
+    long r;
+    if (timeout_ns < 0 && min_wait_usec == 0) {
+        r = syscall(__NR_io_uring_enter, fd, to_submit, wait_nr, flags, NULL, (size_t)0);
+    } else {
+        struct __kernel_timespec ts;
+        struct io_uring_getevents_arg arg;
+        memset(&arg, 0, sizeof(arg));
+        arg.pad = min_wait_usec;  // min_wait_usec in kernels 6.12+ (the field liburing 2.3 calls pad)
+        if (timeout_ns >= 0) {
+            ts.tv_sec = timeout_ns / 1000000000;
+            ts.tv_nsec = timeout_ns % 1000000000;
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+        }
+        r = syscall(__NR_io_uring_enter, fd, to_submit, wait_nr, flags | IORING_ENTER_EXT_ARG, &arg, sizeof(arg));
+    }
+    return r < 0 ? -errno : (int)r;
+}

@@ -105,6 +105,13 @@ int rs_gettid(void);
 int rs_errno(void);
 void rs_set_errno(int value);
 
+/// Submits what is queued and waits, with io_uring_enter(2) called directly (liburing 2.3 has no
+/// min-wait call): waits for `wait_nr` completions; `timeout_ns` >= 0 bounds the whole wait (-1: none);
+/// `min_wait_usec` > 0 (Linux 6.12+, IORING_FEAT_MIN_TIMEOUT; probe first) returns as soon as at least
+/// one completion is ready once that much time has passed, so a wait for a batch cannot hold a lone
+/// completion back for longer. Returns the number submitted or -errno (ETIME on timeout).
+int rs_submit_and_wait_batch(struct io_uring *ring, unsigned wait_nr, int64_t timeout_ns, uint32_t min_wait_usec);
+
 // ---- liburing's exported functions, loaded at run time ----
 //
 // The engine does not link liburing: a binary that serves only on epoll (a host without liburing, a

@@ -21,6 +21,9 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static let socketCommands = KernelFeatures(rawValue: 1 << 5)
     /// Registered fixed buffers.
     public static let registeredBuffers = KernelFeatures(rawValue: 1 << 6)
+    /// Waits that batch completions with a minimum-wait timeout (IORING_FEAT_MIN_TIMEOUT, 6.12):
+    /// without it every wait returns at the first completion.
+    public static let minWait = KernelFeatures(rawValue: 1 << 7)
 
     /// Every ring set-up flag: with all three masked the ring is set up with no task-run flags.
     public static let ringSetupFlags: KernelFeatures = [.deferTaskrun, .singleIssuer, .coopTaskrun]
@@ -29,7 +32,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static let names: [(String, KernelFeatures)] = [
         ("defer-taskrun", .deferTaskrun), ("single-issuer", .singleIssuer), ("coop-taskrun", .coopTaskrun),
         ("recv-limit", .receiveLimit), ("direct-fds", .directDescriptors), ("socket-commands", .socketCommands),
-        ("fixed-buffers", .registeredBuffers),
+        ("fixed-buffers", .registeredBuffers), ("min-wait", .minWait),
     ]
 
     /// Parses a comma-separated list of names (`RINGSIDE_DISABLE`); throws naming an unknown one.

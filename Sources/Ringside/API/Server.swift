@@ -24,6 +24,7 @@ public enum RingsideServer {
     ) throws -> RunningServer {
         var configuration = configuration
         configuration.disabledFeatures.formUnion(try KernelFeatures.fromEnvironment())
+        try configuration.applyCompletionBatchEnvironment()
         let threads = configuration.threads
         try configuration.validate()
         try LockedMemoryPlan.fit(&configuration, logger: logger)

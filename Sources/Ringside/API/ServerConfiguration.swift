@@ -109,6 +109,14 @@ public struct ServerConfiguration: Sendable {
     /// Kernel features to treat as missing, as if the kernel lacked them, so every fallback path can
     /// run on a new kernel (tests, and the `RINGSIDE_DISABLE` environment variable, added to this).
     public var disabledFeatures: KernelFeatures = []
+    /// io_uring: how many completions a busy loop may wait for in one kernel entry (1: every wait
+    /// returns at the first completion). Above 1, a loop that reaped n > 1 completions last time waits
+    /// for up to min(n, this) next time, but never longer than ``completionBatchWait`` for more than the
+    /// first (the kernel's minimum-wait timeout, Linux 6.12+; older kernels always wait for one).
+    /// `RINGSIDE_COMPLETION_BATCH=LIMIT,MICROSECONDS` overrides both.
+    public var completionBatchLimit: Int = 1
+    /// The longest a batching wait holds a ready completion back waiting for more.
+    public var completionBatchWait: Duration = .microseconds(20)
     /// Debugging: fill every pool chunk with ``poisonByte`` when it returns to the pool, so bytes read
     /// after release (a use-after-release) show up as the pattern. Costs a memset per released chunk.
     public var poisonReleasedChunks: Bool = false
@@ -190,6 +198,9 @@ extension ServerConfiguration {
         try validateDurations()
         if let n = maxConnectionsPerAddress { try check(n >= 1, "maxConnectionsPerAddress", "\(n) must be at least 1 (nil: no cap)") }
         try check(receiveBurstLimit >= 0, "receiveBurstLimit", "\(receiveBurstLimit) is negative (0: no limit)")
+        try check((1...256).contains(completionBatchLimit), "completionBatchLimit", "\(completionBatchLimit) is outside 1...256")
+        try check(completionBatchWait >= .zero && completionBatchWait <= .milliseconds(10), "completionBatchWait",
+                  "\(completionBatchWait) is outside 0...10ms")
         if let c = connect {
             try check(Self.isNumericAddress(c.host), "connect.host", "'\(c.host)' is not a numeric IPv4 or IPv6 address")
             try check((1...65535).contains(c.port), "connect.port", "\(c.port) is outside 1...65535")
@@ -258,5 +269,18 @@ extension ServerConfiguration {
     static func isNumericAddress(_ host: String) -> Bool {
         var v4 = in_addr(), v6 = in6_addr()
         return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+    }
+}
+
+extension ServerConfiguration {
+    /// `RINGSIDE_COMPLETION_BATCH=LIMIT,MICROSECONDS` (for measuring batching policies without a rebuild).
+    mutating func applyCompletionBatchEnvironment() throws(ConfigurationError) {
+        guard let raw = getenv("RINGSIDE_COMPLETION_BATCH") else { return }
+        let parts = String(cString: raw).split(separator: ",")
+        guard parts.count == 2, let limit = Int(parts[0]), let micros = Int(parts[1]) else {
+            throw ConfigurationError(field: "RINGSIDE_COMPLETION_BATCH", problem: "expected LIMIT,MICROSECONDS, e.g. 16,20")
+        }
+        completionBatchLimit = limit
+        completionBatchWait = .microseconds(micros)
     }
 }

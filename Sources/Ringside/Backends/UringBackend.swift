@@ -65,6 +65,15 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// Stable memory: the kernel reads the timespec when the SQE is submitted, after `fill` returns.
     let acceptRetryTimespec: UnsafeMutablePointer<__kernel_timespec>
     let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
+    /// The loop timer (see UringWait.swift): the absolute CLOCK_MONOTONIC millisecond an armed
+    /// IORING_OP_TIMEOUT fires at (0: none armed), and its stable timespec.
+    var loopTimerDue: UInt64 = 0
+    let loopTimerSpec: UnsafeMutablePointer<__kernel_timespec>
+    /// Completion batching: the most completions one wait asks for (1: off) and how long it may hold a
+    /// ready one back (the kernel's minimum-wait timeout, probed); completions the last reap found.
+    let batchLimit: UInt32
+    let batchWaitMicros: UInt32
+    var lastReaped: UInt32 = 0
     let sendVectors: SendVectors
     let cqeBatch = 256
 
@@ -117,6 +126,12 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         cqes = .allocate(capacity: cqeBatch)
         acceptRetryTimespec = .allocate(capacity: 1)
         acceptRetryTimespec.initialize(to: __kernel_timespec(tv_sec: 0, tv_nsec: 50_000_000))
+        loopTimerSpec = .allocate(capacity: 1)
+        loopTimerSpec.initialize(to: __kernel_timespec())
+        let minWait = ring.features & UInt32(RS_IORING_FEAT_MIN_TIMEOUT) != 0 && !config.disabledFeatures.contains(.minWait)
+        batchLimit = minWait ? UInt32(config.completionBatchLimit) : 1
+        let micros = config.completionBatchWait.components.seconds * 1_000_000 + config.completionBatchWait.components.attoseconds / 1_000_000_000_000
+        batchWaitMicros = UInt32(clamping: max(1, micros))
         wakeBuffer = .allocate(capacity: 1)
     }
 
@@ -182,13 +197,14 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         cqes.deallocate()
         outbound?.deallocate()
         acceptRetryTimespec.deallocate()
+        loopTimerSpec.deallocate()
         acceptArmed.deallocate()
         acceptAddresses.deallocate()
         acceptAddressLengths.deallocate()
     }
 
     var summary: String {
-        "\(ring.summary) \(pool.summary) direct-descriptors=\(directFiles ? "on" : "off") \(probe.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
+        "\(ring.summary) \(pool.summary) completion-batch=\(batchLimit > 1 ? "\(batchLimit)/\(batchWaitMicros)us" : (config.completionBatchLimit > 1 ? "off(no min-wait: kernel before 6.12 or masked)" : "off")) \(probe.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
     }
 
     // MARK: the loop
@@ -202,7 +218,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         try startOutbound()
         while true {
             drainDeferred()
-            let r = ring.submitAndWait(1, timeoutNanos: waitTimeout())
+            let r = waitForCompletions()
             if r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN {
                 throw SyscallError("io_uring_submit_and_wait", Errno(rawValue: -r))
             }
@@ -211,7 +227,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             reapAll()
             core.expireTimers { handlers.timerFired($0) }
             processDirty()
-            if control.executor.runPending() { processDirty() }  // async connection tasks
+            if control.executor.withGuaranteed({ $0.runPending() }) { processDirty() }  // async connection tasks
             if provided.publish() > 0 || !starved.isEmpty { rearmStarved() }
             processDirty()
             if core.stopping && core.abortAllIfDrainDeadlinePassed() { processDirty() }
@@ -222,23 +238,6 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
                 && control.executor.shutDownIfIdle(force: core.drainDeadline == nil) { break }
         }
         logger.debug("uring loop finished", metadata: ["stats": "\(core.counters)"])
-    }
-
-    /// How long the next wait may sleep: until the drain deadline, the next timer or deadline, or the
-    /// executor's limit (nil: until a completion).
-    private func waitTimeout() -> Int64? {
-        var timeout: Int64? = nil
-        if let d = core.drainDeadline {
-            let left = ContinuousClock.now.duration(to: d)
-            timeout = max(1_000_000, left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000)
-        }
-        if let ms = core.millisUntilNextTimer() {
-            // The wait's own timeout (IORING_ENTER_EXT_ARG) drives every connection timer.
-            let t = Int64(min(ms, 60_000)) * 1_000_000
-            timeout = min(timeout ?? t, t)
-        }
-        if let t = control.executor.waitLimitNanos(stopping: core.stopping) { timeout = min(timeout ?? t, t) }
-        return timeout
     }
 
     /// Starts the configured outbound connections (IORING_OP_CONNECT).
@@ -256,9 +255,11 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     private func reapAll() {
+        lastReaped = 0
         while true {
             let n = Int(rs_io_uring_peek_batch_cqe(ring.ring, cqes, UInt32(cqeBatch)))
             if n == 0 { return }
+            lastReaped &+= UInt32(n)
             for i in 0..<n {
                 let cqe = cqes[i]!
                 complete(UserData(raw: cqe.pointee.user_data), res: cqe.pointee.res, flags: cqe.pointee.flags)

@@ -19,6 +19,8 @@ extension UringBackend {
         case .acceptRetryTimer:
             ringInflight -= 1
             if !core.stopping && !acceptArmed[Int(ud.slot)] { armAccept(Int(ud.slot)) }
+        case .loopTimer:
+            loopTimerFired(ud)
         case .cancelAccept, .closeDirect:
             ringInflight -= 1
         case .closeListener:

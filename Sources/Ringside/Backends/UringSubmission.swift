@@ -17,6 +17,7 @@ extension UringBackend {
     func prepare(_ ud: UserData) {
         switch ud.kind! {
         case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger: core.states[Int(ud.slot)].inflight += 1
+        case .loopTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
         default: ringInflight += 1
         }
         if !deferred.isEmpty || !fill(ud) {
@@ -77,6 +78,8 @@ extension UringBackend {
             io_uring_prep_read(s, control.wakeFD, wakeBuffer, 8, 0)
         case .acceptRetryTimer:
             io_uring_prep_timeout(s, acceptRetryTimespec, 0, 0)
+        case .loopTimer:
+            io_uring_prep_timeout(s, loopTimerSpec, 0, UInt32(IORING_TIMEOUT_ABS))
         case .cancelAccept:
             io_uring_prep_cancel_fd(s, listenFD, UInt32(IORING_ASYNC_CANCEL_ALL))
         case .closeListener:

@@ -42,7 +42,13 @@ final class BufferPool {
 
     /// Where released receive chunks go on io_uring (nil on epoll: the receive free list).
     /// Unowned: the io_uring backend owns the ring and outlives the pool's use of it (no ARC per release).
-    unowned(unsafe) var providedRing: ProvidedBufferRing?
+    /// Held unretained (+0 borrow on use, no retain/release per released chunk): the backend owns the
+    /// ring and outlives the pool's use by its loop.
+    var providedRingRef: Unmanaged<ProvidedBufferRing>?
+    var providedRing: ProvidedBufferRing? {
+        get { providedRingRef?.takeUnretainedValue() }
+        set { providedRingRef = newValue.map { Unmanaged.passUnretained($0) } }
+    }
 
     /// Debugging (`ServerConfiguration.poisonReleasedChunks`): released chunks are filled with
     /// `ServerConfiguration.poisonByte`, so bytes read after release show up as the pattern.
@@ -140,8 +146,8 @@ final class BufferPool {
         chunksOut -= 1
         if poison { memset(pointer(c), Int32(ServerConfiguration.poisonByte), size(c)) }
         if isReceiveChunk(c) {
-            if let ring = providedRing {
-                ring.give(chunk: c, address: pointer(c), length: receiveChunkSize)
+            if let ring = providedRingRef {
+                ring._withUnsafeGuaranteedRef { $0.give(chunk: c, address: pointer(c), length: receiveChunkSize) }
             } else {
                 freeRecv[freeRecvCount] = c; freeRecvCount += 1
             }

@@ -14,6 +14,16 @@ extension LoopCore {
     }
 
     /// How long the loop may sleep before a timer or deadline is due (nil: none armed).
+    /// The earliest timer or deadline (absolute CLOCK_MONOTONIC milliseconds), or nil.
+    @inline(__always) func nextTimerDue() -> UInt64? {
+        switch (timers.nextDue, deadlines.nextDue) {
+        case (nil, nil): return nil
+        case (let a?, nil): return a
+        case (nil, let b?): return b
+        case (let a?, let b?): return min(a, b)
+        }
+    }
+
     func millisUntilNextTimer() -> UInt64? {
         let t = monotonicMillis()
         switch (timers.millisUntilNext(now: t), deadlines.millisUntilNext(now: t)) {

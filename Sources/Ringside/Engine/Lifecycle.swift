@@ -27,40 +27,42 @@ extension HandlerTable {
     /// Runs `slot`'s state machine until it has nothing more to do, turning each action into handler
     /// calls and `io` operations. Called for every dirty slot, after completions and handler calls.
     @inline(__always) func service<IO: ConnectionIO>(_ slot: Int32, io: IO) {
-        let i = Int(slot)
-        let env = core.environment(cancelsUnwantedReceive: IO.cancelsUnwantedReceive)
-        while true {
-            let action = core.states[i].nextAction(env, &core.counters)
-            switch action {
-            case .none:
-                switch core.states[i].phase {
-                case .open, .draining, .lingering: io.settle(slot)
-                default: break
+        withCore { core in
+            let i = Int(slot)
+            let env = core.environment(cancelsUnwantedReceive: IO.cancelsUnwantedReceive)
+            while true {
+                let action = core.states[i].nextAction(env, &core.counters)
+                switch action {
+                case .none:
+                    switch core.states[i].phase {
+                    case .open, .draining, .lingering: io.settle(slot)
+                    default: break
+                    }
+                    return
+                case .releaseUnconnected:
+                    io.closeUnconnected(slot)
+                    core.freeSlot(slot)
+                    return
+                case .finalize:
+                    core.discardQueue(slot: slot)
+                    finalize(slot, reason: core.states[i].closeReason)
+                    core.freeSlot(slot)
+                    return
+                case .teardown(let abort):
+                    if core.states[i].sendInFlight && core.states[i].inflightChunks > 1 { core.counters.teardownsWithSendInFlight += 1 }
+                    core.discardHeld(slot: slot)
+                    core.discardQueue(slot: slot)  // keeps what a send in flight still reads
+                    io.close(slot, abort: abort)
+                case .send: io.startSend(slot)
+                case .armReceive: io.armReceive(slot)
+                case .cancelReceive: io.cancelReceive(slot)
+                case .shutdownWrite: io.shutdownWrite(slot)
+                case .beginLinger(let fin):
+                    core.startLinger(slot)
+                    if fin { io.shutdownWrite(slot) }
+                case .deliverHeld: deliverHeld(slot, io: io)
+                case .notifyWritable: writable(slot)
                 }
-                return
-            case .releaseUnconnected:
-                io.closeUnconnected(slot)
-                core.freeSlot(slot)
-                return
-            case .finalize:
-                core.discardQueue(slot: slot)
-                finalize(slot, reason: core.states[i].closeReason)
-                core.freeSlot(slot)
-                return
-            case .teardown(let abort):
-                if core.states[i].sendInFlight && core.states[i].inflightChunks > 1 { core.counters.teardownsWithSendInFlight += 1 }
-                core.discardHeld(slot: slot)
-                core.discardQueue(slot: slot)  // keeps what a send in flight still reads
-                io.close(slot, abort: abort)
-            case .send: io.startSend(slot)
-            case .armReceive: io.armReceive(slot)
-            case .cancelReceive: io.cancelReceive(slot)
-            case .shutdownWrite: io.shutdownWrite(slot)
-            case .beginLinger(let fin):
-                core.startLinger(slot)
-                if fin { io.shutdownWrite(slot) }
-            case .deliverHeld: deliverHeld(slot, io: io)
-            case .notifyWritable: writable(slot)
             }
         }
     }
@@ -68,16 +70,18 @@ extension HandlerTable {
     /// Delivers held chunks in order until none are left or the connection pauses again; then a
     /// pending end-of-file.
     private func deliverHeld<IO: ConnectionIO>(_ slot: Int32, io: IO) {
-        let i = Int(slot)
-        while core.states[i].heldHead >= 0 && !core.states[i].readPaused && core.states[i].phase == .open {
-            let c = core.popHeld(slot: slot)
-            let (s, e) = core.pool.range(c)
-            if !received(slot, chunk: c, offset: s, count: e - s) { core.pool.release(c) }
-            if core.states[i].pauseIfNeeded(highWatermark: core.highWatermark, &core.counters) { io.cancelReceive(slot) }
-        }
-        if core.states[i].heldHead < 0 && core.states[i].input == .endPending {
-            core.states[i].input = .ended
-            if core.states[i].phase == .open { inputClosed(slot) }
+        withCore { core in
+            let i = Int(slot)
+            while core.states[i].heldHead >= 0 && !core.states[i].readPaused && core.states[i].phase == .open {
+                let c = core.popHeld(slot: slot)
+                let (s, e) = core.pool.range(c)
+                if !received(slot, chunk: c, offset: s, count: e - s) { core.pool.release(c) }
+                if core.states[i].pauseIfNeeded(highWatermark: core.highWatermark, &core.counters) { io.cancelReceive(slot) }
+            }
+            if core.states[i].heldHead < 0 && core.states[i].input == .endPending {
+                core.states[i].input = .ended
+                if core.states[i].phase == .open { inputClosed(slot) }
+            }
         }
     }
 }

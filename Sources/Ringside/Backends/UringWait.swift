@@ -1,0 +1,53 @@
+import CLiburing
+import Glibc
+
+/// How the loop sleeps. Deadlines (connection timers, the drain deadline) are kept by one
+/// IORING_OP_TIMEOUT on the ring, re-armed only when the next one is earlier than the armed one, so a
+/// wait carries no timeout of its own: the kernel arms no hrtimer per entry, and an idle loop sleeps
+/// until a completion or its next deadline. A busy loop may wait for a batch of completions
+/// (`batchLimit`), bounded by the kernel's minimum-wait timeout so a lone completion is never held
+/// back longer than `batchWaitMicros`.
+extension UringBackend {
+    /// Submits what is queued and waits for completions; returns what the kernel returned.
+    @inline(__always) func waitForCompletions() -> Int32 {
+        let limit = control.executor.withGuaranteed { $0.waitLimitNanos(stopping: core.stopping) }
+        if let limit {
+            // Jobs pending (0: do not sleep), or tasks finishing during a stop (poll every millisecond).
+            return limit == 0 ? rs_submit_and_wait_batch(ring.ring, 0, -1, 0)
+                              : rs_submit_and_wait_batch(ring.ring, 1, limit, 0)
+        }
+        armLoopTimer()
+        if batchLimit > 1 && lastReaped > 1 {
+            return rs_submit_and_wait_batch(ring.ring, min(lastReaped, batchLimit), -1, batchWaitMicros)
+        }
+        return rs_submit_and_wait_batch(ring.ring, 1, -1, 0)
+    }
+
+    /// Makes sure the loop timer fires by the next deadline (ms resolution, like the timer wheel).
+    @inline(__always) private func armLoopTimer() {
+        var due = UInt64.max
+        if let t = core.nextTimerDue() { due = t }
+        if core.stopping, let d = core.drainDeadline {  // (checked only while stopping: Instant is resilient)
+            let left = ContinuousClock.now.duration(to: d)
+            let ms = max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)
+            due = min(due, core.now &+ UInt64(ms))
+        }
+        guard due != .max, loopTimerDue == 0 || due < loopTimerDue else { return }
+        loopTimerDue = due
+        loopTimerSpec.pointee = __kernel_timespec(tv_sec: Int64(due / 1000), tv_nsec: Int64(due % 1000) * 1_000_000)
+        prepare(Self.loopTimerData(due))
+    }
+
+    /// The due time travels in the user data (56 bits: slot and generation), so a completion of an
+    /// earlier, superseded timer is told apart from the armed one.
+    @inline(__always) static func loopTimerData(_ due: UInt64) -> UserData {
+        UserData(.loopTimer, slot: Int32(bitPattern: UInt32(truncatingIfNeeded: due)),
+                 generation: UInt32(truncatingIfNeeded: due >> 32))
+    }
+
+    /// A loop timer completed (-ETIME when it fired; the wheel runs after the reap anyway).
+    @inline(__always) func loopTimerFired(_ ud: UserData) {
+        let due = UInt64(UInt32(bitPattern: ud.slot)) | UInt64(ud.generation) << 32
+        if due == loopTimerDue { loopTimerDue = 0 }
+    }
+}
