@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# HTTP/1.1 /plaintext with wrk, side by side: Ringside io_uring, Ringside epoll, the SwiftNIO HTTP peer.
+# HTTP/1.1 /plaintext with wrk, side by side: Ringside io_uring, Ringside epoll, the SwiftNIO HTTP peer
+# and nginx (bench/nginx-peer.sh: Debian's nginx-light, one worker, access log off), plus any
+# `--peer NAME=COMMAND` (the command prints `listening on HOST:PORT` and serves /plaintext).
 # Server on CPU 0, wrk on CPU 1, repetitions interleaved. Server CPU per request comes from the
 # server's utime+stime in /proc sampled right before and after wrk (wrk's connect time included).
-# Usage: bench/http-wrk.sh [--reps N] [--duration S] [--connections C]
+# Usage: bench/http-wrk.sh [--reps N] [--duration S] [--connections C] [--no-nio] [--peer NAME=COMMAND]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-reps=3; duration=5; conns=50
+reps=3; duration=5; conns=50; nio_peer=1; extra_names=(); extra_cmds=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) reps=$2; shift 2;; --duration) duration=$2; shift 2;; --connections) conns=$2; shift 2;;
+        --no-nio) nio_peer=0; shift;;
+        --peer) extra_names+=("${2%%=*}"); extra_cmds+=("${2#*=}"); shift 2;;
         *) echo "unknown option $1" >&2; exit 2;;
     esac
 done
 bash scripts/setup.sh
 swift build -c release --product ringside >/dev/null
-(cd bench && swift build -c release --product nio-http >/dev/null)
-bin=$(swift build -c release --show-bin-path); nio=$(cd bench && swift build -c release --show-bin-path)
-names=(uring epoll swiftnio)
+bin=$(swift build -c release --show-bin-path)
+names=(uring epoll nginx)
 cmds=("$bin/ringside serve --protocol http --backend uring --port 0"
       "$bin/ringside serve --protocol http --backend epoll --port 0"
-      "$nio/nio-http --port 0")
+      "bash bench/nginx-peer.sh")
+if ((nio_peer)); then
+    (cd bench && swift build -c release --product nio-http >/dev/null)
+    nio=$(cd bench && swift build -c release --show-bin-path)
+    names+=(swiftnio); cmds+=("$nio/nio-http --port 0")
+fi
+names+=("${extra_names[@]}"); cmds+=("${extra_cmds[@]}")
 tck=$(getconf CLK_TCK)
 results=$(mktemp)
 for rep in $(seq "$reps"); do
