@@ -207,6 +207,9 @@ struct Compare: ParsableCommand {
                 run.serverCPUMicrosPerMessage = l.messages > 0 ? (cpu1 - cpu0) * 1e6 / Double(l.messages) : 0
                 run.serverCPUPercent = (cpu1 - cpu0) / max(1e-9, t1 - t0) * 100
                 if l.errors.total > 0 { run.error = "\(l.errors.total) wrong or failed responses: \(l.errors)" }
+                else if l.windowSkewMillis > max(5, duration.value * 10) {
+                    run.error = String(format: "measurement window off by %.0f ms (the generator's main thread was starved): discarded", l.windowSkewMillis)
+                }
             }
         } catch {
             run.error = "\(error)"

@@ -41,6 +41,10 @@ struct LoadResult: Codable, Sendable {
     var pipeline: Int
     var rate: Double?
     var seconds: Double
+    /// How far the measured window (where the caller sampled CPU and the clock) was from the window the
+    /// messages were counted in, in ms: the main thread woke late (starved on its CPU). Large values make
+    /// the rates and CPU per message meaningless (`ringload compare` discards such runs).
+    var windowSkewMillis: Double
     var messages: Int
     var messagesPerSecond: Double
     var megabytesPerSecond: Double
@@ -83,6 +87,9 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     let state = LoadState(size: o.size, pipeline: o.pipeline, connections: o.connections, rate: o.rate,
                           timeout: o.timeout, request: request, expectStatus: o.expectStatus)
     let loop = try LoadLoop.start(o, state: state)
+    // Under a real-time policy (`chrt -f`, inherited by the loop threads, which then run until they
+    // block), this thread must still wake on time to sample the window's edges: one priority above.
+    raiseAboveInheritedRealtimePriority()
     let start = nowNanos() + UInt64(o.warmup * 1e9)
     let end = start + UInt64(o.duration * 1e9)
     state.windowStart.store(start, ordering: .relaxed)
@@ -109,6 +116,7 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     let (backend, connectFailures) = try loop.stop()
 
     let secs = Double(t1 - t0) / 1e9
+    let skew = Double(max(t0 > start ? t0 - start : start - t0, t1 > end ? t1 - end : end - t1)) / 1e6
     let msgs = Int(state.histogram.totalCount)
     let h = state.histogram
     func us(_ v: UInt64) -> Double { Double(v) / 1000 }
@@ -122,6 +130,9 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
         warnings.append(String(format: "load generator used %.0f%% of a core: it may be the bottleneck, not the server", cpuPct))
     }
     if let e = state.pacerNote { warnings.append(e) }
+    if skew > max(5, o.duration * 10) {  // 1% of the window, at least 5 ms
+        warnings.append(String(format: "the measured window was off by %.0f ms (this thread was starved of its CPU): rates and CPU per message are not reliable", skew))
+    }
     if state.backlogged > 0 {
         warnings.append("\(state.backlogged) open-loop sends could not be issued on time (window full): the server cannot keep up with --rate")
     }
@@ -144,7 +155,7 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     return LoadResult(
         mode: o.mode.rawValue, target: "\(o.host):\(o.port)", backend: backend,
         connections: o.connections, size: o.mode == .echo ? o.size : 0, pipeline: o.pipeline, rate: o.rate,
-        seconds: secs, messages: msgs, messagesPerSecond: Double(msgs) / secs,
+        seconds: secs, windowSkewMillis: skew, messages: msgs, messagesPerSecond: Double(msgs) / secs,
         megabytesPerSecond: Double(state.bytesInWindow) / secs / 1e6,
         latencyMicros: .init(p50: p50, p90: us(h.valueAtPercentile(90)),
                              p99: us(h.valueAtPercentile(99)), p999: us(h.valueAtPercentile(99.9)),
@@ -210,4 +221,17 @@ enum LoadLoop {
             return ("uring-pacer", p.connectFailures)
         }
     }
+}
+
+/// Raises the calling thread one priority step above the SCHED_FIFO/SCHED_RR priority it runs at (no-op
+/// under a normal policy, or where the limit forbids it).
+func raiseAboveInheritedRealtimePriority() {
+    var policy: Int32 = 0
+    var param = sched_param()
+    guard pthread_getschedparam(pthread_self(), &policy, &param) == 0,
+          policy == SCHED_FIFO || policy == SCHED_RR else { return }
+    let top = sched_get_priority_max(policy)
+    guard param.sched_priority < top else { return }
+    param.sched_priority += 1
+    _ = pthread_setschedparam(pthread_self(), policy, &param)
 }
