@@ -29,10 +29,10 @@ public final class LoopExecutor: TaskExecutor, @unchecked Sendable {
     private let owner = Atomic<UInt>(0)
 
     // Loop-local FIFO of jobs: a ring buffer that only grows (power-of-two capacity).
-    private var jobs: UnsafeMutablePointer<UnownedJob>
-    private var jobCapacity = 256
-    private var jobHead = 0
-    private var jobCount = 0
+    @exclusivity(unchecked) private var jobs: UnsafeMutablePointer<UnownedJob>
+    @exclusivity(unchecked) private var jobCapacity = 256
+    @exclusivity(unchecked) private var jobHead = 0
+    @exclusivity(unchecked) private var jobCount = 0
 
     private struct Foreign {
         var jobs: [UnownedJob] = []

@@ -35,45 +35,45 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     let directFiles: Bool
 
     /// Ring-level operations in flight (accept, wake read, timers, listener cancel/close).
-    var ringInflight = 0
+    @exclusivity(unchecked) var ringInflight = 0
     /// Accept operations: one multishot, or (with a per-address cap, which needs each peer's
     /// address) `acceptSlots` single-shot accepts, each with its own address buffer.
     let acceptSlots: Int
     let acceptArmed: UnsafeMutablePointer<Bool>
-    var acceptsArmed = 0
+    @exclusivity(unchecked) var acceptsArmed = 0
     /// Stable memory the kernel writes peer addresses into (single-shot accepts only).
     let acceptAddresses: UnsafeMutablePointer<sockaddr_storage>
     let acceptAddressLengths: UnsafeMutablePointer<socklen_t>
     /// Per-arming byte limit of multishot receives (0: none; set to 0 if the kernel refuses it).
-    var receiveLimit: Int
+    @exclusivity(unchecked) var receiveLimit: Int
     /// What the kernel supports, probed once at start.
     let probe: UringProbe
     /// A receive cancel was prepared during a completion batch: submit once the batch is consumed.
-    var submitSoon = false
+    @exclusivity(unchecked) var submitSoon = false
     /// Whether aborts set SO_LINGER 0 through the ring (socket uring_cmd, Linux 6.7+).
-    var lingerSupported = true
+    @exclusivity(unchecked) var lingerSupported = true
     /// The previous accept failed with ENFILE: a second one in a row is the system's file limit, not
     /// our full direct table, and backs off like any accept error.
-    var lastAcceptENFILE = false
-    var listenerClosed: Bool
+    @exclusivity(unchecked) var lastAcceptENFILE = false
+    @exclusivity(unchecked) var listenerClosed: Bool
 
     /// Operations that found no free SQE even after a submit; drained first on every iteration.
-    var deferred: [UserData] = []
+    @exclusivity(unchecked) var deferred: [UserData] = []
     /// Slots whose receive ended on -ENOBUFS, re-armed once the ring has buffers again.
-    var starved: [Int32] = []
+    @exclusivity(unchecked) var starved: [Int32] = []
     let wakeBuffer: UnsafeMutablePointer<UInt64>
     /// Stable memory: the kernel reads the timespec when the SQE is submitted, after `fill` returns.
     let acceptRetryTimespec: UnsafeMutablePointer<__kernel_timespec>
     let cqes: UnsafeMutablePointer<UnsafeMutablePointer<io_uring_cqe>?>
     /// The loop timer (see UringWait.swift): the absolute CLOCK_MONOTONIC millisecond an armed
     /// IORING_OP_TIMEOUT fires at (0: none armed), and its stable timespec.
-    var loopTimerDue: UInt64 = 0
+    @exclusivity(unchecked) var loopTimerDue: UInt64 = 0
     let loopTimerSpec: UnsafeMutablePointer<__kernel_timespec>
     /// Completion batching: the most completions one wait asks for (1: off) and how long it may hold a
     /// ready one back (the kernel's minimum-wait timeout, probed); completions the last reap found.
     let batchLimit: UInt32
     let batchWaitMicros: UInt32
-    var lastReaped: UInt32 = 0
+    @exclusivity(unchecked) var lastReaped: UInt32 = 0
     let sendVectors: SendVectors
     let cqeBatch = 256
 

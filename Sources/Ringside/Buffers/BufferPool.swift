@@ -32,13 +32,13 @@ final class BufferPool {
     private let start: UnsafeMutablePointer<Int32>
     private let end: UnsafeMutablePointer<Int32>
     private let freeSend: UnsafeMutablePointer<Int32>
-    private(set) var freeSendCount: Int
+    @exclusivity(unchecked) private(set) var freeSendCount: Int
     private let freeRecv: UnsafeMutablePointer<Int32>
-    private(set) var freeRecvCount: Int
+    @exclusivity(unchecked) private(set) var freeRecvCount: Int
 
     /// Chunks out of their home (held by queues or handlers); for leak checks and stats.
-    private(set) var chunksOut: Int = 0
-    private(set) var peakChunksOut: Int = 0
+    @exclusivity(unchecked) private(set) var chunksOut: Int = 0
+    @exclusivity(unchecked) private(set) var peakChunksOut: Int = 0
 
     /// Where released receive chunks go on io_uring (nil on epoll: the receive free list).
     /// Unowned: the io_uring backend owns the ring and outlives the pool's use of it (no ARC per release).

@@ -16,9 +16,9 @@ final class ProvidedBufferRing {
     private let ring: UnsafeMutablePointer<io_uring_buf_ring>
     private let mapBytes: Int
     private let mask: Int32
-    private var pending: Int32 = 0
+    @exclusivity(unchecked) private var pending: Int32 = 0
     /// Buffers currently available to the kernel (approximately: counts what we added minus receives).
-    private(set) var available: Int = 0
+    @exclusivity(unchecked) private(set) var available: Int = 0
 
     /// Maps and registers the ring with `uring`. `entries` must be a power of two.
     init(uring: UnsafeMutablePointer<io_uring>, groupID: UInt16, entries: Int) throws(SyscallError) {

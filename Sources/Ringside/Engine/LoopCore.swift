@@ -3,8 +3,14 @@ import Glibc
 /// The backend-independent state of one event loop: the buffer pool, the connection slab, the dirty
 /// list and the counters. Both backends drive it; handlers reach it through `Connection`.
 ///
-/// Loop-thread confined. `Connection` holds it `unowned(unsafe)` (no ARC per call); the backend keeps
-/// the only strong reference and outlives every handler call.
+/// Loop-thread confined. `Connection` holds it unretained and borrows it at +0 (no ARC per call); the
+/// backend keeps the only strong reference and outlives every handler call.
+///
+/// Its mutable state, like the backends', is marked `@exclusivity(unchecked)`: only the loop thread
+/// touches it and no access to one of these properties is held across a call that reaches the same
+/// property again, so the runtime's dynamic exclusivity check (a thread-local lookup and a call per
+/// access, per message) proves nothing here. The debug suite ran with the checks on before they were
+/// switched off.
 @usableFromInline
 final class LoopCore {
     let pool: BufferPool
@@ -12,18 +18,18 @@ final class LoopCore {
     let states: UnsafeMutablePointer<ConnectionState>
     let capacity: Int
     private let freeSlots: UnsafeMutablePointer<Int32>
-    private var freeSlotCount: Int
-    private(set) var openCount = 0
+    @exclusivity(unchecked) private var freeSlotCount: Int
+    @exclusivity(unchecked) private(set) var openCount = 0
 
     let highWatermark: Int
     let lowWatermark: Int
 
     /// Head of the intrusive list of slots that need backend attention after handler calls.
-    private var dirtyHead: Int32 = -1
+    @exclusivity(unchecked) private var dirtyHead: Int32 = -1
 
     /// The receive chunk lent to the handler call in progress, and whether the handler kept it.
-    var lentChunk: Int32 = -1
-    var lentChunkKept = false
+    @exclusivity(unchecked) var lentChunk: Int32 = -1
+    @exclusivity(unchecked) var lentChunkKept = false
 
     /// The loop's counters. Kept behind a pointer and reached through `_read`/`_modify`, so the hot
     /// path's `counters.x += 1` (and the state machine's `&counters`) costs no dynamic exclusivity check,
@@ -35,19 +41,19 @@ final class LoopCore {
     }
 
     /// One timer per connection slot (the handler's: `Connection.setTimer`).
-    var timers: TimerWheel
+    @exclusivity(unchecked) var timers: TimerWheel
     let dueTimers: UnsafeMutablePointer<Int32>
 
     /// The engine's deadlines (authentication, idle, read, write stall): one entry per inbound slot,
     /// armed at the earliest of them and re-checked lazily when it fires.
-    var deadlines: TimerWheel
+    @exclusivity(unchecked) var deadlines: TimerWheel
     let limits: Limits
     /// Open connections per remote address (only with `maxConnectionsPerAddress`).
-    var addresses: AddressTable
+    @exclusivity(unchecked) var addresses: AddressTable
     /// The loop's clock (CLOCK_MONOTONIC ms), refreshed once per loop iteration by `tick()`.
-    @usableFromInline var now: UInt64
+    @exclusivity(unchecked) @usableFromInline var now: UInt64
     /// The server is stopping (no new receives, connections draining).
-    var stopping = false
+    @exclusivity(unchecked) var stopping = false
     /// When a graceful stop gives up on draining and aborts what is left.
     var drainDeadline: ContinuousClock.Instant? = nil
 
