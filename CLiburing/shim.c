@@ -153,3 +153,40 @@ int rs_submit_and_wait_batch(struct io_uring *ring, unsigned wait_nr, int64_t ti
     }
     return r < 0 ? -errno : (int)r;
 }
+
+int rs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    long r = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    return r < 0 ? -errno : (int)r;
+}
+
+unsigned long rs_statx_buffer_size(void) { return sizeof(struct statx); }
+
+void rs_statx_decode(const void *buf, struct rs_file_status *out) {
+    const struct statx *st = buf;
+    out->size = st->stx_size;
+    out->mtime_sec = st->stx_mtime.tv_sec;
+    out->mtime_nsec = st->stx_mtime.tv_nsec;
+    out->mode = st->stx_mode;
+    out->inode = st->stx_ino;
+    out->device = ((uint64_t)st->stx_dev_major << 32) | st->stx_dev_minor;
+}
+
+int rs_statx_fd(int fd, void *buf) {
+    long r = syscall(SYS_statx, fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, buf);
+    return r < 0 ? -errno : 0;
+}
+
+void rs_prep_statx_fd(struct io_uring_sqe *sqe, int fd, void *buf) {
+    io_uring_prep_statx(sqe, fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, buf);
+}
+
+long rs_pread_nowait(int fd, void *buf, unsigned long count, int64_t offset) {
+    struct iovec iov = { buf, count };
+    ssize_t r = preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
+    return r < 0 ? -errno : (long)r;
+}

@@ -98,6 +98,32 @@ int rs_pin_to_cpu(int cpu);
 /// a constant in static storage (read by the kernel at issue time).
 void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd);
 
+/// openat2(2) (RESOLVE_BENEATH and friends in `resolve`); returns the descriptor or -errno.
+int rs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+
+/// What a file operation's statx reports (decoded from the kernel's struct statx, which this header
+/// cannot define: liburing.h declares it incomplete).
+struct rs_file_status {
+    uint64_t size;
+    int64_t mtime_sec;
+    uint32_t mtime_nsec;
+    uint32_t mode;
+    uint64_t inode;
+    uint64_t device;
+};
+/// preadv2(2) with RWF_NOWAIT of one buffer: answers from the page cache or fails with EAGAIN,
+/// never blocks. Returns the count or -errno.
+long rs_pread_nowait(int fd, void *buf, unsigned long count, int64_t offset);
+
+/// Bytes a statx buffer needs (sizeof(struct statx)).
+unsigned long rs_statx_buffer_size(void);
+/// statx(2) of an open descriptor (AT_EMPTY_PATH, STATX_BASIC_STATS) into `buf`; 0 or -errno.
+int rs_statx_fd(int fd, void *buf);
+/// Prepares the same statx as an io_uring operation.
+void rs_prep_statx_fd(struct io_uring_sqe *sqe, int fd, void *buf);
+/// Decodes a statx buffer.
+void rs_statx_decode(const void *buf, struct rs_file_status *out);
+
 /// The calling thread's kernel id (gettid(2)).
 int rs_gettid(void);
 

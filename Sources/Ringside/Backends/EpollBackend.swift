@@ -14,6 +14,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     let control: LoopControl
     let core: LoopCore
     let handlers: HandlerTable<H>
+    /// File operations on helper threads (see FileOperations.swift).
+    let filePool: BlockingFilePool
     let pool: BufferPool
     let epfd: Int32
     var listenFD: Int32
@@ -45,6 +47,8 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         pool = try BufferPool(config)
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
+        filePool = BlockingFilePool(executor: control.executor)
+        core.files = Unmanaged.passUnretained(filePool)
         epfd = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         var lfd: Int32 = -1
         do {
@@ -72,6 +76,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     deinit {
+        filePool.shutDown()  // (a no-op after a normal end of `run`)
         if listenFD >= 0 { closeDescriptor(listenFD) }
         closeDescriptor(epfd)
         events.deallocate()
@@ -123,8 +128,10 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
             if core.stopping && core.abortAllIfDrainDeadlinePassed() { processDirty() }
             core.refreshGauges()
             control.publish(core.counters)
+            if core.stopping && core.openCount == 0 && filePool.pendingFileOperations > 0 { filePool.cancelAllFileOperations() }
             if core.stopping && core.openCount == 0 && control.executor.shutDownIfIdle(force: core.drainDeadline == nil) { break }
         }
+        filePool.shutDown()
         logger.debug("epoll loop finished", metadata: ["stats": "\(core.counters)"])
     }
 

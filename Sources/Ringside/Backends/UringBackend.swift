@@ -74,6 +74,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     let batchLimit: UInt32
     let batchWaitMicros: UInt32
     @exclusivity(unchecked) var lastReaped: UInt32 = 0
+    /// File operations through the ring (set at the end of init; see UringFiles.swift).
+    var files: UringFiles!
     let sendVectors: SendVectors
     let cqeBatch = 256
 
@@ -133,6 +135,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         let micros = config.completionBatchWait.components.seconds * 1_000_000 + config.completionBatchWait.components.attoseconds / 1_000_000_000_000
         batchWaitMicros = UInt32(clamping: max(1, micros))
         wakeBuffer = .allocate(capacity: 1)
+        files = UringFiles(backend: self, fixed: registeredBuffers ? (UnsafeRawPointer(pool.base), pool.slabBytes) : nil,
+                           prepare: { [unowned self] ud in self.prepare(ud) })
+        core.files = Unmanaged.passUnretained(files)
     }
 
     private static func providedRing(_ ring: Ring, _ config: ServerConfiguration) throws -> ProvidedBufferRing {
@@ -234,7 +239,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             core.counters.cqDropped = Int(ring.droppedCompletions)
             core.refreshGauges()
             control.publish(core.counters)
-            if core.stopping && core.openCount == 0 && ringInflight == 0 && deferred.isEmpty
+            if core.stopping && core.openCount == 0 && files.pendingFileOperations > 0 { files.cancelAllFileOperations() }
+            if core.stopping && core.openCount == 0 && ringInflight == 0 && deferred.isEmpty && files.pendingFileOperations == 0
                 && control.executor.shutDownIfIdle(force: core.drainDeadline == nil) { break }
         }
         logger.debug("uring loop finished", metadata: ["stats": "\(core.counters)"])

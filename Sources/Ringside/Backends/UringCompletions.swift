@@ -21,6 +21,10 @@ extension UringBackend {
             if !core.stopping && !acceptArmed[Int(ud.slot)] { armAccept(Int(ud.slot)) }
         case .loopTimer:
             loopTimerFired(ud)
+        case .file:
+            files.complete(ud, res: res)
+        case .fileCancel:
+            ringInflight -= 1
         case .cancelAccept, .closeDirect:
             ringInflight -= 1
         case .closeListener:

@@ -18,6 +18,8 @@ extension UringBackend {
         switch ud.kind! {
         case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger: core.states[Int(ud.slot)].inflight += 1
         case .loopTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
+        case .file: break  // counted by `files` (pendingFileOperations), awaited at stop
+        case .fileCancel: ringInflight += 1
         default: ringInflight += 1
         }
         if !deferred.isEmpty || !fill(ud) {
@@ -80,6 +82,10 @@ extension UringBackend {
             io_uring_prep_timeout(s, acceptRetryTimespec, 0, 0)
         case .loopTimer:
             io_uring_prep_timeout(s, loopTimerSpec, 0, UInt32(IORING_TIMEOUT_ABS))
+        case .file:
+            files.fill(s, ud)
+        case .fileCancel:
+            io_uring_prep_cancel64(s, UserData(.file, slot: ud.slot, generation: ud.generation).raw, 0)
         case .cancelAccept:
             io_uring_prep_cancel_fd(s, listenFD, UInt32(IORING_ASYNC_CANCEL_ALL))
         case .closeListener:

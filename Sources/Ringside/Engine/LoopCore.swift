@@ -54,6 +54,8 @@ final class LoopCore {
     @exclusivity(unchecked) @usableFromInline var now: UInt64
     /// The server is stopping (no new receives, connections draining).
     @exclusivity(unchecked) var stopping = false
+    /// The backend's file operations (unretained: the backend owns them and outlives every call).
+    var files: Unmanaged<AnyObject>? = nil
     /// When a graceful stop gives up on draining and aborts what is left.
     var drainDeadline: ContinuousClock.Instant? = nil
 

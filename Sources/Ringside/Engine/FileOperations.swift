@@ -1,0 +1,199 @@
+import CLiburing
+import Glibc
+
+/// One file operation, as the engine carries it out (io_uring: a ring operation; epoll: a blocking
+/// syscall on a helper thread). Buffers and the path must stay valid until the completion runs.
+enum FileRequest {
+    case open(path: UnsafeMutablePointer<CChar>, directory: Int32, flags: Int32, mode: UInt32, resolve: UInt64)
+    case read(fd: Int32, buffer: UnsafeMutableRawPointer, count: Int, offset: Int64)
+    case write(fd: Int32, buffer: UnsafeRawPointer, count: Int, offset: Int64)
+    case sync(fd: Int32, dataOnly: Bool)
+    case stat(fd: Int32)
+    case close(fd: Int32)
+}
+
+/// What a file operation produced: a count or descriptor, a status, or an errno.
+enum FileOutcome {
+    case value(Int)
+    case status(rs_file_status)
+    case failure(Int32)
+}
+
+typealias FileCompletion = (FileOutcome) -> Void
+
+/// The loop's file operations (one implementation per backend). Loop thread only: `submit` is called
+/// on it and every completion runs on it, exactly once, also when the loop stops (then with ECANCELED).
+protocol LoopFileOperations: AnyObject {
+    func submit(_ request: FileRequest, _ done: @escaping FileCompletion)
+    /// Operations submitted and not yet completed.
+    var pendingFileOperations: Int { get }
+    /// The loop is ending: every pending operation completes now with ECANCELED (late results of work
+    /// already running elsewhere are dropped).
+    func cancelAllFileOperations()
+}
+
+/// A value that crosses to a helper thread and back without being touched there: the loop thread
+/// creates it and the loop thread uses it (invariant kept by `BlockingFilePool`).
+struct LoopConfined<T>: @unchecked Sendable {
+    let value: T
+}
+
+/// The epoll backend's file operations: a small bounded pool of threads that run the blocking
+/// syscalls and post each result back to the loop through its executor (the loop's eventfd), so no
+/// file syscall ever blocks the loop thread. A read first tries `preadv2(RWF_NOWAIT)` on the loop,
+/// which answers from the page cache without blocking or fails with EAGAIN.
+final class BlockingFilePool: LoopFileOperations {
+    private struct Job {
+        let id: UInt64
+        let request: FileRequest
+    }
+
+    // Invariant: `mutex`/`condition` guard `queue` and `stopping`; they are allocated once, initialised
+    // in init and destroyed in deinit after every worker has exited (workers are joined).
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let condition: UnsafeMutablePointer<pthread_cond_t>
+    private var queue: [Job] = []
+    private var stopping = false
+    private var threads: [pthread_t] = []
+    private let capacity: Int
+
+    private let executor: LoopExecutor
+    /// Loop thread only: completions not yet delivered, by operation id.
+    private var waiting: [UInt64: FileCompletion] = [:]
+    private var nextID: UInt64 = 1
+
+    init(executor: LoopExecutor, threads count: Int = 2, capacity: Int = 1024) {
+        self.executor = executor
+        self.capacity = capacity
+        mutex = .allocate(capacity: 1)
+        condition = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+        for _ in 0..<count {
+            var t = pthread_t()
+            let box = Unmanaged.passRetained(WorkerContext(pool: self))
+            if pthread_create(&t, nil, { arg in
+                let ctx = Unmanaged<WorkerContext>.fromOpaque(arg!).takeRetainedValue()
+                ctx.pool.work()
+                return nil
+            }, box.toOpaque()) == 0 {
+                pthread_detach(t)
+                threads.append(t)
+            } else {
+                box.release()
+            }
+        }
+    }
+
+    private final class WorkerContext {
+        let pool: BlockingFilePool
+        init(pool: BlockingFilePool) { self.pool = pool }
+    }
+
+    /// Stops the workers: each exits once idle. They are detached, not joined: an operation stuck in
+    /// the kernel (a read of a FIFO nobody writes) keeps its thread until it returns, and its result is
+    /// dropped (the loop has completed it with ECANCELED already). Each worker holds the pool, so its
+    /// memory outlives every worker.
+    func shutDown() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
+        threads.removeAll()
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    var pendingFileOperations: Int { waiting.count }
+
+    func submit(_ request: FileRequest, _ done: @escaping FileCompletion) {
+        // A page-cache hit answers at once, without a thread hop (still delivered after this call).
+        if case .read(let fd, let buffer, let count, let offset) = request {
+            let r = rs_pread_nowait(fd, buffer, UInt(count), offset)
+            if r >= 0 || (-r != EAGAIN && -r != EOPNOTSUPP && -r != EINVAL) {
+                let outcome: FileOutcome = r >= 0 ? .value(r) : .failure(Int32(-r))
+                let id = nextID; nextID += 1
+                waiting[id] = done
+                post(id, outcome)
+                return
+            }
+        }
+        let id = nextID; nextID += 1
+        pthread_mutex_lock(mutex)
+        let full = queue.count >= capacity
+        if !full { queue.append(Job(id: id, request: request)); pthread_cond_signal(condition) }
+        pthread_mutex_unlock(mutex)
+        waiting[id] = done
+        if full { post(id, .failure(EBUSY)) }  // the bounded queue is full: the caller hears it
+    }
+
+    func cancelAllFileOperations() {
+        pthread_mutex_lock(mutex)
+        let queued = queue.filter { if case .close = $0.request { return true } else { return false } }
+        queue.removeAll()
+        queue.append(contentsOf: queued)  // closes still run: a descriptor is never leaked by a stop
+        pthread_mutex_unlock(mutex)
+        let closing = Set(queued.map(\.id))
+        let all = waiting
+        waiting.removeAll()
+        // A queued close is still carried out by a worker after the loop ends, so it is reported done.
+        for (id, done) in all.sorted(by: { $0.key < $1.key }) { done(closing.contains(id) ? .value(0) : .failure(ECANCELED)) }
+    }
+
+    /// Delivers `outcome` to operation `id` on the loop thread. If nobody takes it (the loop has
+    /// stopped, or the operation was cancelled), a descriptor an open produced is closed, not leaked.
+    private func post(_ id: UInt64, _ outcome: FileOutcome, opened: Bool = false) {
+        let me = LoopConfined(value: Unmanaged.passUnretained(self))
+        let result = LoopConfined(value: outcome)
+        let accepted = executor.execute {
+            let pool = me.value.takeUnretainedValue()
+            if let done = pool.waiting.removeValue(forKey: id) { done(result.value) }
+            else if opened, case .value(let fd) = result.value { Glibc.close(Int32(fd)) }
+        }
+        if !accepted, opened, case .value(let fd) = outcome { Glibc.close(Int32(fd)) }
+    }
+
+    private func work() {
+        while true {
+            pthread_mutex_lock(mutex)
+            while queue.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
+            if stopping { pthread_mutex_unlock(mutex); return }
+            let job = queue.removeFirst()
+            pthread_mutex_unlock(mutex)
+            var opened = false
+            if case .open = job.request { opened = true }
+            post(job.id, Self.run(job.request), opened: opened)
+        }
+    }
+
+    /// The blocking syscall itself (helper thread).
+    static func run(_ request: FileRequest) -> FileOutcome {
+        func outcome(_ r: Int) -> FileOutcome { r >= 0 ? .value(r) : .failure(errno) }
+        switch request {
+        case .open(let path, let dir, let flags, let mode, let resolve):
+            let r = rs_openat2(dir, path, UInt64(UInt32(bitPattern: flags)), UInt64(mode), resolve)
+            return r >= 0 ? .value(Int(r)) : .failure(-r)
+        case .read(let fd, let buffer, let count, let offset):
+            return outcome(offset < 0 ? Glibc.read(fd, buffer, count) : pread(fd, buffer, count, Int(offset)))
+        case .write(let fd, let buffer, let count, let offset):
+            return outcome(offset < 0 ? Glibc.write(fd, buffer, count) : pwrite(fd, buffer, count, Int(offset)))
+        case .sync(let fd, let dataOnly):
+            return outcome(Int(dataOnly ? fdatasync(fd) : fsync(fd)))
+        case .stat(let fd):
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: Int(rs_statx_buffer_size()), alignment: 16)
+            defer { buf.deallocate() }
+            let r = rs_statx_fd(fd, buf)
+            guard r == 0 else { return .failure(-r) }
+            var st = rs_file_status()
+            rs_statx_decode(buf, &st)
+            return .status(st)
+        case .close(let fd):
+            return outcome(Int(Glibc.close(fd)))
+        }
+    }
+}
