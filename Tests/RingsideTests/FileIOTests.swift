@@ -9,10 +9,14 @@ import RingsideProtocols
 /// someone writes), `beneath DIR` (opens DIR/../x with RESOLVE_BENEATH), anything else is echoed.
 struct FileScriptHandler: ConnectionHandler {
     var line: [UInt8] = []
-    /// Memory the kernel or a helper thread reads and writes until a completion runs: owned here for
-    /// the whole script (freed in `closed`, after every completion: the loop cancels pending ones
-    /// before it ends, and completions for this connection run before its `closed`... see `pending`).
-    var buffer: UnsafeMutableRawBufferPointer? = nil
+
+    /// The memory a script's operations read into and write from: it must stay valid until their
+    /// completions run, which can be after the connection closed (a stop cancels pending operations
+    /// once the connections are gone), so every completion closure holds it and the last one frees it.
+    final class Buffer {
+        let p = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 64)
+        deinit { p.deallocate() }
+    }
 
     mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
         line += bytes.bytes
@@ -22,23 +26,22 @@ struct FileScriptHandler: ConnectionHandler {
         let parts = command.split(separator: " ", maxSplits: 1).map(String.init)
         let files = connection.files
         func reply(_ s: String) { try? connection.write(Array((s + "\n").utf8)) }
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 64)
-        buffer = buf  // (kept until the process ends in tests that stop with an op pending)
+        let box = Buffer()
         switch parts[0] {
         case "roundtrip":
             let data = (0..<(200 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
-            buf.copyBytes(from: data)
+            box.p.copyBytes(from: data)
             files.open(parts[1], flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o600) { r in
                 guard case .success(let fd) = r else { reply("open failed \(r)"); return }
-                files.write(fd, from: UnsafeRawBufferPointer(rebasing: buf[..<data.count]), at: 0) { w in
+                files.write(fd, from: UnsafeRawBufferPointer(rebasing: box.p[..<data.count]), at: 0) { w in
                     guard case .success(let n) = w, n == data.count else { reply("write \(w)"); return }
                     files.sync(fd, dataOnly: true) { s in
                         guard case .success = s else { reply("sync \(s)"); return }
                         files.stat(fd) { st in
                             guard case .success(let status) = st, status.size == data.count, status.isRegularFile else { reply("stat \(st)"); return }
-                            buf.initializeMemory(as: UInt8.self, repeating: 0)
-                            files.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buf[..<data.count]), at: 0) { rd in
-                                let same = Array(buf[..<data.count]) == data
+                            box.p.initializeMemory(as: UInt8.self, repeating: 0)
+                            files.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: box.p[..<data.count]), at: 0) { rd in
+                                let same = Array(box.p[..<data.count]) == data
                                 files.close(fd) { c in
                                     reply(rd == .success(data.count) && same && (try? c.get()) != nil ? "ok \(status.size)" : "read \(rd) same=\(same) close=\(c)")
                                 }
@@ -50,16 +53,16 @@ struct FileScriptHandler: ConnectionHandler {
         case "full":
             files.open("/dev/full", flags: O_WRONLY) { r in
                 guard case .success(let fd) = r else { reply("open failed \(r)"); return }
-                files.write(fd, from: UnsafeRawBufferPointer(rebasing: buf[..<4096]), at: -1) { w in
+                files.write(fd, from: UnsafeRawBufferPointer(rebasing: box.p[..<4096]), at: -1) { w in
                     files.close(fd) { _ in reply(w == .failure(FileError(errno: ENOSPC)) ? "ENOSPC" : "unexpected \(w)") }
                 }
             }
         case "fifo":
             files.open(parts[1], flags: O_RDWR) { r in  // O_RDWR: the open does not wait for a writer
                 guard case .success(let fd) = r else { reply("open failed \(r)"); return }
-                files.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buf[..<64]), at: -1) { rd in
+                files.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: box.p[..<64]), at: -1) { rd in
                     switch rd {
-                    case .success(let n): reply("fifo " + String(decoding: buf[..<n], as: UTF8.self))
+                    case .success(let n): reply("fifo " + String(decoding: box.p[..<n], as: UTF8.self))
                     case .failure(let e): reply("fifo error \(e.errno)")
                     }
                     files.close(fd)

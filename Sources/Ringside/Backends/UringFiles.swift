@@ -42,7 +42,7 @@ final class UringFiles: LoopFileOperations {
     deinit {
         statBuffers.deallocate()
         openHows.deallocate()
-        for s in slots { s.path?.deallocate() }
+        for s in slots { Glibc.free(s.path) }
     }
 
     /// Requests waiting for an SQE, by slot (filled by the backend's `fill`).
@@ -101,7 +101,7 @@ final class UringFiles: LoopFileOperations {
         let slot = Int(ud.slot)
         guard slots[slot].generation == ud.generation, let done = slots[slot].done else { return }
         slots[slot].done = nil
-        slots[slot].path?.deallocate()
+        Glibc.free(slots[slot].path)
         slots[slot].path = nil
         free.append(ud.slot)
         pendingFileOperations -= 1

@@ -43,9 +43,13 @@ struct LoopConfined<T>: @unchecked Sendable {
 /// file syscall ever blocks the loop thread. A read first tries `preadv2(RWF_NOWAIT)` on the loop,
 /// which answers from the page cache without blocking or fails with EAGAIN.
 final class BlockingFilePool: LoopFileOperations {
+    /// A job owns what its helper thread touches: its path copy and a bounce buffer for reads and
+    /// writes, so a helper never reads or writes the caller's memory (a cancelled operation may still
+    /// be running in a helper when the loop reports ECANCELED and the caller frees its buffer).
     private struct Job {
         let id: UInt64
         let request: FileRequest
+        let bounce: UnsafeMutableRawBufferPointer?
     }
 
     // Invariant: `mutex`/`condition` guard `queue` and `stopping`; they are allocated once, initialised
@@ -58,8 +62,9 @@ final class BlockingFilePool: LoopFileOperations {
     private let capacity: Int
 
     private let executor: LoopExecutor
-    /// Loop thread only: completions not yet delivered, by operation id.
+    /// Loop thread only: completions not yet delivered, by operation id, and where a read's bytes go.
     private var waiting: [UInt64: FileCompletion] = [:]
+    private var readTargets: [UInt64: UnsafeMutableRawPointer] = [:]
     private var nextID: UInt64 = 1
 
     init(executor: LoopExecutor, threads count: Int = 2, capacity: Int = 1024) {
@@ -124,20 +129,46 @@ final class BlockingFilePool: LoopFileOperations {
             }
         }
         let id = nextID; nextID += 1
+        var job: Job
+        switch request {
+        case .read(let fd, let buffer, let count, let offset):
+            let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, count), alignment: 64)
+            readTargets[id] = buffer
+            job = Job(id: id, request: .read(fd: fd, buffer: bounce.baseAddress!, count: count, offset: offset), bounce: bounce)
+        case .write(let fd, let buffer, let count, let offset):
+            let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, count), alignment: 64)
+            bounce.baseAddress!.copyMemory(from: buffer, byteCount: count)
+            job = Job(id: id, request: .write(fd: fd, buffer: bounce.baseAddress!, count: count, offset: offset), bounce: bounce)
+        default:
+            job = Job(id: id, request: request, bounce: nil)
+        }
         pthread_mutex_lock(mutex)
         let full = queue.count >= capacity
-        if !full { queue.append(Job(id: id, request: request)); pthread_cond_signal(condition) }
+        if !full { queue.append(job); pthread_cond_signal(condition) }
         pthread_mutex_unlock(mutex)
         waiting[id] = done
-        if full { post(id, .failure(EBUSY)) }  // the bounded queue is full: the caller hears it
+        if full {  // the bounded queue is full: the caller hears it
+            Self.release(job)
+            readTargets[id] = nil
+            post(id, .failure(EBUSY))
+        }
+    }
+
+    /// Frees what a job owns (its path copy, its bounce buffer).
+    private static func release(_ job: Job) {
+        job.bounce?.deallocate()
+        if case .open(let path, _, _, _, _) = job.request { free(path) }
     }
 
     func cancelAllFileOperations() {
         pthread_mutex_lock(mutex)
         let queued = queue.filter { if case .close = $0.request { return true } else { return false } }
+        let dropped = queue.filter { if case .close = $0.request { return false } else { return true } }
         queue.removeAll()
         queue.append(contentsOf: queued)  // closes still run: a descriptor is never leaked by a stop
         pthread_mutex_unlock(mutex)
+        for job in dropped { Self.release(job) }
+        readTargets.removeAll()
         let closing = Set(queued.map(\.id))
         let all = waiting
         waiting.removeAll()
@@ -147,27 +178,51 @@ final class BlockingFilePool: LoopFileOperations {
 
     /// Delivers `outcome` to operation `id` on the loop thread. If nobody takes it (the loop has
     /// stopped, or the operation was cancelled), a descriptor an open produced is closed, not leaked.
-    private func post(_ id: UInt64, _ outcome: FileOutcome, opened: Bool = false) {
+    /// A read's bounce buffer travels with its outcome and is copied to the caller's buffer on the loop
+    /// thread, only if the caller still waits; it is freed either way.
+    private func post(_ id: UInt64, _ outcome: FileOutcome, opened: Bool = false,
+                      readBounce: UnsafeMutableRawBufferPointer? = nil) {
         let me = LoopConfined(value: Unmanaged.passUnretained(self))
         let result = LoopConfined(value: outcome)
+        let bounce = LoopConfined(value: readBounce)
         let accepted = executor.execute {
             let pool = me.value.takeUnretainedValue()
-            if let done = pool.waiting.removeValue(forKey: id) { done(result.value) }
-            else if opened, case .value(let fd) = result.value { Glibc.close(Int32(fd)) }
+            let target = pool.readTargets.removeValue(forKey: id)
+            if let done = pool.waiting.removeValue(forKey: id) {
+                if let b = bounce.value, let target, case .value(let n) = result.value, n > 0 {
+                    target.copyMemory(from: b.baseAddress!, byteCount: n)
+                }
+                bounce.value?.deallocate()
+                done(result.value)
+            } else {
+                bounce.value?.deallocate()
+                if opened, case .value(let fd) = result.value { Glibc.close(Int32(fd)) }
+            }
         }
-        if !accepted, opened, case .value(let fd) = outcome { Glibc.close(Int32(fd)) }
+        if !accepted {
+            readBounce?.deallocate()
+            if opened, case .value(let fd) = outcome { Glibc.close(Int32(fd)) }
+        }
     }
 
     private func work() {
         while true {
             pthread_mutex_lock(mutex)
             while queue.isEmpty && !stopping { pthread_cond_wait(condition, mutex) }
-            if stopping { pthread_mutex_unlock(mutex); return }
+            if queue.isEmpty { pthread_mutex_unlock(mutex); return }  // stopping, nothing left (closes run first)
             let job = queue.removeFirst()
             pthread_mutex_unlock(mutex)
-            var opened = false
-            if case .open = job.request { opened = true }
-            post(job.id, Self.run(job.request), opened: opened)
+            let outcome = Self.run(job.request)
+            switch job.request {
+            case .open(let path, _, _, _, _):
+                free(path)
+                post(job.id, outcome, opened: true)
+            case .read:
+                post(job.id, outcome, readBounce: job.bounce)  // the loop copies it out and frees it
+            default:
+                job.bounce?.deallocate()
+                post(job.id, outcome)
+            }
         }
     }
 
