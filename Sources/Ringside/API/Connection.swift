@@ -25,6 +25,17 @@ public struct Connection {
     /// An identifier unique among the connections open on this loop (slot and generation).
     public var id: UInt64 { UInt64(generation) << 32 | UInt64(UInt32(bitPattern: slot)) }
 
+    /// The remote address: the client's as a trusted proxy's PROXY header gave it
+    /// (``ServerConfiguration/proxyProtocol``), else the socket's peer. Nil for outbound connections,
+    /// for a stale handle, and on io_uring when the accept did not ask the kernel for addresses (a
+    /// multishot accept: used when neither a per-address cap nor the PROXY protocol is configured).
+    public var peerAddress: PeerAddress? {
+        guard current, core.states[Int(slot)].traits.contains(.peerKnown) else { return nil }
+        let i = Int(slot)
+        return PeerAddress(ip: IPAddress(high: core.states[i].addressHigh, low: core.states[i].addressLow),
+                           port: core.states[i].peerPort)
+    }
+
     /// Bytes queued for sending and not yet acknowledged by the kernel (0 for a stale handle).
     public var queuedOutboundBytes: Int { current ? core.states[Int(slot)].queuedBytes : 0 }
 

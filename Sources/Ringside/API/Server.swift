@@ -30,6 +30,8 @@ public enum RingsideServer {
         var loops: [Loop] = []
         loops.reserveCapacity(threads)
         var first: Loop.Started? = nil
+        // PROXY protocol: every handler sits behind the header phase (ProxyProtocolHandler).
+        let policy = configuration.proxyProtocol.map { ProxyProtocolPolicy($0, logger: logger) }
         do {
             for index in 0..<threads {
                 var config = configuration
@@ -44,8 +46,12 @@ public enum RingsideServer {
                     out.count = out.count / threads + (index < out.count % threads ? 1 : 0)
                     config.connect = out
                 }
-                let (loop, started) = try Loop.start(index: index, configuration: config, logger: logger,
-                                                     factory: makeHandler)
+                let (loop, started) = if let policy {
+                    try Loop.start(index: index, configuration: config, logger: logger,
+                                   factory: { ProxyProtocolHandler(makeHandler(), policy: policy) })
+                } else {
+                    try Loop.start(index: index, configuration: config, logger: logger, factory: makeHandler)
+                }
                 loops.append(loop)
                 if first == nil { first = started }
             }
@@ -69,6 +75,7 @@ public enum RingsideServer {
             "keepAlive": "\(configuration.keepAlive.map { "\($0.idle)/\($0.interval)x\($0.count)" } ?? "off")",
             "receiveBurstLimit": "\(configuration.receiveBurstLimit)",
             "disabledFeatures": "\(configuration.disabledFeatures)",
+            "proxyProtocol": "\(configuration.proxyProtocol.map { "trusting \($0.trustedProxies.map(\.description).joined(separator: ","))" } ?? "off")",
         ]
         if configuration.listen { metadata["listen"] = "\(configuration.host):\(f.port)" }
         logger.info("ringside started", metadata: metadata)

@@ -67,9 +67,12 @@ struct ConnectionState {
     var authDue: UInt64 = 0
     /// Read deadline set by the handler (or the linger end); 0: none.
     var readDue: UInt64 = 0
-    /// Remote address key (IPv4 mapped into IPv6) counted against `maxConnectionsPerAddress`.
+    /// Remote address key (IPv4 mapped into IPv6): the peer's once known (`.peerKnown`; with the PROXY
+    /// protocol, the client's), counted against `maxConnectionsPerAddress` when `.addressCounted`.
     var addressHigh: UInt64 = 0
     var addressLow: UInt64 = 0
+    /// The peer's port (with `.peerKnown`).
+    var peerPort: UInt16 = 0
 
     /// Where the connection is in its life.
     enum Phase: UInt8 {
@@ -121,6 +124,8 @@ struct ConnectionState {
         static let deadlines = Traits(rawValue: 1 << 1)
         /// Counted in the per-address table.
         static let addressCounted = Traits(rawValue: 1 << 2)
+        /// `addressHigh`/`addressLow`/`peerPort` hold the peer's address (`Connection.peerAddress`).
+        static let peerKnown = Traits(rawValue: 1 << 3)
     }
 
     /// What the connection needs next.
