@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize conformance-masks
+.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize conformance-masks haproxy-rolling
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,7 @@ test: setup
 	$(MAKE) -s bench-check
 	bash scripts/release-smoke.sh
 	bash scripts/adversarial.sh
+	bash scripts/haproxy-rolling.sh
 	$(MAKE) -s kernel-matrix KERNEL_MATRIX_ARGS="--nice -10"
 	swift build --build-tests
 	swift test --skip-build --disable-xctest --no-parallel
@@ -44,6 +45,11 @@ bench-check:
 # The adversarial suite alone (scripts/adversarial.sh; SCALE=0.2 for a quick run).
 attack: setup
 	bash scripts/adversarial.sh
+
+# Behind a real load balancer (scripts/haproxy-rolling.sh): HAProxy with send-proxy-v2 and /ready health
+# checks in front of two instances; a rolling restart under wrk load must fail 0 requests (about 30 s).
+haproxy-rolling: setup
+	bash scripts/haproxy-rolling.sh
 
 # The kernel matrix (scripts/kernel-matrix/run.sh): Debian's 6.1 and 6.12 cloud kernels booted under
 # qemu (TCG) with the release binaries; bursts, a non-reading client and a stop under load on io_uring

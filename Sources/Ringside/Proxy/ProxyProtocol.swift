@@ -308,13 +308,15 @@ public struct ProxyHeaderParser: Sendable {
 // MARK: encoding (clients, tests)
 
 extension ProxyHeader {
-    /// The v1 text header for this value (`PROXY TCP4 ...\r\n`, `PROXY UNKNOWN\r\n`). Both addresses of
-    /// a proxied header must be of one family.
+    /// The v1 text header for this value (`PROXY TCP4 ...\r\n`, `PROXY UNKNOWN\r\n`): `TCP4` when both
+    /// addresses are IPv4, else `TCP6` with IPv4 mapped.
     public var v1Bytes: [UInt8] {
         switch self {
         case .local: return Array("PROXY UNKNOWN\r\n".utf8)
         case .proxied(let s, let d):
-            return Array("PROXY \(s.ip.isIPv4 ? "TCP4" : "TCP6") \(s.ip) \(d.ip) \(s.port) \(d.port)\r\n".utf8)
+            let v4 = s.ip.isIPv4 && d.ip.isIPv4
+            func text(_ a: IPAddress) -> String { !v4 && a.isIPv4 ? "::ffff:\(a)" : "\(a)" }
+            return Array("PROXY \(v4 ? "TCP4" : "TCP6") \(text(s.ip)) \(text(d.ip)) \(s.port) \(d.port)\r\n".utf8)
         }
     }
 
