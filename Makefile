@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize conformance-masks haproxy-rolling
+.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize conformance-masks haproxy-rolling docs
 
 setup:
 	@bash scripts/setup.sh
@@ -66,6 +66,12 @@ echo-bench: release bench-tools
 	  uring="$$(swift build -c release --show-bin-path)/ringside serve --backend uring --port 0" \
 	  epoll="$$(swift build -c release --show-bin-path)/ringside serve --backend epoll --port 0" \
 	  c-ref="bench/c/build/ref_echo_server --port 0"
+
+# DocC reference and articles of the library targets (swift-docc-plugin); any warning fails the build.
+# Archives: .build/plugins/Swift-DocC/outputs/<Target>.doccarchive.
+DOC_TARGETS := Ringside RingsideHTTP RingsideService
+docs: setup
+	swift package generate-documentation $(foreach t,$(DOC_TARGETS),--target $(t)) --warnings-as-errors
 
 # Coverage-guided fuzzing (libFuzzer + AddressSanitizer; Fuzz/, scripts/fuzz.sh). FUZZ_SECONDS: total
 # time shared by the targets (default 600); FUZZ_MERGE=1: merge new coverage into the committed seeds.
