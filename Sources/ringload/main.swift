@@ -10,7 +10,8 @@ struct Seconds: ExpressibleByArgument, CustomStringConvertible {
     let value: Double
     var description: String {
         if value == 0 { return "0s" }
-        if value < 1, (value * 1000).rounded() == value * 1000 { return "\(Int(value * 1000))ms" }
+        guard value.isFinite, abs(value) < 1e15 else { return "\(value)s" }
+        if abs(value) < 1, (value * 1000).rounded() == value * 1000 { return "\(Int(value * 1000))ms" }
         if value.rounded() == value { return "\(Int(value))s" }
         return "\(value)s"
     }

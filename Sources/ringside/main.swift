@@ -30,7 +30,8 @@ struct DurationArgument: ExpressibleByArgument, CustomStringConvertible {
     /// `0s`, `500ms`, `10s`, `1.5s`, `120s`.
     static func format(_ s: Double) -> String {
         if s == 0 { return "0s" }
-        if s < 1, (s * 1000).rounded() == s * 1000 { return "\(Int(s * 1000))ms" }
+        guard s.isFinite, abs(s) < 1e15 else { return "\(s)s" }
+        if abs(s) < 1, (s * 1000).rounded() == s * 1000 { return "\(Int(s * 1000))ms" }
         if s.rounded() == s { return "\(Int(s))s" }
         return "\(s)s"
     }
@@ -190,6 +191,7 @@ struct Serve: ParsableCommand {
         let config = try serverConfiguration()
         let http = self.protocol == .http ? try httpConfiguration() : nil
         let readiness = Readiness()
+        let delay = try seconds(shutdownDelay, "--shutdown-delay") ?? .zero
 
         // SIGPIPE would kill us on a write to a reset peer; sends use MSG_NOSIGNAL, this is belt and braces.
         signal(SIGPIPE, SIG_IGN)
@@ -225,7 +227,6 @@ struct Serve: ParsableCommand {
         var sig: Int32 = 0
         sigwait(&set, &sig)
         readiness.markUnready()
-        let delay = try seconds(shutdownDelay, "--shutdown-delay") ?? .zero
         if delay > .zero {
             // Still serving, unready: the load balancer's health checks take this instance out of rotation.
             logger.info("signal \(sig): unready; stopping in \(shutdownDelay) (a second signal stops at once)")
