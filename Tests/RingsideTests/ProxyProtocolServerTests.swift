@@ -150,3 +150,15 @@ extension TestClient {
         }
     }
 }
+
+@Suite struct DurationTextTests {
+    @Test func compactDescriptions() {
+        #expect(Duration.seconds(10).compactDescription == "10s")
+        #expect(Duration.milliseconds(500).compactDescription == "500ms")
+        #expect(Duration.milliseconds(1500).compactDescription == "1.5s")
+        #expect(Duration.microseconds(250).compactDescription == "250us")
+        #expect(Duration.zero.compactDescription == "0s")
+        #expect(Duration.seconds(-1).compactDescription == "-1s")
+        #expect(Duration.milliseconds(-20).compactDescription == "-20ms")
+    }
+}

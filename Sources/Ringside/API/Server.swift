@@ -67,15 +67,15 @@ public enum RingsideServer {
             "cpus": "\(configuration.cpuAffinity.map { $0.map(String.init).joined(separator: ",") } ?? "unpinned")",
             "maxConnections": "\(configuration.maxConnections)\(threads > 1 ? " per loop" : "")",
             "watermarks": "\(configuration.highWatermark)/\(configuration.lowWatermark)",
-            "drainTimeout": "\(configuration.drainTimeout)",
-            "authenticationTimeout": "\(configuration.authenticationTimeout.map { "\($0)" } ?? "off")",
-            "idleTimeout": "\(configuration.idleTimeout.map { "\($0)" } ?? "off")",
-            "writeStallTimeout": "\(configuration.writeStallTimeout.map { "\($0)" } ?? "off")",
+            "drainTimeout": "\(configuration.drainTimeout.compactDescription)",
+            "authenticationTimeout": "\(configuration.authenticationTimeout.map(\.compactDescription) ?? "off")",
+            "idleTimeout": "\(configuration.idleTimeout.map(\.compactDescription) ?? "off")",
+            "writeStallTimeout": "\(configuration.writeStallTimeout.map(\.compactDescription) ?? "off")",
             "maxConnectionsPerAddress": "\(configuration.maxConnectionsPerAddress.map { "\($0)\(threads > 1 ? " per loop" : "")" } ?? "off")",
-            "keepAlive": "\(configuration.keepAlive.map { "\($0.idle)/\($0.interval)x\($0.count)" } ?? "off")",
+            "keepAlive": "\(configuration.keepAlive.map { "\($0.idle.compactDescription)/\($0.interval.compactDescription)x\($0.count)" } ?? "off")",
             "receiveBurstLimit": "\(configuration.receiveBurstLimit)",
             "disabledFeatures": "\(configuration.disabledFeatures)",
-            "proxyProtocol": "\(configuration.proxyProtocol.map { "trusting \($0.trustedProxies.map(\.description).joined(separator: ","))" } ?? "off")",
+            "proxyProtocol": "\(configuration.proxyProtocol.map { "trusting \($0.trustedProxies.map(\.description).joined(separator: ",")), header within \($0.headerTimeout.compactDescription)" } ?? "off")",
         ]
         if configuration.listen { metadata["listen"] = "\(configuration.host):\(f.port)" }
         logger.info("ringside started", metadata: metadata)

@@ -222,7 +222,7 @@ extension ServerConfiguration {
         try check(receiveBurstLimit >= 0, "receiveBurstLimit", "\(receiveBurstLimit) is negative (0: no limit)")
         if let pp = proxyProtocol {
             try check(pp.headerTimeout >= .milliseconds(1) && pp.headerTimeout <= Self.maximumDuration,
-                      "proxyProtocol.headerTimeout", "\(pp.headerTimeout) is outside 1 ms...100 years")
+                      "proxyProtocol.headerTimeout", "\(pp.headerTimeout.compactDescription) is outside 1ms...100 years")
             try check((232...65551).contains(pp.maximumHeaderLength), "proxyProtocol.maximumHeaderLength",
                       "\(pp.maximumHeaderLength) is outside 232...65551 (16 + the largest v2 length)")
         }
@@ -266,9 +266,9 @@ extension ServerConfiguration {
     private func validateDurations() throws(ConfigurationError) {
         func check(_ d: Duration?, _ field: String) throws(ConfigurationError) {
             guard let d else { return }
-            guard d >= .zero else { throw ConfigurationError(field: field, problem: "\(d) is negative") }
+            guard d >= .zero else { throw ConfigurationError(field: field, problem: "\(d.compactDescription) is negative") }
             guard d <= Self.maximumDuration else {
-                throw ConfigurationError(field: field, problem: "\(d) is longer than 100 years (nil switches it off)")
+                throw ConfigurationError(field: field, problem: "\(d.compactDescription) is longer than 100 years (nil switches it off)")
             }
         }
         try check(drainTimeout, "drainTimeout")
@@ -280,10 +280,10 @@ extension ServerConfiguration {
             // Linux bounds: TCP_KEEPIDLE and TCP_KEEPINTVL 1...32767 s, TCP_KEEPCNT 1...127.
             let limit: Duration = .seconds(32767)
             guard k.idle >= .seconds(1), k.idle <= limit else {
-                throw ConfigurationError(field: "keepAlive.idle", problem: "\(k.idle) is outside 1...32767 seconds")
+                throw ConfigurationError(field: "keepAlive.idle", problem: "\(k.idle.compactDescription) is outside 1s...32767s")
             }
             guard k.interval >= .seconds(1), k.interval <= limit else {
-                throw ConfigurationError(field: "keepAlive.interval", problem: "\(k.interval) is outside 1...32767 seconds")
+                throw ConfigurationError(field: "keepAlive.interval", problem: "\(k.interval.compactDescription) is outside 1s...32767s")
             }
             guard (1...127).contains(k.count) else {
                 throw ConfigurationError(field: "keepAlive.count", problem: "\(k.count) is outside 1...127")

@@ -97,7 +97,7 @@ struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
     mutating func timerFired(on connection: Connection) {
         if stage == .awaitingHeader {
             let timeout = policy.headerTimeout
-            refuse(connection, \.proxyHeaderTimeouts, "no complete header within \(timeout)")
+            refuse(connection, \.proxyHeaderTimeouts, "no complete header within \(timeout.compactDescription)")
         } else if innerOpened {
             inner.timerFired(on: connection)
         }
