@@ -73,6 +73,8 @@ frontend fe_cap
     default_backend only_a
 backend rolling
     balance roundrobin
+    # No pooled idle connections shared between sessions: none can be picked at the moment a stopping
+    # instance closes it.
     http-reuse never
     option httpchk GET /ready
     http-check expect status 200
