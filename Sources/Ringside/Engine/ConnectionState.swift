@@ -39,6 +39,9 @@ struct ConnectionState {
     /// In the loop's dirty list.
     var dirty = false
     var traits: Traits = []
+    /// The peer's port (with `.peerKnown`; beside the other small fields, in what was padding, so the
+    /// struct stays 128 bytes).
+    var peerPort: UInt16 = 0
 
     /// Outbound queue: an intrusive list of pool chunks (`BufferPool.next`), head is sent first.
     var sendHead: Int32 = -1
@@ -71,8 +74,6 @@ struct ConnectionState {
     /// protocol, the client's), counted against `maxConnectionsPerAddress` when `.addressCounted`.
     var addressHigh: UInt64 = 0
     var addressLow: UInt64 = 0
-    /// The peer's port (with `.peerKnown`).
-    var peerPort: UInt16 = 0
 
     /// Where the connection is in its life.
     enum Phase: UInt8 {
