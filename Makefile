@@ -4,7 +4,7 @@
 #               prints the table and the path of the HTML report (QUICK=1: one short repetition)
 #   make test   build and run every test (the conformance suite on both backends, rare paths)
 SHELL := /bin/bash
-.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize conformance-masks
+.PHONY: demo test setup build release bench-tools echo-bench bench-check attack kernel-matrix fuzz fuzz-ci sanitize conformance-masks haproxy-rolling docs
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,7 @@ test: setup
 	$(MAKE) -s bench-check
 	bash scripts/release-smoke.sh
 	bash scripts/adversarial.sh
+	bash scripts/haproxy-rolling.sh
 	$(MAKE) -s kernel-matrix KERNEL_MATRIX_ARGS="--nice -10"
 	swift build --build-tests
 	swift test --skip-build --disable-xctest --no-parallel
@@ -45,6 +46,11 @@ bench-check:
 attack: setup
 	bash scripts/adversarial.sh
 
+# Behind a real load balancer (scripts/haproxy-rolling.sh): HAProxy with send-proxy-v2 and /ready health
+# checks in front of two instances; a rolling restart under wrk load must fail 0 requests (about 30 s).
+haproxy-rolling: setup
+	bash scripts/haproxy-rolling.sh
+
 # The kernel matrix (scripts/kernel-matrix/run.sh): Debian's 6.1 and 6.12 cloud kernels booted under
 # qemu (TCG) with the release binaries; bursts, a non-reading client and a stop under load on io_uring
 # and epoll, and the `auto` fallbacks. KERNEL_MATRIX_ARGS passes options, e.g. --bin-dir DIR, --kernels 6.1.
@@ -60,6 +66,12 @@ echo-bench: release bench-tools
 	  uring="$$(swift build -c release --show-bin-path)/ringside serve --backend uring --port 0" \
 	  epoll="$$(swift build -c release --show-bin-path)/ringside serve --backend epoll --port 0" \
 	  c-ref="bench/c/build/ref_echo_server --port 0"
+
+# DocC reference and articles of the library targets (swift-docc-plugin); any warning fails the build.
+# Archives: .build/plugins/Swift-DocC/outputs/<Target>.doccarchive.
+DOC_TARGETS := Ringside RingsideHTTP RingsideService
+docs: setup
+	swift package generate-documentation $(foreach t,$(DOC_TARGETS),--target $(t)) --warnings-as-errors
 
 # Coverage-guided fuzzing (libFuzzer + AddressSanitizer; Fuzz/, scripts/fuzz.sh). FUZZ_SECONDS: total
 # time shared by the targets (default 600); FUZZ_MERGE=1: merge new coverage into the committed seeds.

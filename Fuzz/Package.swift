@@ -6,6 +6,7 @@
 //
 //   fuzz-http-parser  HTTPRequestParser: arbitrary bytes in arbitrary splits, limits, split == one-shot
 //   fuzz-framing      LineDecoder / LengthPrefixedDecoder: split == one-shot == a reference model
+//   fuzz-proxy-protocol  ProxyHeaderParser (PROXY v1/v2): split == one-shot, limits, re-encoding round trip
 //
 //   make fuzz          (FUZZ_SECONDS=600 in total; see scripts/fuzz.sh)
 //   make fuzz-ci       (30 s per target)
@@ -30,6 +31,11 @@ let package = Package(
             name: "fuzz-framing",
             dependencies: ["FuzzSupport", .product(name: "RingsideProtocols", package: "Ringside")],
             path: "Sources/fuzz-framing"
+        ),
+        .executableTarget(
+            name: "fuzz-proxy-protocol",
+            dependencies: ["FuzzSupport", .product(name: "Ringside", package: "Ringside")],
+            path: "Sources/fuzz-proxy-protocol"
         ),
     ],
     swiftLanguageModes: [.v6]

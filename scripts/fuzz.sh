@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 600) shared evenly between them
 #   scripts/fuzz.sh --ci            every target for FUZZ_CI_SECONDS (default 30) each
 #   scripts/fuzz.sh --merge         after the run, merge new coverage into the committed seed corpora
-#   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing)
+#   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing proxy-protocol)
 #
 # New corpus entries go to Fuzz/.corpus/<target>/ (git-ignored); the committed seeds in
 # Fuzz/Corpus/<target>/ are read but only written with --merge. A crash, hang (FUZZ_TIMEOUT seconds for
@@ -22,7 +22,7 @@ for a in "$@"; do
         *) echo "usage: $0 [--ci] [--merge]" >&2; exit 2 ;;
     esac
 done
-targets=(${FUZZ_TARGETS:-http-parser framing})
+targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol})
 timeout_s=${FUZZ_TIMEOUT:-10}
 if [ "$mode" = ci ]; then
     per=${FUZZ_CI_SECONDS:-30}
@@ -54,6 +54,7 @@ for t in "${targets[@]}"; do
     case "$t" in
         http-parser) dict=(-dict=Fuzz/Dictionaries/http.dict) ;;
         framing) dict=(-dict=Fuzz/Dictionaries/framing.dict) ;;
+        proxy-protocol) dict=(-dict=Fuzz/Dictionaries/proxy-protocol.dict) ;;
     esac
     echo "fuzz: fuzz-$t for ${per}s (corpus $corpus + Fuzz/Corpus/$t, log $log)"
     rc=0

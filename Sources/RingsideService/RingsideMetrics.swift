@@ -2,7 +2,7 @@ import Metrics
 import Ringside
 import Synchronization
 
-/// Publishes a server's ``ServerStats`` to swift-metrics: it samples the stats (periodically with
+/// Publishes a server's `ServerStats` to swift-metrics: it samples the stats (periodically with
 /// ``run()``, or now with ``report()``), increments counters by the change since the last sample and
 /// records gauges.
 ///

@@ -92,8 +92,8 @@ struct Compare: ParsableCommand {
     @Option(help: "A peer server: [MODE:]NAME=COMMAND (repeatable).") var peer: [String] = []
     @Option(help: "A workload MODE,SIZE,CONNECTIONS,PIPELINE[,RATE] (repeatable).") var scenario: [String] = []
     @Option(help: "Interleaved repetitions.") var reps = 3
-    @Option(help: "Measured seconds per run.") var duration = Seconds(argument: "5s")!
-    @Option(help: "Warm-up seconds per run.") var warmup = Seconds(argument: "1s")!
+    @Option(help: "Measured duration per run (e.g. 5s, 500ms).") var duration = Seconds(argument: "5s")!
+    @Option(help: "Warm-up per run (e.g. 1s).") var warmup = Seconds(argument: "1s")!
     @Option(help: "CPU for the servers.") var serverCPU = 0
     @Option(help: "CPU for the load generator.") var clientCPU = 1
     @Option(help: "Load generator backend (auto: io_uring unless the kernel refuses it).") var clientBackend: BackendKind = .auto
@@ -151,7 +151,7 @@ struct Compare: ParsableCommand {
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         struct Output: Codable { var runs: [CompareRun]; var summaries: [CompareSummary]; var meta: [String: String] }
-        let meta = ["date": stamp, "duration": "\(duration.value)", "warmup": "\(warmup.value)", "reps": "\(reps)",
+        let meta = ["date": stamp, "duration": "\(duration)", "warmup": "\(warmup)", "reps": "\(reps)",
                     "serverCPU": "\(serverCPU)", "clientCPU": "\(clientCPU)", "clientBackend": clientBackend.rawValue,
                     "kernel": (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"]
         try enc.encode(Output(runs: runs, summaries: summaries, meta: meta)).write(to: URL(fileURLWithPath: "\(dir)/results.json"))
@@ -284,21 +284,28 @@ func compareTable(_ summaries: [CompareSummary]) -> String {
         let base = firstOf[s.scenario] ?? s
         firstOf[s.scenario] = base
         func f(_ v: Double, _ fmt: String) -> String { v.isNaN ? "-" : String(format: fmt, v) }
-        func ratio(_ a: Double, _ b: Double) -> String { (a.isNaN || b.isNaN || b == 0) ? "-" : String(format: "%.2fx", a / b) }
+        // A ratio is shown only where it compares like with like: not for idle rows (no messages; their
+        // RSS per connection is shown in KiB, since a ratio of two near-zero figures is noise), not for
+        // throughput under an open loop (the offered rate sets it), and not against a base that shows
+        // as zero.
+        func ratio(_ a: Double, _ b: Double) -> String {
+            (a.isNaN || b.isNaN || !a.isFinite || !b.isFinite || b < 0.005) ? "-" : String(format: "%.2fx", a / b)
+        }
+        let idle = s.scenario.mode == "idle"
         rows.append(TableRow(cells: [
             s.scenario.description, s.server, "\(s.cleanRuns)/\(s.runs)",
             s.scenario.mode == "idle" ? f(s.idleRSSKiBPerConnection ?? .nan, "%.2f KiB/conn") : f(s.messagesPerSecond, "%.0f"),
-            f(s.serverCPUMicrosPerMessage, "%.2f"), f(s.p50, "%.0f"), f(s.p99, "%.0f"), f(s.p999, "%.0f"),
+            idle ? "-" : f(s.serverCPUMicrosPerMessage, "%.2f"), f(s.p50, "%.0f"), f(s.p99, "%.0f"), f(s.p999, "%.0f"),
             latenessCell(s.sendLateness), f(s.peakRSSKiB / 1024, "%.1f"),
             f(s.clientCPUPercent, "%.0f%%") + (s.clientBound ? " (!)" : ""),
-            s.scenario.mode == "idle" ? ratio(s.idleRSSKiBPerConnection ?? .nan, base.idleRSSKiBPerConnection ?? .nan)
-                                      : ratio(s.messagesPerSecond, base.messagesPerSecond),
-            ratio(s.serverCPUMicrosPerMessage, base.serverCPUMicrosPerMessage),
+            idle || s.scenario.rate != nil ? "-" : ratio(s.messagesPerSecond, base.messagesPerSecond),
+            idle ? "-" : ratio(s.serverCPUMicrosPerMessage, base.serverCPUMicrosPerMessage),
         ]))
     }
     let header = ["scenario", "server", "clean", "msgs/s", "srv µs/msg", "p50 µs", "p99 µs", "p99.9 µs",
                   "send late p50/p99/max µs", "peak RSS MiB", "client CPU", "x msgs/s", "x µs/msg"]
     return formatTable(rows, header: header)
-        + "\n(medians of clean runs; x = ratio to the first server of the scenario; (!) = load generator near 100% of its core: client-bound; "
+        + "\n(medians of clean runs; x = ratio to the first server of the scenario, where one means something (not idle rows, not msgs/s at a fixed rate); "
+        + "(!) = load generator near 100% of its core: client-bound; "
         + "send late = open loop: actual minus intended send time)"
 }

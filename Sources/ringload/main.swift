@@ -5,9 +5,18 @@ import Ringside
 
 extension BackendKind: ExpressibleByArgument {}
 
-/// Parses "10s", "500ms", "2m" or a plain number of seconds.
-struct Seconds: ExpressibleByArgument {
+/// Parses "10s", "500ms", "2m" or a plain number of seconds; shown as "10s", "500ms", "1.5s".
+struct Seconds: ExpressibleByArgument, CustomStringConvertible {
     let value: Double
+    var description: String {
+        if value == 0 { return "0s" }
+        guard value.isFinite, abs(value) < 1e15 else { return "\(value)s" }
+        if abs(value) < 1, (value * 1000).rounded() == value * 1000 { return "\(Int(value * 1000))ms" }
+        if value.rounded() == value { return "\(Int(value))s" }
+        return "\(value)s"
+    }
+    /// `--help` shows the default as written ("10s"), not the struct.
+    var defaultValueDescription: String { description }
     init?(argument: String) {
         let a = argument.lowercased()
         if a.hasSuffix("ms"), let v = Double(a.dropLast(2)) { value = v / 1000 }

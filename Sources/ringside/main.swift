@@ -7,6 +7,36 @@ import RingsideProtocols
 
 extension BackendKind: ExpressibleByArgument {}
 
+/// A duration flag: `10s`, `500ms`, `2m`, `1.5s`, or a plain number of seconds; shown as `10s`/`500ms`.
+struct DurationArgument: ExpressibleByArgument, CustomStringConvertible {
+    let seconds: Double
+
+    init(seconds: Double) { self.seconds = seconds }
+
+    init?(argument: String) {
+        let a = argument.lowercased()
+        let v: Double?
+        if a.hasSuffix("ms") { v = Double(a.dropLast(2)).map { $0 / 1000 } }
+        else if a.hasSuffix("s") { v = Double(a.dropLast()) }
+        else if a.hasSuffix("m") { v = Double(a.dropLast()).map { $0 * 60 } }
+        else { v = Double(a) }
+        guard let v, v.isFinite else { return nil }
+        seconds = v
+    }
+
+    var description: String { Self.format(seconds) }
+    var defaultValueDescription: String { description }
+
+    /// `0s`, `500ms`, `10s`, `1.5s`, `120s`.
+    static func format(_ s: Double) -> String {
+        if s == 0 { return "0s" }
+        guard s.isFinite, abs(s) < 1e15 else { return "\(s)s" }
+        if abs(s) < 1, (s * 1000).rounded() == s * 1000 { return "\(Int(s * 1000))ms" }
+        if s.rounded() == s { return "\(Int(s))s" }
+        return "\(s)s"
+    }
+}
+
 /// The protocols `ringside serve` can serve.
 enum ServedProtocol: String, ExpressibleByArgument, CaseIterable {
     /// Echo every byte back.
@@ -48,12 +78,24 @@ struct Serve: ParsableCommand {
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
     @Option(help: "Echo: require this greeting line before echoing (clients that never send it are closed at --auth-timeout).")
     var authToken: String? = nil
-    @Option(help: "Seconds a connection that must authenticate may take to do so (0: no deadline).") var authTimeout = 30.0
-    @Option(help: "Seconds without a byte received or sent before a connection is closed (0: never).") var idleTimeout = 60.0
-    @Option(help: "Seconds queued output may make no progress before the connection is aborted (0: never).")
-    var writeStallTimeout = 30.0
-    @Option(help: "Most simultaneous connections per remote address (0: no cap).") var maxPerAddress = 0
-    @Option(help: "HTTP: seconds a client may take to send a complete request head.") var headerTimeout = 10.0
+    @Option(help: "How long a connection that must authenticate may take to do so (e.g. 30s, 500ms; 0: no deadline).")
+    var authTimeout = DurationArgument(seconds: 30)
+    @Option(help: "How long without a byte received or sent before a connection is closed (0: never).")
+    var idleTimeout = DurationArgument(seconds: 60)
+    @Option(help: "How long queued output may make no progress before the connection is aborted (0: never).")
+    var writeStallTimeout = DurationArgument(seconds: 30)
+    @Option(help: "Most simultaneous connections per remote address (the client's, with --proxy-protocol; 0: no cap).")
+    var maxPerAddress = 0
+    @Option(help: "HTTP: how long a client may take to send a complete request head.")
+    var headerTimeout = DurationArgument(seconds: 10)
+    @Flag(help: "Accept PROXY protocol headers (v1 and v2) from --trusted-proxies: the client's address then counts for --max-per-address and logs.")
+    var proxyProtocol = false
+    @Option(help: "With --proxy-protocol: addresses or CIDR blocks whose headers are believed, comma-separated (IPv4 and IPv6).")
+    var trustedProxies = "127.0.0.0/8,::1"
+    @Option(help: "With --proxy-protocol: how long a trusted proxy may take to send its header.")
+    var proxyHeaderTimeout = DurationArgument(seconds: 5)
+    @Option(help: "After SIGTERM/SIGINT, keep serving this long with the HTTP readiness route (GET /ready) answering 503, so load balancers take this instance out of rotation before connections close; a second signal stops at once.")
+    var shutdownDelay = DurationArgument(seconds: 0)
     @Option(help: "Event loops (threads), each with its own ring or epoll instance, pool and SO_REUSEPORT listener.")
     var threads = 1
     @Flag(help: "Pin loop i to CPU i (or to the --cpus list).") var pin = false
@@ -76,10 +118,11 @@ struct Serve: ParsableCommand {
     }
 
     /// `--flag` seconds as a duration: finite, 0 or more, at most 100 years; 0 is nil when `zeroIsOff`.
-    private func seconds(_ s: Double, _ flag: String, zeroIsOff: Bool = true) throws(ConfigurationError) -> Duration? {
+    private func seconds(_ d: DurationArgument, _ flag: String, zeroIsOff: Bool = true) throws(ConfigurationError) -> Duration? {
         let most = Double(ServerConfiguration.maximumDuration.components.seconds)
+        let s = d.seconds
         guard s.isFinite, s >= 0, s <= most else {
-            throw ConfigurationError(field: flag, problem: "\(s) is not a number of seconds in 0...\(Int(most)) (100 years)")
+            throw ConfigurationError(field: flag, problem: "\(d) is not a duration in 0s...\(Int(most))s (100 years)")
         }
         if s == 0 && zeroIsOff { return nil }
         return .nanoseconds(Int64(s * 1e9))  // s <= 3.2e9: fits
@@ -100,6 +143,19 @@ struct Serve: ParsableCommand {
         guard maxPerAddress >= 0 else { throw ConfigurationError(field: "--max-per-address", problem: "\(maxPerAddress) is negative (0: no cap)") }
         config.maxConnectionsPerAddress = maxPerAddress > 0 ? maxPerAddress : nil
         config.threads = threads
+        if proxyProtocol {
+            var ranges: [AddressRange] = []
+            for item in trustedProxies.split(separator: ",") {
+                guard let r = AddressRange(String(item.filter { $0 != " " })) else {
+                    throw ConfigurationError(field: "--trusted-proxies", problem: "'\(item)' is not an address or CIDR block (e.g. 10.0.0.0/8, ::1)")
+                }
+                ranges.append(r)
+            }
+            guard let timeout = try seconds(proxyHeaderTimeout, "--proxy-header-timeout"), timeout >= .milliseconds(1) else {
+                throw ConfigurationError(field: "--proxy-header-timeout", problem: "\(proxyHeaderTimeout) must be at least 1ms")
+            }
+            config.proxyProtocol = ProxyProtocolConfiguration(trustedProxies: ranges, headerTimeout: timeout)
+        }
         if let cpus { config.cpuAffinity = parseCPUs(cpus) } else if pin { config.cpuAffinity = Array(0..<max(1, threads)) }
         do { try config.validate() } catch { throw ConfigurationError(field: Self.flag(error.field), problem: error.problem) }
         return config
@@ -110,7 +166,7 @@ struct Serve: ParsableCommand {
         http.spoolThreshold = spoolThreshold
         http.spoolDirectory = spoolDirectory
         guard let header = try seconds(headerTimeout, "--header-timeout"), header >= .milliseconds(1) else {
-            throw ConfigurationError(field: "--header-timeout", problem: "\(headerTimeout) must be at least 0.001 seconds")
+            throw ConfigurationError(field: "--header-timeout", problem: "\(headerTimeout) must be at least 1ms")
         }
         http.headerTimeout = header
         do { try http.validate() } catch { throw ConfigurationError(field: Self.flag(error.field), problem: error.problem) }
@@ -124,7 +180,8 @@ struct Serve: ParsableCommand {
                      "sendBufferSize": "--send-buffer-size", "sendBuffers": "--send-buffers",
                      "ringEntries": "--ring-entries", "maxConnectionsPerAddress": "--max-per-address",
                      "threads": "--threads", "cpuAffinity": "--cpus", "spoolThreshold": "--spool-threshold",
-                     "spoolDirectory": "--spool-directory", "headerTimeout": "--header-timeout"]
+                     "spoolDirectory": "--spool-directory", "headerTimeout": "--header-timeout",
+                     "proxyProtocol.headerTimeout": "--proxy-header-timeout"]
         return flags[field] ?? field
     }
 
@@ -133,6 +190,8 @@ struct Serve: ParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         let config = try serverConfiguration()
         let http = self.protocol == .http ? try httpConfiguration() : nil
+        let readiness = Readiness()
+        let delay = try seconds(shutdownDelay, "--shutdown-delay") ?? .zero
 
         // SIGPIPE would kill us on a write to a reset peer; sends use MSG_NOSIGNAL, this is belt and braces.
         signal(SIGPIPE, SIG_IGN)
@@ -157,14 +216,23 @@ struct Serve: ParsableCommand {
                 for try await chunk in conn.inbound { try await conn.write(chunk) }
             }
         case .http:
+            var router = HTTPRouter.benchmarkRoutes
+            router.readiness("/ready", readiness)
             server = try RingsideServer.start(configuration: config, logger: logger,
-                                              handler: HTTPServer.handler(router: .benchmarkRoutes, configuration: http!))
+                                              handler: HTTPServer.handler(router: router, configuration: http!))
         }
         print("listening on \(host):\(server.port) backend=\(server.backend)\(threads > 1 ? " threads=\(threads)" : "")")
         fflush(nil)  // all output streams: the line must reach a pipe at once
 
         var sig: Int32 = 0
         sigwait(&set, &sig)
+        readiness.markUnready()
+        if delay > .zero {
+            // Still serving, unready: the load balancer's health checks take this instance out of rotation.
+            logger.info("signal \(sig): unready; stopping in \(shutdownDelay) (a second signal stops at once)")
+            var ts = timespec(tv_sec: Int(delay.components.seconds), tv_nsec: Int(delay.components.attoseconds / 1_000_000_000))
+            if sigtimedwait(&set, nil, &ts) > 0 { logger.info("second signal: stopping now") }
+        }
         logger.info("signal \(sig): stopping")
         server.stop()
         try server.wait()
@@ -175,6 +243,7 @@ struct Serve: ParsableCommand {
             "refused": "\(s.connectionsRefused)", "refusedPerAddress": "\(s.connectionsRefusedPerAddress)",
             "authTimeouts": "\(s.authenticationTimeouts)", "idleTimeouts": "\(s.idleTimeouts)",
             "writeStallTimeouts": "\(s.writeStallTimeouts)", "readTimeouts": "\(s.readTimeouts)",
+            "proxyHeaders": "accepted \(s.proxyHeadersAccepted) rejected \(s.proxyHeadersRejected) untrusted \(s.proxyHeadersUntrusted) timeouts \(s.proxyHeaderTimeouts)",
             "acceptedPerLoop": "\(server.loopStats.map { String($0.connectionsAccepted) }.joined(separator: ","))",
         ])
         if let h = http?.stats {

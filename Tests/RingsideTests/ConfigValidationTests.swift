@@ -136,6 +136,11 @@ private func rejected(_ mutate: (inout ServerConfiguration) -> Void) -> String? 
             (["serve", "--protocol", "http", "--spool-directory", "/nonexistent-ringside-spool"], "--spool-directory"),
             (["serve", "--log-level", "loud"], "--log-level"),
             (["serve", "--port", "abc"], "--port"),
+            (["serve", "--proxy-protocol", "--trusted-proxies", "10.0.0.0/33"], "--trusted-proxies"),
+            (["serve", "--proxy-protocol", "--trusted-proxies", "127.0.0.1,example.com"], "--trusted-proxies"),
+            (["serve", "--proxy-protocol", "--proxy-header-timeout", "0"], "--proxy-header-timeout"),
+            (["serve", "--shutdown-delay", "soon"], "--shutdown-delay"),
+            (["serve", "--shutdown-delay=-1s"], "--shutdown-delay"),
         ]
         for (args, flag) in cases {
             let (status, err) = try ringside(args)

@@ -40,6 +40,19 @@ public struct Connection {
     /// An identifier unique among the connections open on this loop (slot and generation).
     public var id: UInt64 { UInt64(generation) << 32 | UInt64(UInt32(bitPattern: slot)) }
 
+    /// The remote address: the client's as a trusted proxy's PROXY header gave it
+    /// (``ServerConfiguration/proxyProtocol``), else the socket's peer. Nil for outbound connections,
+    /// for a stale handle, and on io_uring when the accept did not ask the kernel for addresses (a
+    /// multishot accept: used when neither a per-address cap nor the PROXY protocol is configured).
+    public var peerAddress: PeerAddress? {
+        withCore { c in
+            let i = Int(slot)
+            guard c.isCurrent(slot, generation), c.states[i].traits.contains(.peerKnown) else { return nil }
+            return PeerAddress(ip: IPAddress(high: c.states[i].addressHigh, low: c.states[i].addressLow),
+                               port: c.states[i].peerPort)
+        }
+    }
+
     /// Bytes queued for sending and not yet acknowledged by the kernel (0 for a stale handle).
     public var queuedOutboundBytes: Int { withCore { c in c.isCurrent(slot, generation) ? c.states[Int(slot)].queuedBytes : 0 } }
 

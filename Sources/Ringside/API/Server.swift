@@ -31,6 +31,8 @@ public enum RingsideServer {
         var loops: [Loop] = []
         loops.reserveCapacity(threads)
         var first: Loop.Started? = nil
+        // PROXY protocol: every handler sits behind the header phase (ProxyProtocolHandler).
+        let policy = configuration.proxyProtocol.map { ProxyProtocolPolicy($0, logger: logger) }
         do {
             for index in 0..<threads {
                 var config = configuration
@@ -45,8 +47,12 @@ public enum RingsideServer {
                     out.count = out.count / threads + (index < out.count % threads ? 1 : 0)
                     config.connect = out
                 }
-                let (loop, started) = try Loop.start(index: index, configuration: config, logger: logger,
-                                                     factory: makeHandler)
+                let (loop, started) = if let policy {
+                    try Loop.start(index: index, configuration: config, logger: logger,
+                                   factory: { ProxyProtocolHandler(makeHandler(), policy: policy) })
+                } else {
+                    try Loop.start(index: index, configuration: config, logger: logger, factory: makeHandler)
+                }
                 loops.append(loop)
                 if first == nil { first = started }
             }
@@ -62,14 +68,15 @@ public enum RingsideServer {
             "cpus": "\(configuration.cpuAffinity.map { $0.map(String.init).joined(separator: ",") } ?? "unpinned")",
             "maxConnections": "\(configuration.maxConnections)\(threads > 1 ? " per loop" : "")",
             "watermarks": "\(configuration.highWatermark)/\(configuration.lowWatermark)",
-            "drainTimeout": "\(configuration.drainTimeout)",
-            "authenticationTimeout": "\(configuration.authenticationTimeout.map { "\($0)" } ?? "off")",
-            "idleTimeout": "\(configuration.idleTimeout.map { "\($0)" } ?? "off")",
-            "writeStallTimeout": "\(configuration.writeStallTimeout.map { "\($0)" } ?? "off")",
+            "drainTimeout": "\(configuration.drainTimeout.compactDescription)",
+            "authenticationTimeout": "\(configuration.authenticationTimeout.map(\.compactDescription) ?? "off")",
+            "idleTimeout": "\(configuration.idleTimeout.map(\.compactDescription) ?? "off")",
+            "writeStallTimeout": "\(configuration.writeStallTimeout.map(\.compactDescription) ?? "off")",
             "maxConnectionsPerAddress": "\(configuration.maxConnectionsPerAddress.map { "\($0)\(threads > 1 ? " per loop" : "")" } ?? "off")",
-            "keepAlive": "\(configuration.keepAlive.map { "\($0.idle)/\($0.interval)x\($0.count)" } ?? "off")",
+            "keepAlive": "\(configuration.keepAlive.map { "\($0.idle.compactDescription)/\($0.interval.compactDescription)x\($0.count)" } ?? "off")",
             "receiveBurstLimit": "\(configuration.receiveBurstLimit)",
             "disabledFeatures": "\(configuration.disabledFeatures)",
+            "proxyProtocol": "\(configuration.proxyProtocol.map { "trusting \($0.trustedProxies.map(\.description).joined(separator: ",")), header within \($0.headerTimeout.compactDescription)" } ?? "off")",
         ]
         if configuration.listen { metadata["listen"] = "\(configuration.host):\(f.port)" }
         logger.info("ringside started", metadata: metadata)

@@ -83,6 +83,10 @@ public struct ServerConfiguration: Sendable {
     /// completing receives until the pause's cancel lands), so one client cannot drain the pool.
     /// 0: no limit.
     public var receiveBurstLimit: Int = 256 * 1024
+    /// Accept PROXY protocol headers (v1 and v2) from trusted proxies, so handlers, logs and
+    /// ``maxConnectionsPerAddress`` see the client's address rather than the proxy's (nil: off). See
+    /// ``ProxyProtocolConfiguration``.
+    public var proxyProtocol: ProxyProtocolConfiguration? = nil
 
     public var listen: Bool = true
     /// Outbound connections the loop opens when it starts (the engine's client path: connect, send,
@@ -137,6 +141,32 @@ public struct OutboundConnections: Sendable {
     /// How many connections to open.
     public var count: Int
     public init(host: String, port: Int, count: Int) { self.host = host; self.port = port; self.count = count }
+}
+
+/// The PROXY protocol on a listener (HAProxy's, versions 1 and 2, detected per connection).
+///
+/// A connection from a trusted proxy (``trustedProxies``) must start with a header; the connection's
+/// peer address (``Connection/peerAddress``), the log lines and the per-address cap then use the client
+/// address it carries (or the socket's own for a v2 `LOCAL` header, such as a health check, and v1
+/// `UNKNOWN`). The handler is opened only once the header is complete. A connection from any other
+/// address is served as it is, with its socket address, and is closed if it sends a header anyway.
+/// A malformed, oversized or untrusted header, or one not complete within ``headerTimeout``, closes the
+/// connection with a warning (the first 10 of each kind per loop, then every 1000th) and a counter in
+/// ``ServerStats``.
+public struct ProxyProtocolConfiguration: Sendable, Equatable {
+    /// Proxies whose headers are believed (default: loopback, `127.0.0.0/8` and `::1`).
+    public var trustedProxies: [AddressRange]
+    /// How long a trusted proxy may take to send its whole header.
+    public var headerTimeout: Duration
+    /// The longest v2 header accepted, TLVs included (v1 lines are limited to 107 bytes).
+    public var maximumHeaderLength: Int
+
+    public init(trustedProxies: [AddressRange] = AddressRange.loopback, headerTimeout: Duration = .seconds(5),
+                maximumHeaderLength: Int = ProxyHeaderParser.defaultMaximumLength) {
+        self.trustedProxies = trustedProxies
+        self.headerTimeout = headerTimeout
+        self.maximumHeaderLength = maximumHeaderLength
+    }
 }
 
 /// TCP keepalive settings for accepted sockets (set on the listener; accepted sockets inherit them).
@@ -201,6 +231,12 @@ extension ServerConfiguration {
         try check((1...256).contains(completionBatchLimit), "completionBatchLimit", "\(completionBatchLimit) is outside 1...256")
         try check(completionBatchWait >= .zero && completionBatchWait <= .milliseconds(10), "completionBatchWait",
                   "\(completionBatchWait) is outside 0...10ms")
+        if let pp = proxyProtocol {
+            try check(pp.headerTimeout >= .milliseconds(1) && pp.headerTimeout <= Self.maximumDuration,
+                      "proxyProtocol.headerTimeout", "\(pp.headerTimeout.compactDescription) is outside 1ms...100 years")
+            try check((232...65551).contains(pp.maximumHeaderLength), "proxyProtocol.maximumHeaderLength",
+                      "\(pp.maximumHeaderLength) is outside 232...65551 (16 + the largest v2 length)")
+        }
         if let c = connect {
             try check(Self.isNumericAddress(c.host), "connect.host", "'\(c.host)' is not a numeric IPv4 or IPv6 address")
             try check((1...65535).contains(c.port), "connect.port", "\(c.port) is outside 1...65535")
@@ -241,9 +277,9 @@ extension ServerConfiguration {
     private func validateDurations() throws(ConfigurationError) {
         func check(_ d: Duration?, _ field: String) throws(ConfigurationError) {
             guard let d else { return }
-            guard d >= .zero else { throw ConfigurationError(field: field, problem: "\(d) is negative") }
+            guard d >= .zero else { throw ConfigurationError(field: field, problem: "\(d.compactDescription) is negative") }
             guard d <= Self.maximumDuration else {
-                throw ConfigurationError(field: field, problem: "\(d) is longer than 100 years (nil switches it off)")
+                throw ConfigurationError(field: field, problem: "\(d.compactDescription) is longer than 100 years (nil switches it off)")
             }
         }
         try check(drainTimeout, "drainTimeout")
@@ -255,10 +291,10 @@ extension ServerConfiguration {
             // Linux bounds: TCP_KEEPIDLE and TCP_KEEPINTVL 1...32767 s, TCP_KEEPCNT 1...127.
             let limit: Duration = .seconds(32767)
             guard k.idle >= .seconds(1), k.idle <= limit else {
-                throw ConfigurationError(field: "keepAlive.idle", problem: "\(k.idle) is outside 1...32767 seconds")
+                throw ConfigurationError(field: "keepAlive.idle", problem: "\(k.idle.compactDescription) is outside 1s...32767s")
             }
             guard k.interval >= .seconds(1), k.interval <= limit else {
-                throw ConfigurationError(field: "keepAlive.interval", problem: "\(k.interval) is outside 1...32767 seconds")
+                throw ConfigurationError(field: "keepAlive.interval", problem: "\(k.interval.compactDescription) is outside 1s...32767s")
             }
             guard (1...127).contains(k.count) else {
                 throw ConfigurationError(field: "keepAlive.count", problem: "\(k.count) is outside 1...127")

@@ -9,6 +9,7 @@ extension ServerStats {
         \.receivesHeld, \.writesRefused, \.acceptErrors,
         \.connectionsRefusedPerAddress, \.authenticationTimeouts, \.idleTimeouts, \.readTimeouts,
         \.writeStallTimeouts, \.receiveBurstLimitEnds, \.engineErrors, \.teardownsWithSendInFlight,
+        \.proxyHeadersAccepted, \.proxyHeadersRejected, \.proxyHeadersUntrusted, \.proxyHeaderTimeouts,
     ] }
     /// Peaks and maxima: the merged value is the largest of any loop (each loop has its own pool and
     /// connections, so a sum of peaks would describe no moment that happened).

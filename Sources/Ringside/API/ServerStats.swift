@@ -72,6 +72,18 @@ public struct ServerStats: Sendable, Equatable {
     /// that send's final completion.
     public var teardownsWithSendInFlight = 0
 
+    // PROXY protocol (``ServerConfiguration/proxyProtocol``).
+    /// Headers accepted from trusted proxies.
+    public var proxyHeadersAccepted = 0
+    /// Connections from trusted proxies closed for a malformed, oversized or missing header (or one cut
+    /// short by the end of input).
+    public var proxyHeadersRejected = 0
+    /// Connections closed because an untrusted address sent a header.
+    public var proxyHeadersUntrusted = 0
+    /// Connections from trusted proxies closed because the header was not complete within
+    /// ``ProxyProtocolConfiguration/headerTimeout``.
+    public var proxyHeaderTimeouts = 0
+
     /// Every connection closed by a deadline (authentication, idle, read, write stall).
     public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }
 

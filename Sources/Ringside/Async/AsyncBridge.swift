@@ -13,11 +13,13 @@ extension RingsideServer {
     /// ```
     ///
     /// - Parameters:
+    ///   - configuration: the server's configuration (validated first, as by ``RingsideServer/start(configuration:logger:handler:)``).
     ///   - requiresAuthentication: whether connections must call ``AsyncConnection/markAuthenticated()``
     ///     within ``ServerConfiguration/authenticationTimeout`` (see
     ///     ``ConnectionHandler/requiresAuthentication``).
     ///   - inboundBufferLimit: received bytes buffered for a task that has not consumed them yet; at
     ///     this many the engine stops reading the connection until the task takes them.
+    ///   - logger: where the server logs its start, its loops' failures and its refusals.
     ///   - body: serves one connection. Returning closes it gracefully; throwing aborts it.
     public static func startAsync(
         configuration: ServerConfiguration,

@@ -90,6 +90,7 @@ extension EpollBackend {
             return
         }
         core.noteAddress(slot, key)
+        withUnsafePointer(to: &peer) { core.notePeer(slot, UnsafeRawPointer($0)) }
         _ = Socket.configureAccepted(fd, noDelay: config.noDelay)
         var ev = epoll_event()
         ev.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue

@@ -21,6 +21,7 @@ extension UringBackend {
             let admitted = acceptSlots > 1 ? core.admitAddress(UnsafeRawPointer(acceptAddresses + k)) : .some(nil)
             if !core.stopping, let key = admitted, let slot = core.allocateSlot(fd: res) {
                 core.noteAddress(slot, key)
+                if acceptSlots > 1 { core.notePeer(slot, UnsafeRawPointer(acceptAddresses + k)) }
                 if directFiles {
                     core.states[Int(slot)].traits.insert(.direct)  // TCP_NODELAY is inherited from the listener
                 } else {

@@ -36,7 +36,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
 
     /// Ring-level operations in flight (accept, wake read, timers, listener cancel/close).
     @exclusivity(unchecked) var ringInflight = 0
-    /// Accept operations: one multishot, or (with a per-address cap, which needs each peer's
+    /// Accept operations: one multishot, or (with a per-address cap or the PROXY protocol, which need each peer's
     /// address) `acceptSlots` single-shot accepts, each with its own address buffer.
     let acceptSlots: Int
     let acceptArmed: UnsafeMutablePointer<Bool>
@@ -110,7 +110,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         (listenFD, port) = try Self.listener(config)
         listenerClosed = listenFD < 0
         // No throw from here to the end (deinit frees all of these).
-        acceptSlots = (config.maxConnectionsPerAddress ?? 0) > 0 ? 8 : 1
+        acceptSlots = (config.maxConnectionsPerAddress ?? 0) > 0 || config.proxyProtocol != nil ? 8 : 1
         acceptArmed = .allocate(capacity: acceptSlots)
         acceptArmed.initialize(repeating: false, count: acceptSlots)
         acceptAddresses = .allocate(capacity: acceptSlots)

@@ -39,6 +39,9 @@ struct ConnectionState {
     /// In the loop's dirty list.
     var dirty = false
     var traits: Traits = []
+    /// The peer's port (with `.peerKnown`; beside the other small fields, in what was padding, so the
+    /// struct stays 128 bytes).
+    var peerPort: UInt16 = 0
 
     /// Outbound queue: an intrusive list of pool chunks (`BufferPool.next`), head is sent first.
     var sendHead: Int32 = -1
@@ -67,7 +70,8 @@ struct ConnectionState {
     var authDue: UInt64 = 0
     /// Read deadline set by the handler (or the linger end); 0: none.
     var readDue: UInt64 = 0
-    /// Remote address key (IPv4 mapped into IPv6) counted against `maxConnectionsPerAddress`.
+    /// Remote address key (IPv4 mapped into IPv6): the peer's once known (`.peerKnown`; with the PROXY
+    /// protocol, the client's), counted against `maxConnectionsPerAddress` when `.addressCounted`.
     var addressHigh: UInt64 = 0
     var addressLow: UInt64 = 0
 
@@ -121,6 +125,8 @@ struct ConnectionState {
         static let deadlines = Traits(rawValue: 1 << 1)
         /// Counted in the per-address table.
         static let addressCounted = Traits(rawValue: 1 << 2)
+        /// `addressHigh`/`addressLow`/`peerPort` hold the peer's address (`Connection.peerAddress`).
+        static let peerKnown = Traits(rawValue: 1 << 3)
     }
 
     /// What the connection needs next.

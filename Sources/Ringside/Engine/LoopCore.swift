@@ -66,6 +66,9 @@ final class LoopCore {
         var writeStallMillis: UInt64 = 0
         var lingerMillis: UInt64 = 0
         var maxPerAddress = 0
+        /// PROXY protocol: the per-address cap is applied once the client's address is known (after the
+        /// header), not to the socket's peer (`ProxyProtocolHandler`).
+        var deferAddressAdmission = false
 
         init() {}
         init(_ c: ServerConfiguration, requiresAuthentication: Bool) {
@@ -78,6 +81,7 @@ final class LoopCore {
             writeStallMillis = ms(c.writeStallTimeout)
             lingerMillis = ms(c.lingerTimeout)
             maxPerAddress = c.maxConnectionsPerAddress ?? 0
+            deferAddressAdmission = c.proxyProtocol != nil
         }
     }
 
@@ -151,7 +155,13 @@ final class LoopCore {
     /// Whether a new connection from `address` (a sockaddr) stays within `maxConnectionsPerAddress`;
     /// counts it if so. Call `noteAddress` with the slot once one is allocated, or `forgetAddress`.
     func admitAddress(_ address: UnsafeRawPointer) -> (UInt64, UInt64)?? {
-        guard limits.maxPerAddress > 0, let k = AddressTable.key(address) else { return .some(nil) }
+        guard !limits.deferAddressAdmission, let k = AddressTable.key(address) else { return .some(nil) }
+        return admitAddressKey(k)
+    }
+
+    /// `admitAddress` for an address key (IPv4 mapped into IPv6).
+    func admitAddressKey(_ k: (UInt64, UInt64)) -> (UInt64, UInt64)?? {
+        guard limits.maxPerAddress > 0 else { return .some(nil) }
         guard addresses.admit(k.0, k.1, limit: limits.maxPerAddress) else {
             counters.connectionsRefused += 1
             counters.connectionsRefusedPerAddress += 1
@@ -166,6 +176,20 @@ final class LoopCore {
         states[Int(slot)].addressHigh = k.0
         states[Int(slot)].addressLow = k.1
         states[Int(slot)].traits.insert(.addressCounted)
+    }
+
+    /// Records the socket's peer address (a sockaddr) for `Connection.peerAddress`.
+    func notePeer(_ slot: Int32, _ address: UnsafeRawPointer) {
+        guard let p = PeerAddress(sockaddr: address) else { return }
+        setPeer(slot, p)
+    }
+
+    /// Sets the connection's peer address (the socket's, or the client's from a PROXY header).
+    func setPeer(_ slot: Int32, _ p: PeerAddress) {
+        states[Int(slot)].addressHigh = p.ip.high
+        states[Int(slot)].addressLow = p.ip.low
+        states[Int(slot)].peerPort = p.port
+        states[Int(slot)].traits.insert(.peerKnown)
     }
 
     /// Releases an admitted address that got no slot.
