@@ -24,12 +24,13 @@ struct Outgoing {
 extension HTTPConnection {
     /// Composes the head of `res` and sends the response: at once when the send pool has room (the
     /// usual case: a few writes), else piece by piece as the pool and the peer allow.
-    func send(_ res: inout HTTPResponse, _ connection: Connection) {
-        let close = !keepAlive || closing
-        let chunked = res.chunked && res.bodyFile == nil && version == .http11
-        composeHead(res, chunked: chunked, close: close)
+    func send(_ res: inout HTTPResponse, _ meta: RequestMeta, _ connection: Connection) {
+        let close = !meta.keepAlive || closing
+        let chunked = res.chunked && res.bodyFile == nil && meta.version == .http11
+        composeHead(res, meta, chunked: chunked, close: close)
         out = Outgoing(active: true, closeAfter: close)
-        out.sendBody = !isHead
+        out.sendBody = !meta.isHead
+        let isHead = meta.isHead
         if chunked && !isHead {
             out.ending = responseBody.count > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n"
         }
@@ -41,7 +42,8 @@ extension HTTPConnection {
         pumpOutput(connection)
     }
 
-    private func composeHead(_ res: HTTPResponse, chunked: Bool, close: Bool) {
+    private func composeHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool) {
+        let version = meta.version, isHead = meta.isHead
         let h = responseHead
         h.clear()
         h.append(version == .http10 ? "HTTP/1.0 " : "HTTP/1.1 ")
@@ -144,8 +146,11 @@ extension HTTPConnection {
         out.active = false
         finishFile()
         if out.retryArmed { out.retryArmed = false; connection.cancelTimer() }
-        if cutOff { closing = true; return }
-        if out.closeAfter { closing = true; connection.close(); return }
+        if cutOff { closing = true; cancelPending(); return }
+        if out.closeAfter { closing = true; cancelPending(); connection.close(); return }
+        // The next response in request order, if it is ready (async routes).
+        if flushPending(connection) { return }
+        if pending.count >= config.maxPipelinedRequests { return }  // reading resumes when one is answered
         if readingPaused { readingPaused = false; connection.resumeReading() }
         if stash.count > 0 {
             // Feed what arrived meanwhile (copy out first: feeding may stash again).

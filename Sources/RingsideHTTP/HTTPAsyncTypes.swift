@@ -1,0 +1,374 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Header fields kept as one byte blob plus offsets (two allocations for a whole head, whatever the
+/// number of fields). Names compare ASCII case-insensitively; order and duplicates are kept.
+public struct HTTPHeaderFields: Sendable, Sequence {
+    var bytes: [UInt8] = []
+    /// Per field: name start, name end, value end (the value starts at name end).
+    var fields: [(Int32, Int32, Int32)] = []
+
+    public init() {}
+
+    /// Fields from `(name, value)` pairs.
+    public init(_ pairs: [(String, String)]) {
+        for (n, v) in pairs { add(n, v) }
+    }
+
+    /// Appends a field. Names and values containing CR or LF are dropped (they would split the head).
+    public mutating func add(_ name: String, _ value: String) {
+        guard !name.utf8.contains(where: { $0 == 13 || $0 == 10 }),
+              !value.utf8.contains(where: { $0 == 13 || $0 == 10 }) else { return }
+        let start = Int32(bytes.count)
+        bytes.append(contentsOf: name.utf8)
+        let mid = Int32(bytes.count)
+        bytes.append(contentsOf: value.utf8)
+        fields.append((start, mid, Int32(bytes.count)))
+    }
+
+    mutating func add(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
+        let start = Int32(bytes.count)
+        bytes.append(contentsOf: name)
+        let mid = Int32(bytes.count)
+        bytes.append(contentsOf: value)
+        fields.append((start, mid, Int32(bytes.count)))
+    }
+
+    /// Replaces every field named `name` by one with `value`.
+    public mutating func set(_ name: String, _ value: String) {
+        remove(name)
+        add(name, value)
+    }
+
+    /// Removes every field named `name`.
+    public mutating func remove(_ name: String) {
+        guard contains(name) else { return }
+        var kept = HTTPHeaderFields()
+        for (n, v) in self where !Self.same(n, name) { kept.add(n, v) }
+        self = kept
+    }
+
+    /// Whether a field named `name` is present.
+    public func contains(_ name: String) -> Bool { index(of: name) != nil }
+
+    /// The value of the first field named `name` (ASCII case-insensitive).
+    public subscript(_ name: String) -> String? {
+        guard let i = index(of: name) else { return nil }
+        let f = fields[i]
+        return String(decoding: bytes[Int(f.1)..<Int(f.2)], as: UTF8.self)
+    }
+
+    public var count: Int { fields.count }
+
+    public func makeIterator() -> AnyIterator<(name: String, value: String)> {
+        var k = 0
+        return AnyIterator {
+            guard k < fields.count else { return nil }
+            let f = fields[k]; k += 1
+            return (String(decoding: bytes[Int(f.0)..<Int(f.1)], as: UTF8.self),
+                    String(decoding: bytes[Int(f.1)..<Int(f.2)], as: UTF8.self))
+        }
+    }
+
+    /// Calls `body` with the raw name and value of every field.
+    func forEachRaw(_ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) {
+        bytes.withUnsafeBytes { b in
+            for f in fields {
+                body(UnsafeRawBufferPointer(rebasing: b[Int(f.0)..<Int(f.1)]),
+                     UnsafeRawBufferPointer(rebasing: b[Int(f.1)..<Int(f.2)]))
+            }
+        }
+    }
+
+    private func index(of name: String) -> Int? {
+        let key = Array(name.utf8)
+        for (i, f) in fields.enumerated() where Int(f.1 - f.0) == key.count {
+            var same = true
+            for k in 0..<key.count where asciiLower(bytes[Int(f.0) + k]) != asciiLower(key[k]) { same = false; break }
+            if same { return i }
+        }
+        return nil
+    }
+
+    private static func same(_ a: String, _ b: String) -> Bool {
+        a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { asciiLower($0) == asciiLower($1) }
+    }
+}
+
+/// Decodes `%XX` escapes (and, with `plusIsSpace`, `+` as a space, as in query strings). Invalid
+/// escapes are kept as they are; the result is UTF-8 decoded with replacement of invalid sequences.
+public func percentDecode<C: Collection>(_ bytes: C, plusIsSpace: Bool = false) -> String where C.Element == UInt8 {
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.count)
+    var i = bytes.startIndex
+    func hex(_ b: UInt8) -> UInt8? {
+        switch b {
+        case 48...57: b - 48
+        case 65...70: b - 55
+        case 97...102: b - 87
+        default: nil
+        }
+    }
+    while i != bytes.endIndex {
+        let b = bytes[i]
+        if b == UInt8(ascii: "%") {
+            let j = bytes.index(after: i)
+            if j != bytes.endIndex, bytes.index(after: j) != bytes.endIndex,
+               let hi = hex(bytes[j]), let lo = hex(bytes[bytes.index(after: j)]) {
+                out.append(hi << 4 | lo)
+                i = bytes.index(j, offsetBy: 2)
+                continue
+            }
+        }
+        out.append(plusIsSpace && b == UInt8(ascii: "+") ? 0x20 : b)
+        i = bytes.index(after: i)
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// Name/value pairs (path parameters or query items), decoded, in order, duplicates kept.
+public struct HTTPParameters: Sendable, Sequence {
+    var pairs: [(String, String)] = []
+
+    public init() {}
+    init(pairs: [(String, String)]) { self.pairs = pairs }
+
+    /// The first value for `name`.
+    public subscript(_ name: String) -> String? { pairs.first { $0.0 == name }?.1 }
+    /// Every value for `name` (query strings may repeat a key).
+    public func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
+    /// The first value for `name` converted (e.g. `Int`), or nil when absent or not convertible.
+    public func get<T: LosslessStringConvertible>(_ name: String, as: T.Type = T.self) -> T? { self[name].flatMap(T.init) }
+    public var count: Int { pairs.count }
+    public var isEmpty: Bool { pairs.isEmpty }
+    public func makeIterator() -> IndexingIterator<[(String, String)]> { pairs.makeIterator() }
+
+    /// Parses a query string (`a=1&b=x%20y&c`): `+` is a space, escapes are decoded, a key without
+    /// `=` has an empty value, empty items are skipped.
+    public static func parseQuery<C: Collection>(_ query: C) -> HTTPParameters where C.Element == UInt8, C.SubSequence: Collection {
+        var out = HTTPParameters()
+        for item in query.split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: true) {
+            if let eq = item.firstIndex(of: UInt8(ascii: "=")) {
+                out.pairs.append((percentDecode(item[item.startIndex..<eq], plusIsSpace: true),
+                                  percentDecode(item[item.index(after: eq)...], plusIsSpace: true)))
+            } else {
+                out.pairs.append((percentDecode(item, plusIsSpace: true), ""))
+            }
+        }
+        return out
+    }
+}
+
+/// A key for a value that middleware stores in ``HTTPRequestContext`` and handlers read.
+///
+/// ```swift
+/// enum UserKey: HTTPContextKey { typealias Value = String }
+/// request.context[UserKey.self] = "alice"      // in middleware
+/// let user = request.context[UserKey.self]     // in the handler
+/// ```
+public protocol HTTPContextKey: Sendable {
+    associatedtype Value: Sendable
+}
+
+/// Per-request values filled by middleware and read by later middleware and the handler (empty and
+/// allocation-free until something is stored).
+public struct HTTPRequestContext: Sendable {
+    private var values: [ObjectIdentifier: any Sendable] = [:]
+    public init() {}
+    public subscript<K: HTTPContextKey>(_ key: K.Type) -> K.Value? {
+        get { values[ObjectIdentifier(key)] as? K.Value }
+        set { values[ObjectIdentifier(key)] = newValue }
+    }
+}
+
+/// A request as an async route handler sees it: owned values (copied out of the connection's buffers
+/// when the route is dispatched), safe to keep across `await`.
+public struct HTTPServerRequest: Sendable {
+    /// The method (e.g. "GET").
+    public let method: String
+    /// The request-target as sent (path and query).
+    public let target: String
+    /// The path as sent (still percent-encoded), up to `?`.
+    public let path: String
+    public let version: HTTPVersion
+    public let headers: HTTPHeaderFields
+    /// The route's `{name}` parameters (and `**`), percent-decoded.
+    public let parameters: HTTPParameters
+    /// The query string's items, percent-decoded (`+` as space).
+    public let query: HTTPParameters
+    /// The body, read whole before the handler starts (at most
+    /// ``HTTPServerConfiguration/asyncBodyLimit`` bytes, else 413 without calling the handler).
+    public let body: HTTPRequestBody
+    /// Values set by middleware for later middleware and the handler.
+    public var context = HTTPRequestContext()
+
+    /// Creates a request (for tests of handlers and middleware without a server).
+    public init(method: String, target: String, version: HTTPVersion = .http11, headers: HTTPHeaderFields = .init(),
+                parameters: HTTPParameters = .init(), body: [UInt8] = []) {
+        self.method = method
+        self.target = target
+        let t = Array(target.utf8)
+        let q = t.firstIndex(of: UInt8(ascii: "?"))
+        path = String(decoding: t[..<(q ?? t.endIndex)], as: UTF8.self)
+        query = q.map { HTTPParameters.parseQuery(t[($0 + 1)...]) } ?? HTTPParameters()
+        self.version = version
+        self.headers = headers
+        self.parameters = parameters
+        self.body = HTTPRequestBody(bytes: body)
+    }
+
+    init(method: String, target: String, path: String, query: HTTPParameters, version: HTTPVersion,
+         headers: HTTPHeaderFields, parameters: HTTPParameters, body: [UInt8]) {
+        self.method = method; self.target = target; self.path = path; self.query = query
+        self.version = version; self.headers = headers; self.parameters = parameters
+        self.body = HTTPRequestBody(bytes: body)
+    }
+
+    /// Decodes the body as JSON.
+    /// - Throws: ``HTTPError`` 400 with a short reason when it does not decode.
+    public func decode<T: Decodable>(_ type: T.Type = T.self) throws(HTTPError) -> T {
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(body.bytes))
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw HTTPError(400, "invalid JSON body: missing key \(key.stringValue)")
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw HTTPError(400, "invalid JSON body: wrong type at \(Self.pathText(ctx.codingPath))")
+        } catch let DecodingError.valueNotFound(_, ctx) {
+            throw HTTPError(400, "invalid JSON body: null at \(Self.pathText(ctx.codingPath))")
+        } catch {
+            throw HTTPError(400, "invalid JSON body")
+        }
+    }
+
+    private static func pathText(_ path: [any CodingKey]) -> String {
+        path.isEmpty ? "top level" : path.map(\.stringValue).joined(separator: ".")
+    }
+}
+
+/// A request body, read whole: its bytes, or an `AsyncSequence` of one chunk (so code written for a
+/// streamed body also works on it).
+public struct HTTPRequestBody: Sendable, AsyncSequence {
+    public typealias Element = [UInt8]
+    /// The whole body.
+    public let bytes: [UInt8]
+    public var count: Int { bytes.count }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(bytes: bytes.isEmpty ? nil : bytes) }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var bytes: [UInt8]?
+        public mutating func next() async -> [UInt8]? { defer { bytes = nil }; return bytes }
+    }
+}
+
+/// A response from an async route: status, header fields, body.
+public struct HTTPServerResponse: Sendable {
+    public var status: Int
+    public var headers: HTTPHeaderFields
+    public var body: [UInt8]
+
+    public init(status: Int = 200, headers: HTTPHeaderFields = .init(), body: [UInt8] = []) {
+        self.status = status; self.headers = headers; self.body = body
+    }
+
+    /// `text/plain` with `text` as the body.
+    public static func text(_ text: String, status: Int = 200) -> HTTPServerResponse {
+        var h = HTTPHeaderFields()
+        h.add("Content-Type", "text/plain")
+        return HTTPServerResponse(status: status, headers: h, body: Array(text.utf8))
+    }
+
+    /// `application/json` with `value` encoded.
+    /// - Throws: ``HTTPError`` 500 when `value` does not encode.
+    public static func json<T: Encodable>(_ value: T, status: Int = 200) throws(HTTPError) -> HTTPServerResponse {
+        let data: Data
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        do { data = try encoder.encode(value) } catch { throw HTTPError(500, "response did not encode as JSON") }
+        var h = HTTPHeaderFields()
+        h.add("Content-Type", "application/json")
+        return HTTPServerResponse(status: status, headers: h, body: Array(data))
+    }
+}
+
+/// An error a handler or middleware throws to answer with `status` and a short plain-text reason.
+/// Any other error thrown by an async route is answered 500 (its text is not sent).
+public struct HTTPError: Error, Sendable, Equatable {
+    public var status: Int
+    public var reason: String
+    public init(_ status: Int, _ reason: String = "") { self.status = status; self.reason = reason }
+
+    /// The response sent for this error.
+    public var response: HTTPServerResponse {
+        .text(reason.isEmpty ? "\(status)\n" : reason + "\n", status: status)
+    }
+}
+
+/// An async route handler: runs as a task on the connection's loop thread.
+public typealias HTTPAsyncHandler = @Sendable (HTTPServerRequest) async throws -> HTTPServerResponse
+
+/// Middleware around async routes: may answer by itself (short-circuit, e.g. 401), change the
+/// request (e.g. fill ``HTTPServerRequest/context``) before calling `next`, and change the response
+/// `next` returned.
+///
+/// ```swift
+/// struct RequireToken: HTTPMiddleware {
+///     func handle(_ request: HTTPServerRequest, next: HTTPAsyncHandler) async throws -> HTTPServerResponse {
+///         guard request.headers["Authorization"] == "Bearer secret" else { return .text("no\n", status: 401) }
+///         return try await next(request)
+///     }
+/// }
+/// ```
+public protocol HTTPMiddleware: Sendable {
+    func handle(_ request: HTTPServerRequest, next: HTTPAsyncHandler) async throws -> HTTPServerResponse
+}
+
+/// Middleware from a closure.
+public struct HTTPMiddlewareFunction: HTTPMiddleware {
+    let body: @Sendable (HTTPServerRequest, HTTPAsyncHandler) async throws -> HTTPServerResponse
+    public init(_ body: @escaping @Sendable (HTTPServerRequest, HTTPAsyncHandler) async throws -> HTTPServerResponse) {
+        self.body = body
+    }
+    public func handle(_ request: HTTPServerRequest, next: HTTPAsyncHandler) async throws -> HTTPServerResponse {
+        try await body(request, next)
+    }
+}
+
+/// CORS: answers preflight `OPTIONS` requests carrying `Access-Control-Request-Method` with 204 and the
+/// allowed methods and headers; adds `Access-Control-Allow-Origin` to every response of a request
+/// with an `Origin` the policy allows.
+public struct CORSMiddleware: HTTPMiddleware {
+    /// Allowed origins; empty: any (`*`).
+    public var allowedOrigins: [String]
+    public var allowedMethods: String
+    public var allowedHeaders: String
+    public var maxAgeSeconds: Int
+
+    public init(allowedOrigins: [String] = [], allowedMethods: String = "GET, POST, PUT, DELETE, OPTIONS",
+                allowedHeaders: String = "Content-Type, Authorization", maxAgeSeconds: Int = 600) {
+        self.allowedOrigins = allowedOrigins; self.allowedMethods = allowedMethods
+        self.allowedHeaders = allowedHeaders; self.maxAgeSeconds = maxAgeSeconds
+    }
+
+    public func handle(_ request: HTTPServerRequest, next: HTTPAsyncHandler) async throws -> HTTPServerResponse {
+        guard let origin = request.headers["Origin"] else { return try await next(request) }
+        let allow: String? = allowedOrigins.isEmpty ? "*" : (allowedOrigins.contains(origin) ? origin : nil)
+        guard let allow else { return try await next(request) }
+        if request.method == "OPTIONS" && request.headers.contains("Access-Control-Request-Method") {
+            var h = HTTPHeaderFields()
+            h.add("Access-Control-Allow-Origin", allow)
+            h.add("Access-Control-Allow-Methods", allowedMethods)
+            h.add("Access-Control-Allow-Headers", allowedHeaders)
+            h.add("Access-Control-Max-Age", String(maxAgeSeconds))
+            if allow != "*" { h.add("Vary", "Origin") }
+            return HTTPServerResponse(status: 204, headers: h)
+        }
+        var res = try await next(request)
+        res.headers.set("Access-Control-Allow-Origin", allow)
+        if allow != "*" { res.headers.add("Vary", "Origin") }
+        return res
+    }
+}
