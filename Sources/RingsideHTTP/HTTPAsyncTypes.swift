@@ -339,7 +339,9 @@ public struct HTTPMiddlewareFunction: HTTPMiddleware {
 
 /// CORS: answers preflight `OPTIONS` requests carrying `Access-Control-Request-Method` with 204 and the
 /// allowed methods and headers; adds `Access-Control-Allow-Origin` to every response of a request
-/// with an `Origin` the policy allows.
+/// with an `Origin` the policy allows. Middleware runs for matched routes only: give preflights a
+/// route, e.g. `group.on("OPTIONS", "/**") { _ in HTTPServerResponse(status: 404) }` in the group
+/// that uses this middleware.
 public struct CORSMiddleware: HTTPMiddleware {
     /// Allowed origins; empty: any (`*`).
     public var allowedOrigins: [String]

@@ -132,34 +132,46 @@ struct RouteTrie: Sendable {
 
     /// Matches `path` (raw, starting with `/`) and `method`; captures (byte ranges of `path`) are
     /// written to `captures` in template order, their number to `captureCount`. HEAD falls back to GET.
+    /// A template that matches the path but not the method does not stop the search (`OPTIONS /**`
+    /// still serves `OPTIONS /a` when only `GET /a` is literal); none for the method: 405.
     func match(method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer,
                captures: UnsafeMutablePointer<(Int32, Int32)>, captureCount: inout Int) -> Lookup {
         captureCount = 0
         guard path.count > 0, path[0] == UInt8(ascii: "/") else { return .notFound }
-        guard let n = walk(0, path, 1, captures, &captureCount) else { return .notFound }
+        var pathSeen = false
+        if let r = walk(0, method, path, 1, captures, &captureCount, &pathSeen) { return .route(r) }
+        captureCount = 0
+        return pathSeen ? .methodNotAllowed : .notFound
+    }
+
+    /// The route of node `n` for `method` (HEAD: else GET); notes in `pathSeen` that a route ends here.
+    @inline(__always)
+    private func route(_ n: Int, _ method: UnsafeRawBufferPointer, _ pathSeen: inout Bool) -> Int? {
         let methods = nodes[n].methods
+        guard !methods.isEmpty else { return nil }
+        pathSeen = true
         for m in methods where m.method.count == method.count {
-            if m.method.withUnsafeBytes({ Self.compare($0, method) }) == 0 { return .route(Int(m.route)) }
+            if m.method.withUnsafeBytes({ Self.compare($0, method) }) == 0 { return Int(m.route) }
         }
         if method.count == 4 && memcmpBytes(method.baseAddress, "HEAD", 4) {
             for m in methods where m.method.count == 3 && m.method.withUnsafeBytes({ memcmpBytes($0.baseAddress, "GET", 3) }) {
-                return .route(Int(m.route))
+                return Int(m.route)
             }
         }
-        return .methodNotAllowed
+        return nil
     }
 
-    /// The node ending a match of `path[pos...]` from node `n`, or nil. `pos` is the start of the
+    /// The route ending a match of `path[pos...]` from node `n`, or nil. `pos` is the start of the
     /// current segment (`path.count + 1`: no segment left).
-    private func walk(_ n: Int, _ path: UnsafeRawBufferPointer, _ pos: Int,
-                      _ captures: UnsafeMutablePointer<(Int32, Int32)>, _ count: inout Int) -> Int? {
+    private func walk(_ n: Int, _ method: UnsafeRawBufferPointer, _ path: UnsafeRawBufferPointer, _ pos: Int,
+                      _ captures: UnsafeMutablePointer<(Int32, Int32)>, _ count: inout Int, _ pathSeen: inout Bool) -> Int? {
         let node = nodes[n]
         if pos > path.count {
-            if !node.methods.isEmpty { return n }
+            if let r = route(n, method, &pathSeen) { return r }
             // `**` also matches an empty rest.
-            if node.catchAll >= 0, !nodes[Int(node.catchAll)].methods.isEmpty {
+            if node.catchAll >= 0, count < Self.maxCaptures, let r = route(Int(node.catchAll), method, &pathSeen) {
                 captures[count] = (Int32(path.count), Int32(path.count)); count += 1
-                return Int(node.catchAll)
+                return r
             }
             return nil
         }
@@ -168,20 +180,20 @@ struct RouteTrie: Sendable {
         let segment = UnsafeRawBufferPointer(rebasing: path[pos..<end])
         if !node.literals.isEmpty {
             let (found, at) = Self.search(node.literals, segment)
-            if found, let r = walk(Int(node.literals[at].node), path, end + 1, captures, &count) { return r }
+            if found, let r = walk(Int(node.literals[at].node), method, path, end + 1, captures, &count, &pathSeen) { return r }
         }
         if end > pos {
             if node.parameter >= 0 && count < Self.maxCaptures {
                 let saved = count
                 captures[count] = (Int32(pos), Int32(end)); count += 1
-                if let r = walk(Int(node.parameter), path, end + 1, captures, &count) { return r }
+                if let r = walk(Int(node.parameter), method, path, end + 1, captures, &count, &pathSeen) { return r }
                 count = saved
             }
-            if node.wildcard >= 0, let r = walk(Int(node.wildcard), path, end + 1, captures, &count) { return r }
+            if node.wildcard >= 0, let r = walk(Int(node.wildcard), method, path, end + 1, captures, &count, &pathSeen) { return r }
         }
-        if node.catchAll >= 0, !nodes[Int(node.catchAll)].methods.isEmpty, count < Self.maxCaptures {
+        if node.catchAll >= 0, count < Self.maxCaptures, let r = route(Int(node.catchAll), method, &pathSeen) {
             captures[count] = (Int32(pos), Int32(path.count)); count += 1
-            return Int(node.catchAll)
+            return r
         }
         return nil
     }

@@ -1,0 +1,450 @@
+import Foundation
+import Glibc
+import Ringside
+@testable import RingsideHTTP
+import Synchronization
+import Testing
+
+// Async routes, path templates, middleware and JSON bodies (issue 18), on both backends.
+
+private func withRouter(_ backend: BackendKind, _ router: HTTPRouter,
+                        configure: (inout HTTPServerConfiguration) -> Void = { _ in },
+                        _ body: (RunningServer) throws -> Void) throws {
+    var http = HTTPServerConfiguration()
+    configure(&http)
+    try withServer(backend, handler: HTTPServer.handler(router: router, configuration: http), body)
+}
+
+private struct Reply {
+    let status: Int
+    let head: String
+    let body: String
+    func header(_ name: String) -> String? {
+        for line in head.components(separatedBy: "\r\n").dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            if line[..<colon].lowercased() == name.lowercased() {
+                return line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return nil
+    }
+}
+
+/// Reads HTTP/1.1 responses (Content-Length framed) off one client, keeping what arrives early.
+private final class ReplyReader {
+    let client: TestClient
+    var buffer: [UInt8] = []
+    init(_ client: TestClient) { self.client = client }
+
+    /// The next response; `headOnly`: the answer to a HEAD request (no body follows its head).
+    func next(headOnly: Bool = false) throws -> Reply {
+        while true {
+            if let end = buffer.firstRange(of: Array("\r\n\r\n".utf8)) {
+                let head = String(decoding: buffer[..<end.lowerBound], as: UTF8.self)
+                var length = 0
+                for line in head.components(separatedBy: "\r\n") where !headOnly && line.lowercased().hasPrefix("content-length:") {
+                    length = Int(line.dropFirst(15).trimmingCharacters(in: .whitespaces)) ?? 0
+                }
+                if buffer.count >= end.upperBound + length {
+                    let body = String(decoding: buffer[end.upperBound..<end.upperBound + length], as: UTF8.self)
+                    buffer.removeSubrange(..<(end.upperBound + length))
+                    return Reply(status: Int(head.dropFirst(9).prefix(3)) ?? -1, head: head, body: body)
+                }
+            }
+            var chunk = [UInt8](repeating: 0, count: 16384)
+            let n = chunk.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress!, 16384, 0) }
+            if n == 0 { throw ClientError("EOF before a complete response (\(buffer.count) bytes held)") }
+            if n < 0 {
+                if Errno.current == .interrupted { continue }
+                throw ClientError("recv: \(Errno.current)")
+            }
+            buffer.append(contentsOf: chunk[0..<n])
+        }
+    }
+}
+
+private func get(_ path: String, headers: String = "") -> [UInt8] {
+    Array("GET \(path) HTTP/1.1\r\nHost: t\r\n\(headers)\r\n".utf8)
+}
+
+private func request(_ port: Int, _ bytes: [UInt8]) throws -> Reply {
+    let c = try TestClient(port: port)
+    try c.send(bytes)
+    return try ReplyReader(c).next()
+}
+
+private struct Unchecked<T>: @unchecked Sendable { let value: T }
+
+private func ms(_ d: Duration) -> Double {
+    Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+}
+
+// MARK: routing (no server)
+
+@Suite struct HTTPRoutingTests {
+    private func lookup(_ router: HTTPRouter, _ method: String, _ path: String) -> (Int?, [String: String]) {
+        let caps = UnsafeMutablePointer<(Int32, Int32)>.allocate(capacity: RouteTrie.maxCaptures)
+        defer { caps.deallocate() }
+        var n = 0
+        let bytes = Array(path.utf8)
+        let m = Array(method.utf8)
+        let r = bytes.withUnsafeBytes { p in
+            m.withUnsafeBytes { mp in router.match(method: mp, path: p, captures: caps, captureCount: &n) }
+        }
+        guard case .route(let i) = r else { return (nil, [:]) }
+        var out: [String: String] = [:]
+        for (k, name) in router.routes[i].parameterNames.enumerated() where k < n {
+            out[name] = String(decoding: bytes[Int(caps[k].0)..<Int(caps[k].1)], as: UTF8.self)
+        }
+        return (i, out)
+    }
+
+    @Test func templatesParametersWildcardsAndPrecedence() {
+        var r = HTTPRouter()
+        r.get("/users/me") { _, _ in }                       // 0
+        r.get("/users/{id}") { _, _ in }                     // 1
+        r.get("/users/{id}/posts/{post}") { _, _ in }        // 2
+        r.get("/files/**") { _, _ in }                       // 3
+        r.get("/a/*/c") { _, _ in }                          // 4
+        r.get("/") { _, _ in }                               // 5
+        r.group("/api") { api in
+            api.get("/v1/{thing}") { _, _ in }               // 6
+            api.group("/admin") { admin in admin.post("/x") { _, _ in } }  // 7
+        }
+        #expect(lookup(r, "GET", "/users/me").0 == 0)
+        #expect(lookup(r, "GET", "/users/42").0 == 1)
+        #expect(lookup(r, "GET", "/users/42").1 == ["id": "42"])
+        #expect(lookup(r, "GET", "/users/a%2Fb").1 == ["id": "a%2Fb"])  // raw: decoding comes later
+        #expect(lookup(r, "GET", "/users/7/posts/9").1 == ["id": "7", "post": "9"])
+        #expect(lookup(r, "GET", "/users/").0 == nil)          // {id} needs a non-empty segment
+        #expect(lookup(r, "GET", "/files/a/b/c.txt").1 == ["**": "a/b/c.txt"])
+        #expect(lookup(r, "GET", "/files/").0 == 3)
+        #expect(lookup(r, "GET", "/a/zzz/c").0 == 4)
+        #expect(lookup(r, "GET", "/a/zzz/d").0 == nil)
+        #expect(lookup(r, "GET", "/").0 == 5)
+        #expect(lookup(r, "HEAD", "/users/1").0 == 1)          // HEAD served by GET
+        #expect(lookup(r, "GET", "/api/v1/widgets").1 == ["thing": "widgets"])
+        #expect(lookup(r, "POST", "/api/admin/x").0 == 7)
+        let caps = UnsafeMutablePointer<(Int32, Int32)>.allocate(capacity: RouteTrie.maxCaptures)
+        defer { caps.deallocate() }
+        var n = 0
+        let notAllowed = Array("/api/admin/x".utf8).withUnsafeBytes { p in
+            Array("GET".utf8).withUnsafeBytes { r.match(method: $0, path: p, captures: caps, captureCount: &n) }
+        }
+        guard case .methodNotAllowed = notAllowed else { Issue.record("expected 405, got \(notAllowed)"); return }
+    }
+
+    @Test func percentDecodingAndQueryStrings() {
+        #expect(percentDecode(Array("a%20b%2Fc".utf8)) == "a b/c")
+        #expect(percentDecode(Array("caf%C3%A9".utf8)) == "café")
+        #expect(percentDecode(Array("bad%zz%4".utf8)) == "bad%zz%4")  // invalid escapes kept
+        #expect(percentDecode(Array("a+b".utf8)) == "a+b")
+        let q = HTTPParameters.parseQuery(Array("q=a+b&x=%2F&flag&&x=2&e=".utf8))
+        #expect(q["q"] == "a b")
+        #expect(q["x"] == "/")
+        #expect(q.all("x") == ["/", "2"])
+        #expect(q["flag"] == "")
+        #expect(q["e"] == "")
+        #expect(q.count == 5)
+        let req = HTTPServerRequest(method: "GET", target: "/s?term=swift%20nio&page=2")
+        #expect(req.path == "/s")
+        #expect(req.query["term"] == "swift nio")
+        #expect(req.query.get("page", as: Int.self) == 2)
+    }
+
+    /// Lookup cost with 10 and with 1,000 routes (printed, not asserted: the machine is shared).
+    @Test func matchingCostDoesNotGrowWithTheNumberOfRoutes() {
+        func build(_ count: Int) -> HTTPRouter {
+            var r = HTTPRouter()
+            for i in 0..<count {
+                switch i % 4 {
+                case 0: r.get("/r\(i)") { _, _ in }
+                case 1: r.get("/r\(i)/items/{id}") { _, _ in }
+                case 2: r.post("/api/v\(i)/things/{thing}/parts/{part}") { _, _ in }
+                default: r.get("/static/\(i)/**") { _, _ in }
+                }
+            }
+            return r
+        }
+        func measure(_ r: HTTPRouter, routes: Int) -> Double {
+            let probes: [(String, String)] = (0..<64).map { k in
+                let i = (k * 7919) % routes
+                switch i % 4 {
+                case 0: return ("GET", "/r\(i)")
+                case 1: return ("GET", "/r\(i)/items/12345")
+                case 2: return ("POST", "/api/v\(i)/things/abc/parts/def")
+                default: return ("GET", "/static/\(i)/css/site.css")
+                }
+            }
+            let bytes = probes.map { (Array($0.0.utf8), Array($0.1.utf8)) }
+            let caps = UnsafeMutablePointer<(Int32, Int32)>.allocate(capacity: RouteTrie.maxCaptures)
+            defer { caps.deallocate() }
+            var found = 0, n = 0
+            let rounds = 2_000
+            let start = ContinuousClock.now
+            for _ in 0..<rounds {
+                for (m, p) in bytes {
+                    let r = p.withUnsafeBytes { pp in m.withUnsafeBytes { r.match(method: $0, path: pp, captures: caps, captureCount: &n) } }
+                    if case .route = r { found += 1 }
+                }
+            }
+            let elapsed = ContinuousClock.now - start
+            #expect(found == rounds * probes.count, "every probe matches a route")
+            return ms(elapsed) * 1e6 / Double(rounds * probes.count)
+        }
+        let small = measure(build(12), routes: 12)
+        let large = measure(build(1_000), routes: 1_000)
+        print("route match (debug build): 12 routes \(String(format: "%.0f", small)) ns/lookup, 1,000 routes \(String(format: "%.0f", large)) ns/lookup")
+    }
+}
+
+// MARK: server tests
+
+private enum TraceKey: HTTPContextKey { typealias Value = [String] }
+
+private struct Trace: HTTPMiddleware {
+    let name: String
+    func handle(_ request: HTTPServerRequest, next: HTTPAsyncHandler) async throws -> HTTPServerResponse {
+        var r = request
+        r.context[TraceKey.self, default: []].append(name)
+        var res = try await next(r)
+        res.headers.add("X-After", name)  // added on the way out: innermost first
+        return res
+    }
+}
+
+extension HTTPRequestContext {
+    fileprivate subscript<K: HTTPContextKey>(_ key: K.Type, default value: K.Value) -> K.Value {
+        get { self[key] ?? value }
+        set { self[key] = newValue }
+    }
+}
+
+private struct Item: Codable, Equatable { let name: String; let count: Int }
+
+/// Counts handler runs and cancellations (shared with the server's tasks).
+private final class Counters: Sendable {
+    let started = Atomic<Int>(0)
+    let cancelled = Atomic<Int>(0)
+    let handled = Atomic<Int>(0)
+}
+
+private func serviceRouter(_ counters: Counters) -> HTTPRouter {
+    var r = HTTPRouter.benchmarkRoutes
+    r.get("/sync/{name}") { req, res in
+        res.write(req.parameter("name")?.string ?? "-")
+        res.write("|")
+        res.write(req.query.string)
+    }
+    r.get("/echo/{a}/{b}") { req in
+        let q = req.query.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+        return .text("\(req.parameters["a"] ?? "")|\(req.parameters["b"] ?? "")|\(q)")
+    }
+    r.get("/wait") { _ in
+        counters.started.add(1, ordering: .relaxed)
+        return try await withTaskCancellationHandler {
+            try await Task.sleep(for: .seconds(30))
+            return .text("not cancelled")
+        } onCancel: {
+            counters.cancelled.add(1, ordering: .relaxed)
+        }
+    }
+    r.post("/items") { req in
+        let item = try req.decode(Item.self)
+        counters.handled.add(1, ordering: .relaxed)
+        return try .json(Item(name: item.name.uppercased(), count: item.count + 1), status: 201)
+    }
+    r.group("/secure") { g in
+        g.use(Trace(name: "outer"))
+        g.use { req, next in
+            // Authentication: short-circuits with 401 unless the token is right.
+            guard req.headers["authorization"] == "Bearer letmein" else { return .text("who are you?", status: 401) }
+            var r = req
+            r.context[TraceKey.self, default: []].append("auth")
+            return try await next(r)
+        }
+        g.use(Trace(name: "inner"))
+        g.get("/whoami") { req in
+            counters.handled.add(1, ordering: .relaxed)
+            return .text((req.context[TraceKey.self] ?? []).joined(separator: ">") + ">handler")
+        }
+        g.get("/plain") { _, res in res.write("sync routes are not wrapped") }
+    }
+    r.group("/cors") { g in
+        g.use(CORSMiddleware(allowedOrigins: ["https://a.example"]))
+        g.get("/data") { _ in .text("data") }
+        g.on("OPTIONS", "/**") { _ in HTTPServerResponse(status: 404) }  // preflights reach the middleware
+    }
+    return r
+}
+
+@Suite(.serialized) struct HTTPAsyncTests {
+    @Test(arguments: allBackends) func benchmarkAsyncRoutes(_ backend: BackendKind) throws {
+        try withRouter(backend, .benchmarkRoutes) { server in
+            let a = try request(server.port, get("/async/plaintext"))
+            #expect(a.status == 200 && a.body == "Hello, World!" && a.header("Content-Type") == "text/plain")
+            let d = try request(server.port, get("/delay/20"))
+            #expect(d.status == 200 && d.body == "done")
+            let u = try request(server.port, get("/users/a%20b%2Fc"))
+            #expect(u.status == 200 && u.body == #"{"id":"a b/c"}"# && u.header("Content-Type") == "application/json")
+            #expect(try request(server.port, get("/delay/10001")).status == 400)
+            #expect(try request(server.port, get("/delay/abc")).status == 400)
+            let hc = try TestClient(port: server.port)
+            try hc.send(Array("HEAD /async/plaintext HTTP/1.1\r\nHost: t\r\n\r\n".utf8) + get("/users/1"))
+            let hr = ReplyReader(hc)
+            let h = try hr.next(headOnly: true)
+            #expect(try hr.next().body == #"{"id":"1"}"#, "no body was sent after the HEAD response's head")
+            #expect(h.status == 200 && h.header("Content-Length") == "13")
+        }
+    }
+
+    @Test(arguments: allBackends) func pathParametersPercentDecodingAndQueryStrings(_ backend: BackendKind) throws {
+        try withRouter(backend, serviceRouter(Counters())) { server in
+            let e = try request(server.port, get("/echo/caf%C3%A9/x%2Fy?q=a+b&n=%31&flag"))
+            #expect(e.body == "café|x/y|q=a b,n=1,flag=")
+            let s = try request(server.port, get("/sync/a%20b?x=1"))
+            #expect(s.body == "a%20b|x=1")  // sync routes see the raw bytes (no allocation)
+            #expect(try request(server.port, get("/echo/only-one")).status == 404)
+            #expect(try request(server.port, Array("DELETE /echo/a/b HTTP/1.1\r\nHost: t\r\n\r\n".utf8)).status == 405)
+        }
+    }
+
+    @Test(arguments: allBackends) func pipelinedRequestsWithDifferentDelaysComeBackInOrder(_ backend: BackendKind) throws {
+        try withRouter(backend, .benchmarkRoutes) { server in
+            let c = try TestClient(port: server.port)
+            let paths = ["/delay/300", "/delay/10", "/plaintext", "/users/7", "/delay/0", "/nope", "/delay/290", "/async/plaintext"]
+            let start = ContinuousClock.now
+            try c.send(paths.flatMap { get($0) })
+            let reader = ReplyReader(c)
+            var bodies: [String] = []
+            for _ in paths { bodies.append(try reader.next().body) }
+            let elapsed = ContinuousClock.now - start
+            #expect(bodies == ["done", "done", "Hello, World!", #"{"id":"7"}"#, "done", "", "done", "Hello, World!"])
+            print("[\(backend)] 8 pipelined requests (delays 300, 10, 0, 290 ms) answered in order in \(Int(ms(elapsed))) ms")
+            #expect(elapsed < .milliseconds(550), "the delays overlap (300 ms), not add up (600 ms)")
+            // The connection stays usable.
+            try c.send(get("/async/plaintext"))
+            #expect(try reader.next().body == "Hello, World!")
+        }
+    }
+
+    @Test(arguments: allBackends) func thousandConcurrentDelaysDoNotBlockOtherClients(_ backend: BackendKind) throws {
+        try withRouter(backend, .benchmarkRoutes) { server in
+            let clients = try (0..<1_000).map { _ in try TestClient(port: server.port) }
+            let probe = try TestClient(port: server.port)
+            let probeReader = ReplyReader(probe)
+            try probe.send(get("/plaintext"))
+            _ = try probeReader.next()
+            let stop = Atomic<Bool>(false)
+            nonisolated(unsafe) var latencies: [Double] = []
+            nonisolated(unsafe) var probeError: (any Error)? = nil
+            let prober = Unchecked(value: (probe, probeReader))
+            let finished = DispatchSemaphore(value: 0)
+            let start = ContinuousClock.now
+            Thread.detachNewThread {
+                let (probe, probeReader) = prober.value
+                do {
+                    while !stop.load(ordering: .relaxed) {
+                        let t = ContinuousClock.now
+                        try probe.send(get("/plaintext"))
+                        let r = try probeReader.next()
+                        latencies.append(ms(ContinuousClock.now - t))
+                        if r.body != "Hello, World!" { throw ClientError("probe got \(r.status) \(r.body)") }
+                        usleep(1_000)
+                    }
+                } catch { probeError = error }
+                finished.signal()
+            }
+            for c in clients { try c.send(get("/delay/200")) }
+            var bodies = 0
+            for c in clients where try ReplyReader(c).next().body == "done" { bodies += 1 }
+            let elapsed = ContinuousClock.now - start
+            stop.store(true, ordering: .relaxed)
+            finished.wait()
+            #expect(probeError == nil, "\(String(describing: probeError))")
+            #expect(bodies == 1_000)
+            let sorted = latencies.sorted()
+            let p99 = sorted.isEmpty ? .infinity : sorted[min(sorted.count - 1, sorted.count * 99 / 100)]
+            print("[\(backend)] 1,000 concurrent /delay/200: all answered in \(Int(ms(elapsed))) ms; /plaintext on another connection meanwhile: \(sorted.count) requests, p50 \(String(format: "%.2f", sorted.isEmpty ? 0 : sorted[sorted.count / 2])) ms, p99 \(String(format: "%.2f", p99)) ms")
+            #expect(elapsed < .milliseconds(1_500), "1,000 × 200 ms serialized would take 200 s")
+            #expect(sorted.count >= 5)
+            #expect(p99 < 20)
+        }
+    }
+
+    @Test(arguments: allBackends) func clientClosingMidAwaitCancelsTheTask(_ backend: BackendKind) throws {
+        let counters = Counters()
+        try withRouter(backend, serviceRouter(counters)) { server in
+            // A plain close (FIN), then a reset (RST).
+            for (k, reset) in [false, true].enumerated() {
+                do {
+                    let c = try TestClient(port: server.port)
+                    try c.send(get("/wait"))
+                    #expect(eventually(5) { counters.started.load(ordering: .relaxed) == k + 1 })
+                    if reset { c.setLingerZero() }
+                }  // the client is closed here
+                #expect(eventually(5) { counters.cancelled.load(ordering: .relaxed) == k + 1 },
+                        "the handler's cancellation handler ran (\(reset ? "RST" : "FIN"))")
+            }
+            // Pipelined behind an outstanding request: both tasks are cancelled.
+            do {
+                let c = try TestClient(port: server.port)
+                try c.send(get("/wait") + get("/wait"))
+                #expect(eventually(5) { counters.started.load(ordering: .relaxed) == 4 })
+            }
+            #expect(eventually(5) { counters.cancelled.load(ordering: .relaxed) == 4 })
+        }
+    }
+
+    @Test(arguments: allBackends) func middlewareOrderShortCircuitAndContext(_ backend: BackendKind) throws {
+        let counters = Counters()
+        try withRouter(backend, serviceRouter(counters)) { server in
+            let denied = try request(server.port, get("/secure/whoami"))
+            #expect(denied.status == 401 && denied.body == "who are you?")
+            #expect(denied.header("X-After") == "outer", "outer middleware wraps the short-circuited answer too")
+            #expect(counters.handled.load(ordering: .relaxed) == 0, "the handler did not run")
+            let ok = try request(server.port, get("/secure/whoami", headers: "Authorization: Bearer letmein\r\n"))
+            #expect(ok.status == 200)
+            #expect(ok.body == "outer>auth>inner>handler")
+            let after = ok.head.components(separatedBy: "\r\n").filter { $0.hasPrefix("X-After") }
+            #expect(after == ["X-After: inner", "X-After: outer"])
+            #expect(try request(server.port, get("/secure/plain")).body == "sync routes are not wrapped")
+            // Middleware of a group does not leak to routes outside it.
+            #expect(try request(server.port, get("/async/plaintext")).header("X-After") == nil)
+            // CORS.
+            let pre = try request(server.port, Array(("OPTIONS /cors/data HTTP/1.1\r\nHost: t\r\nOrigin: https://a.example\r\n"
+                + "Access-Control-Request-Method: GET\r\n\r\n").utf8))
+            #expect(pre.status == 204 && pre.header("Access-Control-Allow-Origin") == "https://a.example")
+            #expect(pre.header("Access-Control-Allow-Methods")?.contains("GET") == true)
+            let simple = try request(server.port, get("/cors/data", headers: "Origin: https://a.example\r\n"))
+            #expect(simple.body == "data" && simple.header("Access-Control-Allow-Origin") == "https://a.example")
+            let other = try request(server.port, get("/cors/data", headers: "Origin: https://evil.example\r\n"))
+            #expect(other.body == "data" && other.header("Access-Control-Allow-Origin") == nil)
+        }
+    }
+
+    @Test(arguments: allBackends) func jsonBodiesDecodeOrAnswer400AndTheLimitComesFirst(_ backend: BackendKind) throws {
+        let counters = Counters()
+        try withRouter(backend, serviceRouter(counters), configure: { $0.asyncBodyLimit = 256 }) { server in
+            func post(_ body: String) -> [UInt8] {
+                Array("POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+            }
+            let ok = try request(server.port, post(#"{"name":"bolt","count":2}"#))
+            #expect(ok.status == 201)
+            #expect(try JSONDecoder().decode(Item.self, from: Data(ok.body.utf8)) == Item(name: "BOLT", count: 3))
+            let bad = try request(server.port, post(#"{"name":"bolt","#))
+            #expect(bad.status == 400 && bad.body == "invalid JSON body\n")
+            let missing = try request(server.port, post(#"{"name":"bolt"}"#))
+            #expect(missing.status == 400 && missing.body == "invalid JSON body: missing key count\n")
+            let wrongType = try request(server.port, post(#"{"name":"bolt","count":"two"}"#))
+            #expect(wrongType.status == 400 && wrongType.body == "invalid JSON body: wrong type at count\n")
+            let big = try request(server.port, post(#"{"name":""# + String(repeating: "x", count: 300) + #"","count":1}"#))
+            #expect(big.status == 413)
+            #expect(counters.handled.load(ordering: .relaxed) == 1, "only the valid body reached the handler")
+            // Chunked bodies count against the limit as they arrive.
+            let c = try TestClient(port: server.port)
+            try c.send(Array("POST /items HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n".utf8) + Array(repeating: UInt8(ascii: "x"), count: 256) + Array("\r\n10\r\n".utf8) + Array(repeating: UInt8(ascii: "x"), count: 16) + Array("\r\n0\r\n\r\n".utf8))
+            #expect(try ReplyReader(c).next().status == 413)
+        }
+    }
+}
