@@ -42,7 +42,12 @@ extension HTTPConnection {
         pumpOutput(connection)
     }
 
-    private func composeHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool) {
+    /// The head of a streamed response (HTTPResponseWriter) into `responseHead`.
+    func composeStreamHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool) {
+        composeHead(res, meta, chunked: chunked, close: close, streamed: true)
+    }
+
+    private func composeHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool, streamed: Bool = false) {
         let version = meta.version, isHead = meta.isHead
         let h = responseHead
         h.clear()
@@ -57,7 +62,7 @@ extension HTTPConnection {
         if res.status != 204 && res.status != 304 {
             if chunked {
                 h.append("Transfer-Encoding: chunked\r\n")
-            } else {
+            } else if !streamed {
                 h.append("Content-Length: ")
                 h.append(decimal: responseBody.count + (res.bodyFile?.size ?? 0))
                 h.append("\r\n")
@@ -66,7 +71,7 @@ extension HTTPConnection {
         if close { h.append("Connection: close\r\n") }
         else if version == .http10 { h.append("Connection: keep-alive\r\n") }
         h.append("\r\n")
-        if chunked && !isHead && responseBody.count > 0 {
+        if chunked && !isHead && !streamed && responseBody.count > 0 {
             // One chunk with the whole body; its size line goes with the head.
             appendHex(responseBody.count, to: h)
             h.append("\r\n")
@@ -142,7 +147,7 @@ extension HTTPConnection {
 
     /// The response is queued whole (or cut off: the connection is closing): close if it said so, else
     /// go on with stashed input.
-    private func endResponse(_ connection: Connection, cutOff: Bool) {
+    func endResponse(_ connection: Connection, cutOff: Bool) {
         out.active = false
         finishFile()
         if out.retryArmed { out.retryArmed = false; connection.cancelTimer() }

@@ -92,6 +92,7 @@ public struct HTTPRouter: Sendable {
         case sync(HTTPRouteHandler)
         case streaming(@Sendable () -> any HTTPStreamingHandler)
         case async(HTTPAsyncHandler)
+        case streamingAsync(HTTPStreamingAsyncHandler)
     }
     struct Route: Sendable {
         let method: [UInt8]
@@ -102,6 +103,12 @@ public struct HTTPRouter: Sendable {
         var handler: HTTPRouteHandler? { if case .sync(let h) = kind { h } else { nil } }
         var streaming: (@Sendable () -> any HTTPStreamingHandler)? { if case .streaming(let m) = kind { m } else { nil } }
         var asyncHandler: HTTPAsyncHandler? { if case .async(let h) = kind { h } else { nil } }
+        var isAsync: Bool {
+            switch kind {
+            case .async, .streamingAsync: true
+            default: false
+            }
+        }
     }
     var routes: [Route] = []
     var trie = RouteTrie()
@@ -157,6 +164,14 @@ public struct HTTPRouter: Sendable {
         add(method, path, .async(h))
     }
     public mutating func get(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("GET", path, handler) }
+
+    /// Registers an async route that writes its response as a stream (`try await writer.write(...)`),
+    /// chunked, with backpressure; otherwise like ``on(_:_:_:)-(_,_,HTTPAsyncHandler)`` (a task on the
+    /// loop, request order kept, cancelled when the client goes away). Middleware does not wrap it.
+    /// A throw before anything was written answers like an async route; after, aborts the connection.
+    public mutating func onStreaming(_ method: String, _ path: String, _ handler: @escaping HTTPStreamingAsyncHandler) {
+        add(method, path, .streamingAsync(handler))
+    }
     public mutating func post(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("POST", path, handler) }
     public mutating func put(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("PUT", path, handler) }
     public mutating func delete(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("DELETE", path, handler) }

@@ -54,7 +54,10 @@ public struct HTTPHandler: ConnectionHandler {
         c.received(bytes.bytes, connection)
     }
     public mutating func inputClosed(on connection: Connection) { c.inputClosed(connection) }
-    public mutating func writable(on connection: Connection) { c.pumpOutput(connection) }
+    public mutating func writable(on connection: Connection) {
+        c.wakeStreamWriter()
+        c.pumpOutput(connection)
+    }
     public mutating func timerFired(on connection: Connection) { c.timerFired(connection) }
     public mutating func closed(reason: CloseReason) { c.closed() }
 }
@@ -111,6 +114,8 @@ final class HTTPConnection {
     /// The engine handle (kept for async completions, which arrive outside handler callbacks).
     var connection: Connection? = nil
     var executor: LoopExecutor? = nil
+    /// A streamed response's task waiting for the output queue to drain.
+    var streamWriter: UnsafeContinuation<Void, Never>? = nil
 
     init(router: HTTPRouter, configuration: HTTPServerConfiguration) {
         self.router = router
@@ -197,7 +202,7 @@ final class HTTPConnection {
             var handler = make()
             handler.head(request(body: .none))
             streaming = handler
-        } else if case .route(let i) = route, router.routes[i].asyncHandler != nil {
+        } else if case .route(let i) = route, router.routes[i].isAsync {
             isAsync = true
             if let n = h.contentLength, n > config.asyncBodyLimit {
                 return fail(status: 413, reason: "request body larger than \(config.asyncBodyLimit) bytes", connection)
@@ -244,7 +249,8 @@ final class HTTPConnection {
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         switch route {
         case .route(let i) where isAsync:
-            return startAsync(route: i, connection)
+            if router.routes[i].asyncHandler != nil { return startAsync(route: i, connection) }
+            return startStreamingAsync(route: i, connection)
         case .route(let i):
             if streaming != nil {
                 streaming!.end(&res)
@@ -321,6 +327,7 @@ final class HTTPConnection {
     }
 
     func timerFired(_ connection: Connection) {
+        wakeStreamWriter()
         if out.active { out.retryArmed = false; pumpOutput(connection); return }
         if !parser.isIdle && !headComplete {
             fail(status: 408, reason: "request head not complete within the header timeout", connection)
