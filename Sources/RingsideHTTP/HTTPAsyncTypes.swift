@@ -199,8 +199,9 @@ public struct HTTPServerRequest: Sendable {
     public let parameters: HTTPParameters
     /// The query string's items, percent-decoded (`+` as space).
     public let query: HTTPParameters
-    /// The body, read whole before the handler starts (at most
-    /// ``HTTPServerConfiguration/asyncBodyLimit`` bytes, else 413 without calling the handler).
+    /// The body: read whole before the handler starts (at most
+    /// ``HTTPServerConfiguration/asyncBodyLimit`` bytes, else 413 without calling the handler), or
+    /// streamed as it arrives for streaming routes.
     public let body: HTTPRequestBody
     /// Values set by middleware for later middleware and the handler.
     public var context = HTTPRequestContext()
@@ -221,10 +222,10 @@ public struct HTTPServerRequest: Sendable {
     }
 
     init(method: String, target: String, path: String, query: HTTPParameters, version: HTTPVersion,
-         headers: HTTPHeaderFields, parameters: HTTPParameters, body: [UInt8]) {
+         headers: HTTPHeaderFields, parameters: HTTPParameters, body: HTTPRequestBody) {
         self.method = method; self.target = target; self.path = path; self.query = query
         self.version = version; self.headers = headers; self.parameters = parameters
-        self.body = HTTPRequestBody(bytes: body)
+        self.body = body
     }
 
     /// Decodes the body as JSON.
@@ -248,19 +249,55 @@ public struct HTTPServerRequest: Sendable {
     }
 }
 
-/// A request body, read whole: its bytes, or an `AsyncSequence` of one chunk (so code written for a
-/// streamed body also works on it).
+/// A request body: read whole before the handler ran (``HTTPRouter/on(_:_:_:)-(_,_,HTTPAsyncHandler)``),
+/// or, for streaming routes (``HTTPRouter/onStreaming(_:_:_:)``), delivered as it arrives: iterate it
+/// (`for try await chunk in request.body`). A streamed body is buffered up to
+/// ``HTTPServerConfiguration/streamedBodyBuffer`` bytes; beyond that the connection stops reading until
+/// the handler takes what is buffered (backpressure). Iterate it from the route's task, once.
 public struct HTTPRequestBody: Sendable, AsyncSequence {
     public typealias Element = [UInt8]
-    /// The whole body.
-    public let bytes: [UInt8]
-    public var count: Int { bytes.count }
+    let whole: [UInt8]
+    let stream: LoopBound<BodyStream>?
 
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(bytes: bytes.isEmpty ? nil : bytes) }
+    init(bytes: [UInt8]) { whole = bytes; stream = nil }
+    init(stream: BodyStream) { whole = []; self.stream = LoopBound(value: stream) }
+
+    /// The whole body of a non-streaming route (empty for a streamed body: iterate or ``collect(upTo:)``).
+    public var bytes: [UInt8] { whole }
+
+    /// Whether the body arrives as a stream (streaming routes).
+    public var isStreamed: Bool { stream != nil }
+
+    /// The whole body, read to its end (streamed bodies), at most `limit` bytes.
+    /// - Throws: ``HTTPError`` 413 beyond `limit`; `CancellationError` when the client went away.
+    public func collect(upTo limit: Int) async throws -> [UInt8] {
+        guard stream != nil else {
+            guard whole.count <= limit else { throw HTTPError(413, "request body larger than \(limit) bytes") }
+            return whole
+        }
+        var out: [UInt8] = []
+        for try await chunk in self {
+            guard out.count + chunk.count <= limit else { throw HTTPError(413, "request body larger than \(limit) bytes") }
+            out += chunk
+        }
+        return out
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(bytes: whole.isEmpty ? nil : whole, stream: stream)
+    }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         var bytes: [UInt8]?
-        public mutating func next() async -> [UInt8]? { defer { bytes = nil }; return bytes }
+        let stream: LoopBound<BodyStream>?
+        /// The next piece; nil at the end of the body.
+        /// - Throws: `CancellationError` when the client went away, ``HTTPError`` when the rest of the
+        ///   request was malformed.
+        public mutating func next() async throws -> [UInt8]? {
+            if let stream { return try await stream.value.next() }
+            defer { bytes = nil }
+            return bytes
+        }
     }
 }
 

@@ -32,6 +32,8 @@ final class PendingResponse {
     var chunked = false
     var closeAfter = false
     var waiter: UnsafeContinuation<Void, Never>? = nil
+    /// The request body being streamed to this response's handler, if any.
+    var body: BodyStream? = nil
 
     init(meta: RequestMeta) { self.meta = meta }
 
@@ -137,6 +139,7 @@ extension HTTPConnection {
             e.task?.cancel()
             e.task = nil
             wake(e)
+            e.body?.fail(CancellationError())
             if case .copied(_, _, _, let file?, _) = e.payload { _ = Glibc.close(file.fd) }
         }
         pending.removeAll()
@@ -144,7 +147,7 @@ extension HTTPConnection {
     }
 
     /// The owned request an async handler gets (this is where an async route allocates).
-    private func serverRequest(route i: Int) -> HTTPServerRequest {
+    func serverRequest(route i: Int, body: HTTPRequestBody? = nil) -> HTTPServerRequest {
         let target = head.slice(head.target).buffer
         let path = pathPart(target)
         var headers = HTTPHeaderFields()
@@ -165,7 +168,7 @@ extension HTTPConnection {
             target: String(decoding: target, as: UTF8.self),
             path: String(decoding: path, as: UTF8.self),
             query: query, version: version, headers: headers, parameters: parameters,
-            body: bodyBuffer.count > 0 ? Array(bodyBuffer.bytes) : [])
+            body: body ?? HTTPRequestBody(bytes: bodyBuffer.count > 0 ? Array(bodyBuffer.bytes) : []))
     }
 }
 
@@ -239,9 +242,12 @@ extension HTTPConnection {
             preconditionFailure("HTTP async route dispatched outside a loop thread")
         }
         self.executor = executor
-        let request = serverRequest(route: i)
+        let stream = BodyStream(connection: self, executor: executor)
+        bodyStream = stream
+        let request = serverRequest(route: i, body: HTTPRequestBody(stream: stream))
         let entry = PendingResponse(meta: meta)
         entry.streaming = true
+        entry.body = stream
         pending.append(entry)
         guard case .streamingAsync(let handler) = router.routes[i].kind else { preconditionFailure("not a streaming route") }
         let bound = LoopBound(value: (self, entry))
@@ -338,5 +344,75 @@ extension HTTPConnection {
         e.payload = .async((error as? HTTPError)?.response ?? HTTPError(500, "internal error").response)
         e.live = false
         _ = flushPending(connection)
+    }
+}
+
+// MARK: streamed request bodies
+
+/// The body of a request to a streaming route, pushed by the parser (loop thread) and pulled by the
+/// route's task (same thread). Above `streamedBodyBuffer` buffered bytes the connection stops reading
+/// until the task has taken them.
+final class BodyStream {
+    unowned(unsafe) let connection: HTTPConnection  // the task keeps the connection alive (LoopBound)
+    let executor: LoopExecutor
+    var chunks: [[UInt8]] = []
+    var head = 0
+    var buffered = 0
+    var ended = false
+    var failure: (any Error)? = nil
+    var waiter: UnsafeContinuation<Void, Never>? = nil
+
+    init(connection: HTTPConnection, executor: LoopExecutor) { self.connection = connection; self.executor = executor }
+
+    func push(_ bytes: UnsafeRawBufferPointer) {
+        chunks.append(Array(bytes))
+        buffered += bytes.count
+        wake()
+    }
+
+    func finish() { ended = true; wake() }
+
+    func fail(_ error: any Error) {
+        if !ended && failure == nil { failure = error }
+        wake()
+    }
+
+    private func wake() { if let w = waiter { waiter = nil; w.resume() } }
+
+    func next() async throws -> [UInt8]? {
+        while true {
+            guard executor.isCurrent else { throw CancellationError() }
+            if head < chunks.count {
+                let c = chunks[head]
+                head += 1
+                if head == chunks.count { chunks.removeAll(keepingCapacity: true); head = 0 }
+                buffered -= c.count
+                connection.bodyConsumed(buffered: buffered)
+                return c
+            }
+            if let failure { throw failure }
+            if ended { return nil }
+            if waiter != nil { preconditionFailure("a request body iterated from two places at once") }
+            await withUnsafeContinuation { waiter = $0 }
+        }
+    }
+}
+
+extension HTTPConnection {
+    /// The parser delivered body bytes for the streaming route's request.
+    func pushBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
+        guard let s = bodyStream else { return }
+        s.push(bytes)
+        if !bodyPaused && s.buffered >= config.streamedBodyBuffer {
+            bodyPaused = true
+            connection.pauseReading()
+        }
+    }
+
+    /// The task took body bytes: read again once the buffer is half empty.
+    func bodyConsumed(buffered: Int) {
+        guard bodyPaused, buffered <= config.streamedBodyBuffer / 2 else { return }
+        bodyPaused = false
+        if !readingPaused, let connection { connection.resumeReading() }
     }
 }

@@ -20,6 +20,9 @@ public struct HTTPServerConfiguration: Sendable {
     /// answered (their handlers run concurrently; responses leave in request order). At this many,
     /// reading pauses until the oldest is answered.
     public var maxPipelinedRequests = 16
+    /// Streaming async routes: request body bytes buffered for the handler; at this many, reading
+    /// pauses until it has taken half of them.
+    public var streamedBodyBuffer = 64 * 1024
     /// Failure counters, shared by every connection (and every copy of this configuration).
     public var stats = HTTPServerStats()
     public init() {}
@@ -116,6 +119,10 @@ final class HTTPConnection {
     var executor: LoopExecutor? = nil
     /// A streamed response's task waiting for the output queue to drain.
     var streamWriter: UnsafeContinuation<Void, Never>? = nil
+    /// The body of the current request, when it is streamed to a streaming async route.
+    var bodyStream: BodyStream? = nil
+    /// Reading paused because a streamed body's buffer is full.
+    var bodyPaused = false
 
     init(router: HTTPRouter, configuration: HTTPServerConfiguration) {
         self.router = router
@@ -202,6 +209,10 @@ final class HTTPConnection {
             var handler = make()
             handler.head(request(body: .none))
             streaming = handler
+        } else if case .route(let i) = route, case .streamingAsync = router.routes[i].kind {
+            // Started now: the handler reads the body as it arrives.
+            isAsync = true
+            startStreamingAsync(route: i, connection)
         } else if case .route(let i) = route, router.routes[i].isAsync {
             isAsync = true
             if let n = h.contentLength, n > config.asyncBodyLimit {
@@ -230,6 +241,7 @@ final class HTTPConnection {
     private func onBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         guard case .route = route else { return }  // 404/405: the body is read and dropped
         if streaming != nil { streaming!.body(bytes); return }
+        if bodyStream != nil { return pushBody(bytes, connection) }
         if isAsync {
             guard bodyBuffer.count + bytes.count <= config.asyncBodyLimit else {
                 return fail(status: 413, reason: "request body larger than \(config.asyncBodyLimit) bytes", connection)
@@ -250,7 +262,9 @@ final class HTTPConnection {
         switch route {
         case .route(let i) where isAsync:
             if router.routes[i].asyncHandler != nil { return startAsync(route: i, connection) }
-            return startStreamingAsync(route: i, connection)
+            bodyStream?.finish()  // started at the head
+            bodyStream = nil
+            return
         case .route(let i):
             if streaming != nil {
                 streaming!.end(&res)
@@ -296,6 +310,9 @@ final class HTTPConnection {
         guard !halted else { return }
         if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
         streaming = nil
+        // A streaming route reading this request's body learns that the rest will not come.
+        bodyStream?.fail(HTTPError(status, reason))
+        bodyStream = nil
         keepAlive = false
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         res.status = status
@@ -336,6 +353,7 @@ final class HTTPConnection {
 
     func closed() {
         cancelPending()
+        bodyStream = nil
         connection = nil
         if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
         if out.active { out.active = false; config.stats.count(.cutOff) }

@@ -294,6 +294,13 @@ private func serviceRouter(_ counters: Counters) -> HTTPRouter {
         let block = [UInt8](repeating: UInt8(ascii: "z"), count: 64 * 1024)
         for _ in 0..<(kib / 64) { try await writer.write(block) }
     }
+    r.onStreaming("POST", "/count") { req, writer in
+        // Stalls before reading: the body must back up to the client, not into server memory.
+        try await Task.sleep(for: .milliseconds(500))
+        var total = 0, pieces = 0
+        for try await chunk in req.body { total += chunk.count; pieces += 1 }
+        try await writer.write("\(total) bytes")
+    }
     r.onStreaming("GET", "/stream-fails") { _, _ in throw HTTPError(503, "not now") }
     r.post("/items") { req in
         let item = try req.decode(Item.self)
@@ -474,6 +481,33 @@ private func serviceRouter(_ counters: Counters) -> HTTPRouter {
             usleep(200_000)  // let the queue fill up
             let r = splitFramed(try big.receiveUntilEOF())
             #expect(r.count == 1 && r.first?.body.utf8.count == 8 << 20)
+        }
+    }
+
+    @Test(arguments: allBackends) func streamedRequestBodiesApplyBackpressure(_ backend: BackendKind) throws {
+        try withRouter(backend, serviceRouter(Counters())) { server in
+            let size = 48 << 20
+            let c = try TestClient(port: server.port)
+            try c.send(Array("POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: \(size)\r\n\r\n".utf8))
+            c.setNonBlocking()
+            let block = [UInt8](repeating: 7, count: 64 * 1024)
+            var sent = 0
+            // For 300 ms the handler reads nothing: only the stream buffer and the socket buffers fill.
+            let stallEnd = ContinuousClock.now.advanced(by: .milliseconds(300))
+            while ContinuousClock.now < stallEnd && sent < size {
+                let n = block.withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress!, min(block.count, size - sent), Int32(MSG_NOSIGNAL)) }
+                if n > 0 { sent += n } else { usleep(1_000) }
+            }
+            print("[\(backend)] streamed body: \(sent >> 10) KiB accepted while the handler was not reading")
+            #expect(sent < 32 << 20, "reading paused: the 48 MiB did not all go into server memory")
+            while sent < size {
+                let n = block.withUnsafeBytes { Glibc.send(c.fd, $0.baseAddress!, min(block.count, size - sent), Int32(MSG_NOSIGNAL)) }
+                if n > 0 { sent += n } else { usleep(200) }
+            }
+            _ = fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) & ~O_NONBLOCK)
+            try c.send(get("/plaintext", headers: "Connection: close\r\n"))
+            let replies = splitFramed(try c.receiveUntilEOF())
+            #expect(replies.map(\.body) == ["\(size) bytes", "Hello, World!"])
         }
     }
 
