@@ -53,7 +53,7 @@ public struct HTTPHandler: ConnectionHandler {
     public static var requiresAuthentication: Bool { false }
 
     public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
-        c.connection = connection
+        if c.connection == nil { c.connection = connection }  // for async completions (same handle throughout)
         c.received(bytes.bytes, connection)
     }
     public mutating func inputClosed(on connection: Connection) { c.inputClosed(connection) }

@@ -182,6 +182,20 @@ private func ms(_ d: Duration) -> Double {
         #expect(req.query.get("page", as: Int.self) == 2)
     }
 
+    @Test func asyncSettingsAreValidated() throws {
+        try HTTPServerConfiguration().validate()
+        let cases: [(String, (inout HTTPServerConfiguration) -> Void)] = [
+            ("asyncBodyLimit", { $0.asyncBodyLimit = -1 }),
+            ("maxPipelinedRequests", { $0.maxPipelinedRequests = 0 }),
+            ("streamedBodyBuffer", { $0.streamedBodyBuffer = 0 }),
+        ]
+        for (field, change) in cases {
+            var c = HTTPServerConfiguration()
+            change(&c)
+            do { try c.validate(); Issue.record("\(field): accepted") } catch { #expect(error.field == field) }
+        }
+    }
+
     /// Lookup cost with 10 and with 1,000 routes (printed, not asserted: the machine is shared).
     @Test func matchingCostDoesNotGrowWithTheNumberOfRoutes() {
         func build(_ count: Int) -> HTTPRouter {
