@@ -313,9 +313,7 @@ public struct HTTPServerResponse: Sendable {
 
     /// `text/plain` with `text` as the body.
     public static func text(_ text: String, status: Int = 200) -> HTTPServerResponse {
-        var h = HTTPHeaderFields()
-        h.add("Content-Type", "text/plain")
-        return HTTPServerResponse(status: status, headers: h, body: Array(text.utf8))
+        HTTPServerResponse(status: status, headers: textPlain, body: Array(text.utf8))
     }
 
     /// `application/json` with `value` encoded.
@@ -325,10 +323,12 @@ public struct HTTPServerResponse: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
         do { data = try encoder.encode(value) } catch { throw HTTPError(500, "response did not encode as JSON") }
-        var h = HTTPHeaderFields()
-        h.add("Content-Type", "application/json")
-        return HTTPServerResponse(status: status, headers: h, body: Array(data))
+        return HTTPServerResponse(status: status, headers: applicationJSON, body: Array(data))
     }
+
+    // Shared (copy-on-write): a response that only uses them allocates no header storage.
+    private static let textPlain = HTTPHeaderFields([("Content-Type", "text/plain")])
+    private static let applicationJSON = HTTPHeaderFields([("Content-Type", "application/json")])
 }
 
 /// An error a handler or middleware throws to answer with `status` and a short plain-text reason.
