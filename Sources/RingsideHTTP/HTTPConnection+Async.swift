@@ -163,10 +163,11 @@ extension HTTPConnection {
         }
         let query = path.count < target.count
             ? HTTPParameters.parseQuery(UnsafeRawBufferPointer(rebasing: target[(path.count + 1)...])) : HTTPParameters()
+        let targetString = String(decoding: target, as: UTF8.self)
         return HTTPServerRequest(
             method: String(decoding: head.slice(head.method).buffer, as: UTF8.self),
-            target: String(decoding: target, as: UTF8.self),
-            path: String(decoding: path, as: UTF8.self),
+            target: targetString,
+            path: path.count == target.count ? targetString : String(decoding: path, as: UTF8.self),
             query: query, version: version, headers: headers, parameters: parameters,
             body: body ?? HTTPRequestBody(bytes: bodyBuffer.count > 0 ? Array(bodyBuffer.bytes) : []))
     }
