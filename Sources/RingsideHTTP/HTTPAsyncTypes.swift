@@ -11,6 +11,7 @@ public struct HTTPHeaderFields: Sendable, Sequence {
     /// Per field: name start, name end, value end (the value starts at name end).
     var fields: [(Int32, Int32, Int32)] = []
 
+    /// No fields.
     public init() {}
 
     /// Fields from `(name, value)` pairs.
@@ -61,8 +62,10 @@ public struct HTTPHeaderFields: Sendable, Sequence {
         return String(decoding: bytes[Int(f.1)..<Int(f.2)], as: UTF8.self)
     }
 
+    /// The number of fields.
     public var count: Int { fields.count }
 
+    /// The fields in order, as (name, value) copies.
     public func makeIterator() -> AnyIterator<(name: String, value: String)> {
         var k = 0
         return AnyIterator {
@@ -133,6 +136,7 @@ public func percentDecode<C: Collection>(_ bytes: C, plusIsSpace: Bool = false) 
 public struct HTTPParameters: Sendable, Sequence {
     var pairs: [(String, String)] = []
 
+    /// No pairs.
     public init() {}
     init(pairs: [(String, String)]) { self.pairs = pairs }
 
@@ -142,8 +146,11 @@ public struct HTTPParameters: Sendable, Sequence {
     public func all(_ name: String) -> [String] { pairs.filter { $0.0 == name }.map(\.1) }
     /// The first value for `name` converted (e.g. `Int`), or nil when absent or not convertible.
     public func get<T: LosslessStringConvertible>(_ name: String, as: T.Type = T.self) -> T? { self[name].flatMap(T.init) }
+    /// The number of pairs.
     public var count: Int { pairs.count }
+    /// Whether there are no pairs.
     public var isEmpty: Bool { pairs.isEmpty }
+    /// The pairs in order.
     public func makeIterator() -> IndexingIterator<[(String, String)]> { pairs.makeIterator() }
 
     /// Parses a query string (`a=1&b=x%20y&c`): `+` is a space, escapes are decoded, a key without
@@ -177,7 +184,9 @@ public protocol HTTPContextKey: Sendable {
 /// allocation-free until something is stored).
 public struct HTTPRequestContext: Sendable {
     private var values: [ObjectIdentifier: any Sendable] = [:]
+    /// An empty context.
     public init() {}
+    /// The value stored under `key`, if any.
     public subscript<K: HTTPContextKey>(_ key: K.Type) -> K.Value? {
         get { values[ObjectIdentifier(key)] as? K.Value }
         set { values[ObjectIdentifier(key)] = newValue }
@@ -193,7 +202,9 @@ public struct HTTPServerRequest: Sendable {
     public let target: String
     /// The path as sent (still percent-encoded), up to `?`.
     public let path: String
+    /// The HTTP version of the request.
     public let version: HTTPVersion
+    /// The header fields as received (order and duplicates kept).
     public let headers: HTTPHeaderFields
     /// The route's `{name}` parameters (and `**`), percent-decoded.
     public let parameters: HTTPParameters
@@ -255,6 +266,7 @@ public struct HTTPServerRequest: Sendable {
 /// ``HTTPServerConfiguration/streamedBodyBuffer`` bytes; beyond that the connection stops reading until
 /// the handler takes what is buffered (backpressure). Iterate it from the route's task, once.
 public struct HTTPRequestBody: Sendable, AsyncSequence {
+    /// A piece of the body.
     public typealias Element = [UInt8]
     let whole: [UInt8]
     let stream: LoopBound<BodyStream>?
@@ -283,10 +295,12 @@ public struct HTTPRequestBody: Sendable, AsyncSequence {
         return out
     }
 
+    /// An iterator over the body's pieces.
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(bytes: whole.isEmpty ? nil : whole, stream: stream)
     }
 
+    /// Yields the body's pieces in order.
     public struct AsyncIterator: AsyncIteratorProtocol {
         var bytes: [UInt8]?
         let stream: LoopBound<BodyStream>?
@@ -303,10 +317,15 @@ public struct HTTPRequestBody: Sendable, AsyncSequence {
 
 /// A response from an async route: status, header fields, body.
 public struct HTTPServerResponse: Sendable {
+    /// The status code.
     public var status: Int
+    /// Header fields to send; the engine adds `Date`, `Server`, the framing (`Content-Length` or
+    /// chunked: fields of those names set here are dropped) and `Connection: close` when closing.
     public var headers: HTTPHeaderFields
+    /// The body.
     public var body: [UInt8]
 
+    /// A response with `status`, `headers` and `body`.
     public init(status: Int = 200, headers: HTTPHeaderFields = .init(), body: [UInt8] = []) {
         self.status = status; self.headers = headers; self.body = body
     }
@@ -334,8 +353,11 @@ public struct HTTPServerResponse: Sendable {
 /// An error a handler or middleware throws to answer with `status` and a short plain-text reason.
 /// Any other error thrown by an async route is answered 500 (its text is not sent).
 public struct HTTPError: Error, Sendable, Equatable {
+    /// The status to answer with.
     public var status: Int
+    /// A short plain-text reason, sent as the body.
     public var reason: String
+    /// An error answered with `status` and `reason`.
     public init(_ status: Int, _ reason: String = "") { self.status = status; self.reason = reason }
 
     /// The response sent for this error.
@@ -366,9 +388,11 @@ public protocol HTTPMiddleware: Sendable {
 /// Middleware from a closure.
 public struct HTTPMiddlewareFunction: HTTPMiddleware {
     let body: @Sendable (HTTPServerRequest, HTTPAsyncHandler) async throws -> HTTPServerResponse
+    /// Middleware that runs `body` (the request and the next handler).
     public init(_ body: @escaping @Sendable (HTTPServerRequest, HTTPAsyncHandler) async throws -> HTTPServerResponse) {
         self.body = body
     }
+    /// Runs the closure.
     public func handle(_ request: HTTPServerRequest, next: HTTPAsyncHandler) async throws -> HTTPServerResponse {
         try await body(request, next)
     }
@@ -382,16 +406,21 @@ public struct HTTPMiddlewareFunction: HTTPMiddleware {
 public struct CORSMiddleware: HTTPMiddleware {
     /// Allowed origins; empty: any (`*`).
     public var allowedOrigins: [String]
+    /// `Access-Control-Allow-Methods` of preflight answers.
     public var allowedMethods: String
+    /// `Access-Control-Allow-Headers` of preflight answers.
     public var allowedHeaders: String
+    /// `Access-Control-Max-Age` of preflight answers.
     public var maxAgeSeconds: Int
 
+    /// A policy; the defaults allow any origin.
     public init(allowedOrigins: [String] = [], allowedMethods: String = "GET, POST, PUT, DELETE, OPTIONS",
                 allowedHeaders: String = "Content-Type, Authorization", maxAgeSeconds: Int = 600) {
         self.allowedOrigins = allowedOrigins; self.allowedMethods = allowedMethods
         self.allowedHeaders = allowedHeaders; self.maxAgeSeconds = maxAgeSeconds
     }
 
+    /// Answers preflights; adds the allow-origin header to other answers.
     public func handle(_ request: HTTPServerRequest, next: HTTPAsyncHandler) async throws -> HTTPServerResponse {
         guard let origin = request.headers["Origin"] else { return try await next(request) }
         let allow: String? = allowedOrigins.isEmpty ? "*" : (allowedOrigins.contains(origin) ? origin : nil)

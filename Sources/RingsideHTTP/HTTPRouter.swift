@@ -163,6 +163,7 @@ public struct HTTPRouter: Sendable {
         }
         add(method, path, .async(h))
     }
+    /// Registers an async `GET` route (see ``on(_:_:_:)-(_,_,HTTPAsyncHandler)``).
     public mutating func get(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("GET", path, handler) }
 
     /// Registers an async route that writes its response as a stream (`try await writer.write(...)`),
@@ -172,8 +173,11 @@ public struct HTTPRouter: Sendable {
     public mutating func onStreaming(_ method: String, _ path: String, _ handler: @escaping HTTPStreamingAsyncHandler) {
         add(method, path, .streamingAsync(handler))
     }
+    /// Registers an async `POST` route (see ``on(_:_:_:)-(_,_,HTTPAsyncHandler)``).
     public mutating func post(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("POST", path, handler) }
+    /// Registers an async `PUT` route.
     public mutating func put(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("PUT", path, handler) }
+    /// Registers an async `DELETE` route.
     public mutating func delete(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("DELETE", path, handler) }
 
     /// Adds middleware around the async routes registered after this call (the first added is the
