@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
+import MetricsTestKit
 import Ringside
 @testable import RingsideHTTP
+import RingsideService
 import Synchronization
 import Testing
 
@@ -550,6 +552,23 @@ private func serviceRouter(_ counters: Counters) -> HTTPRouter {
             let other = try request(server.port, get("/cors/data", headers: "Origin: https://evil.example\r\n"))
             #expect(other.body == "data" && other.header("Access-Control-Allow-Origin") == nil)
         }
+    }
+
+    @Test(arguments: allBackends) func metricsMiddlewareCountsAnswersByStatus(_ backend: BackendKind) throws {
+        let test = TestMetrics()
+        var r = HTTPRouter()
+        r.use(HTTPMetricsMiddleware(factory: test))
+        r.get("/m/ok") { _ in .text("ok") }
+        r.get("/m/teapot") { _ -> HTTPServerResponse in throw HTTPError(418, "short and stout") }
+        let router = r
+        try withRouter(backend, router) { (server: RunningServer) throws in
+            #expect(try request(server.port, get("/m/ok")).status == 200)
+            #expect(try request(server.port, get("/m/ok")).status == 200)
+            #expect(try request(server.port, get("/m/teapot")).status == 418)
+        }
+        #expect(try test.expectCounter("ringside_http_requests_total", [("method", "GET"), ("status", "200")]).totalValue == 2)
+        #expect(try test.expectCounter("ringside_http_requests_total", [("method", "GET"), ("status", "418")]).totalValue == 1)
+        #expect(try test.expectTimer("ringside_http_request_duration_seconds", [("method", "GET")]).values.count == 3)
     }
 
     @Test(arguments: allBackends) func jsonBodiesDecodeOrAnswer400AndTheLimitComesFirst(_ backend: BackendKind) throws {
