@@ -221,7 +221,11 @@ final class HTTPConnection {
         } else if let n = h.contentLength, n > config.spoolThreshold {
             guard openSpool(connection) else { return }  // answered 507/500
         }
-        if h.expectsContinue, case .route = route { sendContinue(connection) }
+        // 100 Continue goes out at once, so only when no earlier response is still owed (else the client
+        // sends the body after its own wait, RFC 9110 §10.1.1).
+        if h.expectsContinue, case .route = route, pending.isEmpty || (pending.count == 1 && pending[0].live) {
+            sendContinue(connection)
+        }
     }
 
     /// Queues `100 Continue`; if it cannot be queued the client would wait for it, so the connection

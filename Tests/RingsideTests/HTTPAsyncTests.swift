@@ -401,6 +401,26 @@ private func serviceRouter(_ counters: Counters) -> HTTPRouter {
     /// shared (other builds, a debug server), and one scheduler hiccup of the test process is one
     /// sample in a hundred. A server that serialized the awaits, or stalled the loop for the whole
     /// 200 ms, fails every round.
+    @Test(arguments: allBackends) func continueIsNotSentAheadOfAnOwedResponse(_ backend: BackendKind) throws {
+        try withRouter(backend, serviceRouter(Counters())) { server in
+            let body = #"{"name":"a","count":1}"#
+            let c = try TestClient(port: server.port)
+            try c.send(get("/delay/100") + Array(("POST /items HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)").utf8))
+            let all = String(decoding: try c.receiveUntilEOF(), as: UTF8.self)
+            #expect(!all.contains("100 Continue"), "no interim response in the middle of the pipeline")
+            #expect(splitFramed(Array(all.utf8)).map(\.status) == [200, 201])
+            // With nothing owed, the interim response goes out before the body is sent.
+            let d = try TestClient(port: server.port)
+            try d.send(Array(("POST /items HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                + "Content-Length: \(body.utf8.count)\r\n\r\n").utf8))
+            let interim = String(decoding: try d.receive(exactly: 25), as: UTF8.self)
+            #expect(interim == "HTTP/1.1 100 Continue\r\n\r\n")
+            try d.send(Array(body.utf8))
+            #expect(try ReplyReader(d).next().status == 201)
+        }
+    }
+
     @Test(arguments: allBackends) func thousandConcurrentDelaysDoNotBlockOtherClients(_ backend: BackendKind) throws {
         try withRouter(backend, .benchmarkRoutes) { server in
             var best = Double.infinity
