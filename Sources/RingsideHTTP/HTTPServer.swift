@@ -265,6 +265,8 @@ final class HTTPConnection {
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         switch route {
         case .route(let i) where isAsync:
+            // Nothing after a request that closes the connection is read (or started).
+            if !keepAlive { stopParsing = true }
             if router.routes[i].asyncHandler != nil { return startAsync(route: i, connection) }
             bodyStream?.finish()  // started at the head
             bodyStream = nil
@@ -285,7 +287,10 @@ final class HTTPConnection {
         }
         if spoolFD >= 0 && res.bodyFile?.fd != spoolFD { _ = Glibc.close(spoolFD) }
         spoolFD = -1
-        if pending.isEmpty { send(&res, meta, connection) } else { enqueueReady(res, meta) }
+        if pending.isEmpty { send(&res, meta, connection) } else {
+            enqueueReady(res, meta)
+            if !keepAlive { stopParsing = true }
+        }
     }
 
     /// The current request's version, keep-alive and HEAD-ness (what its response head depends on).

@@ -401,6 +401,20 @@ private func serviceRouter(_ counters: Counters) -> HTTPRouter {
     /// shared (other builds, a debug server), and one scheduler hiccup of the test process is one
     /// sample in a hundred. A server that serialized the awaits, or stalled the loop for the whole
     /// 200 ms, fails every round.
+    @Test(arguments: allBackends) func nothingAfterAClosingRequestIsStarted(_ backend: BackendKind) throws {
+        let counters = Counters()
+        try withRouter(backend, serviceRouter(counters)) { server in
+            let body = #"{"name":"a","count":1}"#
+            let post = "POST /items HTTP/1.1\r\nHost: t\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            let c = try TestClient(port: server.port)
+            try c.send(get("/delay/50", headers: "Connection: close\r\n") + Array(post.utf8))
+            let replies = splitFramed(try c.receiveUntilEOF())
+            #expect(replies.map(\.body) == ["done"])
+            #expect(replies.first?.header("Connection") == "close")
+            #expect(counters.handled.load(ordering: .relaxed) == 0, "the request after the closing one never ran")
+        }
+    }
+
     @Test(arguments: allBackends) func continueIsNotSentAheadOfAnOwedResponse(_ backend: BackendKind) throws {
         try withRouter(backend, serviceRouter(Counters())) { server in
             let body = #"{"name":"a","count":1}"#
