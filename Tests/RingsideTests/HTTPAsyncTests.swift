@@ -492,7 +492,9 @@ private func serviceRouter(_ counters: Counters) -> HTTPRouter {
         let sorted = latencies.sorted()
         let p99 = sorted.isEmpty ? .infinity : sorted[min(sorted.count - 1, sorted.count * 99 / 100)]
         print("[\(backend)] round \(round): 1,000 concurrent /delay/200 sent in \(Int(ms(sentAfter))) ms, all answered after \(Int(ms(elapsed))) ms; /plaintext on another connection meanwhile: \(sorted.count) requests, p50 \(String(format: "%.2f", sorted.isEmpty ? 0 : sorted[sorted.count / 2])) ms, p99 \(String(format: "%.2f", p99)) ms")
-        #expect(elapsed < .milliseconds(1_500), "1,000 × 200 ms serialized would take 200 s")
+        // About 200 ms when the machine is quiet (printed above); the bound only has to tell concurrent
+        // from serialized (200 s) on a loaded shared machine.
+        #expect(elapsed < .seconds(3), "1,000 × 200 ms serialized would take 200 s")
         #expect(sorted.count >= 5)
         return p99
     }
