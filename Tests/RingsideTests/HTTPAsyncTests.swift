@@ -17,7 +17,7 @@ private func withRouter(_ backend: BackendKind, _ router: HTTPRouter,
     try withServer(backend, handler: HTTPServer.handler(router: router, configuration: http), body)
 }
 
-private struct Reply {
+struct Reply {
     let status: Int
     let head: String
     let body: String
@@ -69,7 +69,7 @@ private func get(_ path: String, headers: String = "") -> [UInt8] {
     Array("GET \(path) HTTP/1.1\r\nHost: t\r\n\(headers)\r\n".utf8)
 }
 
-private func request(_ port: Int, _ bytes: [UInt8]) throws -> Reply {
+func request(_ port: Int, _ bytes: [UInt8]) throws -> Reply {
     let c = try TestClient(port: port)
     try c.send(bytes)
     return try ReplyReader(c).next()
@@ -616,6 +616,9 @@ private func serviceRouter(_ counters: Counters) -> HTTPRouter {
         try withRouter(backend, serviceRouter(counters), configure: { $0.asyncBodyLimit = 256 }) { server in
             func post(_ body: String) -> [UInt8] {
                 Array("POST /items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
+            }
+            func request(_ port: Int, _ bytes: [UInt8], _ line: Int = #line) throws -> Reply {
+                do { return try RingsideTests.request(port, bytes) } catch { throw ClientError("line \(line): \(error)") }
             }
             let ok = try request(server.port, post(#"{"name":"bolt","count":2}"#))
             #expect(ok.status == 201)
