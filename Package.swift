@@ -46,12 +46,13 @@ let package = Package(
         .target(name: "RingsideProtocols", dependencies: ["Ringside"]),
         // HTTP/1.1: incremental parser, responses into pooled buffers, routes.
         .target(name: "RingsideHTTP", dependencies: ["Ringside"]),
-        // Embedding: a swift-service-lifecycle `Service` and a swift-metrics reporter (kept out of the
-        // core `Ringside` target so the engine itself depends on swift-log only).
+        // Embedding: a swift-service-lifecycle `Service`, a swift-metrics reporter and an HTTP metrics
+        // middleware (kept out of the core `Ringside` and `RingsideHTTP` targets so that the engine
+        // itself depends on swift-log only).
         .target(
             name: "RingsideService",
             dependencies: [
-                "Ringside",
+                "Ringside", "RingsideHTTP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -5,6 +5,7 @@
 //
 //   nio-echo       SwiftNIO echo server, one event loop (baseline for bench/echo-bench.sh)
 //   nio-http       SwiftNIO HTTP/1.1 plaintext server, one event loop (baseline for wrk)
+//   hummingbird-http  Hummingbird 2 app serving /plaintext, one event loop (peer of async routes)
 //   EngineMallocs  ordo-one/benchmark suite: mallocs per echoed message through the Ringside engine
 //
 //   cd bench && swift build -c release
@@ -19,6 +20,8 @@ let package = Package(
         .package(name: "Ringside", path: ".."),
         .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        // Default traits off: no swift-configuration, no full Foundation (not needed for /plaintext).
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", exact: "2.28.1", traits: []),
         // Only the malloc interposer trait: the default RuntimeInterposer trait (ARC counters on
         // Linux + Swift 6.3) is not needed for malloc counts.
         .package(url: "https://github.com/ordo-one/benchmark.git", exact: "1.38.1", traits: ["MallocInterposer"]),
@@ -49,6 +52,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/nio-http"
+        ),
+        .executableTarget(
+            name: "hummingbird-http",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Sources/hummingbird-http"
         ),
         .executableTarget(
             name: "EngineMallocs",

@@ -2,7 +2,10 @@ import Ringside
 
 extension HTTPRouter {
     /// The usual benchmark routes: `GET /plaintext` ("Hello, World!"), `GET /json` (a small JSON
-    /// object) and `POST /echo` (the request body back, streamed from disk when it was spooled).
+    /// object) and `POST /echo` (the request body back, streamed from disk when it was spooled); and
+    /// async routes: `GET /async/plaintext` ("Hello, World!" from a task on the loop),
+    /// `GET /delay/{ms}` (awaits `ms` milliseconds, at most 10,000, then "done") and `GET /users/{id}`
+    /// (`{"id":"..."}`, the id percent-decoded).
     public static var benchmarkRoutes: HTTPRouter {
         var r = HTTPRouter()
         r.get("/plaintext") { _, res in
@@ -21,6 +24,17 @@ extension HTTPRouter {
             case .file(let fd, let size): res.bodyFile = (fd, size)
             }
         }
+        r.get("/async/plaintext") { _ in .text("Hello, World!") }
+        r.get("/delay/{ms}") { req in
+            guard let ms = req.parameters.get("ms", as: Int.self), ms >= 0, ms <= 10_000 else {
+                throw HTTPError(400, "delay must be an integer from 0 to 10000 (milliseconds)")
+            }
+            try await Task.sleep(for: .milliseconds(ms))
+            return .text("done")
+        }
+        r.get("/users/{id}") { req in try .json(UserID(id: req.parameters["id"] ?? "")) }
         return r
     }
 }
+
+private struct UserID: Codable { let id: String }

@@ -24,12 +24,13 @@ struct Outgoing {
 extension HTTPConnection {
     /// Composes the head of `res` and sends the response: at once when the send pool has room (the
     /// usual case: a few writes), else piece by piece as the pool and the peer allow.
-    func send(_ res: inout HTTPResponse, _ connection: Connection) {
-        let close = !keepAlive || closing
-        let chunked = res.chunked && res.bodyFile == nil && version == .http11
-        composeHead(res, chunked: chunked, close: close)
+    func send(_ res: inout HTTPResponse, _ meta: RequestMeta, _ connection: Connection) {
+        let close = !meta.keepAlive || closing
+        let chunked = res.chunked && res.bodyFile == nil && meta.version == .http11
+        composeHead(res, meta, chunked: chunked, close: close)
         out = Outgoing(active: true, closeAfter: close)
-        out.sendBody = !isHead
+        out.sendBody = !meta.isHead
+        let isHead = meta.isHead
         if chunked && !isHead {
             out.ending = responseBody.count > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n"
         }
@@ -41,7 +42,13 @@ extension HTTPConnection {
         pumpOutput(connection)
     }
 
-    private func composeHead(_ res: HTTPResponse, chunked: Bool, close: Bool) {
+    /// The head of a streamed response (HTTPResponseWriter) into `responseHead`.
+    func composeStreamHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool) {
+        composeHead(res, meta, chunked: chunked, close: close, streamed: true)
+    }
+
+    private func composeHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool, streamed: Bool = false) {
+        let version = meta.version, isHead = meta.isHead
         let h = responseHead
         h.clear()
         h.append(version == .http10 ? "HTTP/1.0 " : "HTTP/1.1 ")
@@ -55,7 +62,7 @@ extension HTTPConnection {
         if res.status != 204 && res.status != 304 {
             if chunked {
                 h.append("Transfer-Encoding: chunked\r\n")
-            } else {
+            } else if !streamed {
                 h.append("Content-Length: ")
                 h.append(decimal: responseBody.count + (res.bodyFile?.size ?? 0))
                 h.append("\r\n")
@@ -64,7 +71,7 @@ extension HTTPConnection {
         if close { h.append("Connection: close\r\n") }
         else if version == .http10 { h.append("Connection: keep-alive\r\n") }
         h.append("\r\n")
-        if chunked && !isHead && responseBody.count > 0 {
+        if chunked && !isHead && !streamed && responseBody.count > 0 {
             // One chunk with the whole body; its size line goes with the head.
             appendHex(responseBody.count, to: h)
             h.append("\r\n")
@@ -140,12 +147,15 @@ extension HTTPConnection {
 
     /// The response is queued whole (or cut off: the connection is closing): close if it said so, else
     /// go on with stashed input.
-    private func endResponse(_ connection: Connection, cutOff: Bool) {
+    func endResponse(_ connection: Connection, cutOff: Bool) {
         out.active = false
         finishFile()
         if out.retryArmed { out.retryArmed = false; connection.cancelTimer() }
-        if cutOff { closing = true; return }
-        if out.closeAfter { closing = true; connection.close(); return }
+        if cutOff { closing = true; cancelPending(); return }
+        if out.closeAfter { closing = true; cancelPending(); connection.close(); return }
+        // The next response in request order, if it is ready (async routes).
+        if flushPending(connection) { return }
+        if pending.count >= config.maxPipelinedRequests { return }  // reading resumes when one is answered
         if readingPaused { readingPaused = false; connection.resumeReading() }
         if stash.count > 0 {
             // Feed what arrived meanwhile (copy out first: feeding may stash again).

@@ -15,6 +15,17 @@ public struct HTTPRequest {
     /// threshold, so a large upload never sits in memory.
     public let body: HTTPBody
 
+    /// The value of the route's path parameter `name` (`{name}` in the template, `**` for a
+    /// catch-all), as sent: still percent-encoded (see ``percentDecode(_:plusIsSpace:)``). No allocation.
+    public func parameter(_ name: String) -> HTTPBytes? { store.capture(name) }
+
+    /// The query string (after `?`), as sent; empty when there is none.
+    public var query: HTTPBytes {
+        let t = target.buffer
+        guard let q = t.firstIndex(of: UInt8(ascii: "?")) else { return HTTPBytes(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        return HTTPBytes(UnsafeRawBufferPointer(rebasing: t[(q + 1)...]))
+    }
+
     /// The first header with this name (case-insensitive).
     public func header(_ name: StaticString) -> HTTPBytes? { store.value(forName: name) }
     /// Number of header fields and positional access.
@@ -53,64 +64,148 @@ public protocol HTTPStreamingHandler {
     mutating func end(_ response: inout HTTPResponse)
 }
 
-/// Routes by method and exact path.
+/// Routes by method and path template, synchronous and async routes in one table.
+///
+/// Paths are templates: `/users/{id}` captures a segment, `*` matches any one segment, `**` the rest
+/// of the path (see ``HTTPServerRequest/parameters``, ``HTTPRequest/parameter(_:)``). Matching walks a
+/// trie of segments (binary search among literal siblings): its cost does not grow with the number of
+/// routes, and it allocates nothing. A literal segment beats `{param}`, which beats `*`, then `**`.
 ///
 /// ```swift
 /// var router = HTTPRouter()
-/// router.get("/plaintext") { _, res in
+/// router.get("/plaintext") { _, res in           // synchronous: runs inline, allocation-free
 ///     res.setHeader("Content-Type", "text/plain")
 ///     res.write("Hello, World!")
 /// }
-/// router.post("/echo") { req, res in
-///     switch req.body {
-///     case .bytes(let b): res.write(b)
-///     case .file(let fd, let size): res.bodyFile = (fd, size)
-///     case .none: break
-///     }
+/// router.use(RequireToken())                      // middleware for the async routes added after it
+/// router.get("/users/{id}") { req in              // async: a task on the connection's loop thread
+///     let user = try await db.user(req.parameters["id"]!)
+///     return try .json(user)
 /// }
+/// router.group("/v2") { v2 in v2.get("/ping") { _ in .text("pong") } }
 /// ```
+///
+/// Middleware wraps the async routes registered after ``use(_:)`` (and in a group, the group's own);
+/// synchronous routes are never wrapped (they cannot await).
 public struct HTTPRouter: Sendable {
+    enum Kind: Sendable {
+        case sync(HTTPRouteHandler)
+        case streaming(@Sendable () -> any HTTPStreamingHandler)
+        case async(HTTPAsyncHandler)
+        case streamingAsync(HTTPStreamingAsyncHandler)
+    }
     struct Route: Sendable {
         let method: [UInt8]
-        let path: [UInt8]
-        let handler: HTTPRouteHandler?
-        let streaming: (@Sendable () -> any HTTPStreamingHandler)?
+        let path: String
+        let kind: Kind
+        /// Capture names, in template order (`**` for a catch-all).
+        let parameterNames: [String]
+        var handler: HTTPRouteHandler? { if case .sync(let h) = kind { h } else { nil } }
+        var streaming: (@Sendable () -> any HTTPStreamingHandler)? { if case .streaming(let m) = kind { m } else { nil } }
+        var asyncHandler: HTTPAsyncHandler? { if case .async(let h) = kind { h } else { nil } }
+        var isAsync: Bool {
+            switch kind {
+            case .async, .streamingAsync: true
+            default: false
+            }
+        }
     }
     var routes: [Route] = []
+    var trie = RouteTrie()
+    /// Middleware applied to async routes registered from now on (outermost first).
+    var middleware: [any HTTPMiddleware] = []
+    /// The prefix of the group being built ("" at the top).
+    var prefix = ""
 
     public init() {}
 
-    /// Registers `handler` for `method` (e.g. "GET") and the exact `path` (e.g. "/json").
+    /// The number of registered routes.
+    public var routeCount: Int { routes.count }
+
+    private mutating func add(_ method: String, _ path: String, _ kind: Kind) {
+        let full = prefix.isEmpty ? path : (path == "/" ? prefix : prefix + path)
+        let segments = RouteSegment.parse(full)
+        let names = segments.compactMap { s -> String? in
+            switch s {
+            case .parameter(let n): n
+            case .catchAll: "**"
+            default: nil
+            }
+        }
+        trie.insert(method: Array(method.utf8), segments: segments, route: routes.count)
+        routes.append(Route(method: Array(method.utf8), path: full, kind: kind, parameterNames: names))
+    }
+
+    /// Registers a synchronous `handler` for `method` (e.g. "GET") and the path template `path`.
     public mutating func on(_ method: String, _ path: String, _ handler: @escaping HTTPRouteHandler) {
-        routes.append(Route(method: Array(method.utf8), path: Array(path.utf8), handler: handler, streaming: nil))
+        add(method, path, .sync(handler))
     }
 
     /// Registers a streaming route: `make` creates one handler per request, which gets the body as it
     /// arrives. (The handler value is boxed per request, unlike buffered routes.)
     public mutating func stream(_ method: String, _ path: String, _ make: @escaping @Sendable () -> any HTTPStreamingHandler) {
-        routes.append(Route(method: Array(method.utf8), path: Array(path.utf8), handler: nil, streaming: make))
+        add(method, path, .streaming(make))
     }
     public mutating func get(_ path: String, _ handler: @escaping HTTPRouteHandler) { on("GET", path, handler) }
     public mutating func post(_ path: String, _ handler: @escaping HTTPRouteHandler) { on("POST", path, handler) }
     public mutating func put(_ path: String, _ handler: @escaping HTTPRouteHandler) { on("PUT", path, handler) }
     public mutating func delete(_ path: String, _ handler: @escaping HTTPRouteHandler) { on("DELETE", path, handler) }
 
-    enum Match { case route(Int), methodNotAllowed, notFound }
-
-    /// Finds the route (no allocation: byte comparisons).
-    func match(method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer) -> Match {
-        var pathSeen = false
-        for (i, r) in routes.enumerated() where r.path.count == path.count {
-            let samePath = r.path.withUnsafeBytes { memcmpBytes(path.baseAddress, $0.baseAddress!, path.count) }
-            guard samePath else { continue }
-            pathSeen = true
-            let sameMethod = r.method.count == method.count
-                && r.method.withUnsafeBytes { memcmpBytes(method.baseAddress, $0.baseAddress!, method.count) }
-            if sameMethod { return .route(i) }
-            // HEAD is served by the GET route (the body is dropped).
-            if method.count == 4 && memcmpBytes(method.baseAddress, "HEAD", 4) && r.method == Array("GET".utf8) { return .route(i) }
+    /// Registers an async `handler`: it runs as a task on the connection's loop thread (no thread
+    /// hop), wrapped in the middleware registered so far. While it awaits, other connections and the
+    /// connection's later pipelined requests go on; responses still leave in request order. A client
+    /// that disconnects (or half-closes) cancels the tasks of its unanswered requests.
+    public mutating func on(_ method: String, _ path: String, _ handler: @escaping HTTPAsyncHandler) {
+        var h = handler
+        for m in middleware.reversed() {
+            let inner = h
+            h = { request in try await m.handle(request, next: inner) }
         }
-        return pathSeen ? .methodNotAllowed : .notFound
+        add(method, path, .async(h))
+    }
+    /// Registers an async `GET` route (see ``on(_:_:_:)-(_,_,HTTPAsyncHandler)``).
+    public mutating func get(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("GET", path, handler) }
+
+    /// Registers an async route that writes its response as a stream (`try await writer.write(...)`),
+    /// chunked, with backpressure; otherwise like ``on(_:_:_:)-(_,_,HTTPAsyncHandler)`` (a task on the
+    /// loop, request order kept, cancelled when the client goes away). Middleware does not wrap it.
+    /// A throw before anything was written answers like an async route; after, aborts the connection.
+    public mutating func onStreaming(_ method: String, _ path: String, _ handler: @escaping HTTPStreamingAsyncHandler) {
+        add(method, path, .streamingAsync(handler))
+    }
+    /// Registers an async `POST` route (see ``on(_:_:_:)-(_,_,HTTPAsyncHandler)``).
+    public mutating func post(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("POST", path, handler) }
+    /// Registers an async `PUT` route.
+    public mutating func put(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("PUT", path, handler) }
+    /// Registers an async `DELETE` route.
+    public mutating func delete(_ path: String, _ handler: @escaping HTTPAsyncHandler) { on("DELETE", path, handler) }
+
+    /// Adds middleware around the async routes registered after this call (the first added is the
+    /// outermost).
+    public mutating func use(_ middleware: any HTTPMiddleware) { self.middleware.append(middleware) }
+
+    /// Adds middleware from a closure (see ``use(_:)-(any HTTPMiddleware)``).
+    public mutating func use(_ body: @escaping @Sendable (HTTPServerRequest, HTTPAsyncHandler) async throws -> HTTPServerResponse) {
+        use(HTTPMiddlewareFunction(body))
+    }
+
+    /// Registers routes under `prefix` (e.g. "/api"); middleware added inside the group applies to the
+    /// group's async routes only, after the middleware already in place.
+    public mutating func group(_ prefix: String, _ build: (inout HTTPRouter) -> Void) {
+        precondition(prefix.hasPrefix("/") && !prefix.hasSuffix("/"), "group prefix \"\(prefix)\" must start and not end with /")
+        let savedPrefix = self.prefix, savedMiddleware = middleware
+        self.prefix += prefix
+        build(&self)
+        self.prefix = savedPrefix
+        middleware = savedMiddleware
+    }
+
+    typealias Match = RouteTrie.Lookup
+
+    /// Finds the route (no allocation); captures go to `captures`.
+    func match(method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer,
+               captures: UnsafeMutablePointer<(Int32, Int32)>, captureCount: inout Int) -> Match {
+        trie.match(method: method, path: path, captures: captures, captureCount: &captureCount)
     }
 }
 
@@ -124,13 +219,34 @@ final class HeadStore {
     private(set) var fieldCount = 0
     private(set) var method = 0..<0
     private(set) var target = 0..<0
+    /// The matched route's captures: byte ranges of `bytes` (relative to the path while matching,
+    /// made absolute by `setCaptures`), and their names (the route's array: no copy).
+    let captures: UnsafeMutablePointer<(Int32, Int32)>
+    private(set) var captureCount = 0
+    private(set) var captureNames: [String] = []
 
     init(maxFields: Int, capacity: Int) {
         self.maxFields = maxFields
         fields = .allocate(capacity: maxFields)
+        captures = .allocate(capacity: RouteTrie.maxCaptures)
         bytes = ByteBuffer(capacity: capacity)
     }
-    deinit { fields.deallocate() }
+    deinit { fields.deallocate(); captures.deallocate() }
+
+    /// Records the captures the router wrote (offsets within the path, which starts at `offset`).
+    func setCaptures(count: Int, offset: Int, names: [String]) {
+        captureCount = count
+        captureNames = names
+        for k in 0..<count { captures[k] = (captures[k].0 + Int32(offset), captures[k].1 + Int32(offset)) }
+    }
+
+    /// The raw (still percent-encoded) value of capture `name`.
+    func capture(_ name: String) -> HTTPBytes? {
+        for k in 0..<min(captureCount, captureNames.count) where captureNames[k] == name {
+            return slice(Int(captures[k].0)..<Int(captures[k].1))
+        }
+        return nil
+    }
 
     func load(_ head: HTTPRequestHead) {
         bytes.clear()

@@ -13,6 +13,16 @@ public struct HTTPServerConfiguration: Sendable {
     public var spoolDirectory = "/tmp"
     /// A request head must be complete this long after its first byte (slowloris), else 408 and close.
     public var headerTimeout: Duration = .seconds(10)
+    /// Async routes: the largest request body read (in memory) for them; a larger one is answered 413
+    /// before the handler runs (and before any decoding).
+    public var asyncBodyLimit = 1 << 20
+    /// Async routes: requests of one connection parsed ahead while earlier ones are still being
+    /// answered (their handlers run concurrently; responses leave in request order). At this many,
+    /// reading pauses until the oldest is answered.
+    public var maxPipelinedRequests = 16
+    /// Streaming async routes: request body bytes buffered for the handler; at this many, reading
+    /// pauses until it has taken half of them.
+    public var streamedBodyBuffer = 64 * 1024
     /// Failure counters, shared by every connection (and every copy of this configuration).
     public var stats = HTTPServerStats()
     public init() {}
@@ -42,9 +52,15 @@ public struct HTTPHandler: ConnectionHandler {
     /// the idle timeout bound clients that send nothing useful.
     public static var requiresAuthentication: Bool { false }
 
-    public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) { c.received(bytes.bytes, connection) }
+    public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+        if c.connection == nil { c.connection = connection }  // for async completions (same handle throughout)
+        c.received(bytes.bytes, connection)
+    }
     public mutating func inputClosed(on connection: Connection) { c.inputClosed(connection) }
-    public mutating func writable(on connection: Connection) { c.pumpOutput(connection) }
+    public mutating func writable(on connection: Connection) {
+        c.wakeStreamWriter()
+        c.pumpOutput(connection)
+    }
     public mutating func timerFired(on connection: Connection) { c.timerFired(connection) }
     public mutating func closed(reason: CloseReason) { c.closed() }
 }
@@ -76,6 +92,7 @@ final class HTTPConnection {
     var spoolFD: Int32 = -1
     var spoolSize = 0
     var headComplete = false
+    var isAsync = false
 
     /// The response being sent (see HTTPConnection+Output.swift).
     var out = Outgoing()
@@ -90,6 +107,22 @@ final class HTTPConnection {
     let readChunk = 64 * 1024
 
     var closing = false
+    /// A request failed while earlier ones still await their async responses: parse nothing more.
+    var stopParsing = false
+    @inline(__always) var halted: Bool { closing || stopParsing }
+
+    /// Responses not sent yet, in request order, while an async route's answer is outstanding (see
+    /// HTTPConnection+Async.swift). Empty on the synchronous path.
+    var pending: [PendingResponse] = []
+    /// The engine handle (kept for async completions, which arrive outside handler callbacks).
+    var connection: Connection? = nil
+    var executor: LoopExecutor? = nil
+    /// A streamed response's task waiting for the output queue to drain.
+    var streamWriter: UnsafeContinuation<Void, Never>? = nil
+    /// The body of the current request, when it is streamed to a streaming async route.
+    var bodyStream: BodyStream? = nil
+    /// Reading paused because a streamed body's buffer is full.
+    var bodyPaused = false
 
     init(router: HTTPRouter, configuration: HTTPServerConfiguration) {
         self.router = router
@@ -110,18 +143,20 @@ final class HTTPConnection {
     // MARK: input
 
     func received(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
-        guard !closing else { return }
-        if out.active { return stashInput(bytes, connection) }
+        guard !halted else { return }
+        if out.active || pending.count >= config.maxPipelinedRequests { return stashInput(bytes, connection) }
         let wasIdle = parser.isIdle
         var sink = Sink(c: self, connection: connection)
         let consumed: Int
         do throws(HTTPParseError) {
             // Stop after a request whose response is still being sent: its buffers are in use.
-            consumed = try parser.feed(bytes, into: &sink, stopAfterEnd: { self.out.active || self.closing })
+            consumed = try parser.feed(bytes, into: &sink, stopAfterEnd: {
+                self.out.active || self.halted || self.pending.count >= self.config.maxPipelinedRequests
+            })
         } catch {
             return fail(status: error.status, reason: error.reason, connection)
         }
-        if consumed < bytes.count && !closing {
+        if consumed < bytes.count && !halted {
             stashInput(UnsafeRawBufferPointer(rebasing: bytes[consumed...]), connection)
         }
         if wasIdle && !parser.isIdle && !headComplete && !out.active && !closing {
@@ -132,7 +167,7 @@ final class HTTPConnection {
     /// Keeps input for after the response being sent, and stops reading meanwhile (bounded: the engine
     /// holds what the kernel completes before the pause lands; beyond the limit the connection is aborted,
     /// since no error status can be sent in the middle of another response).
-    private func stashInput(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
+    func stashInput(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         let limit = max(0, config.limits.maxHeaderBytes).addingReportingOverflow(max(0, config.spoolThreshold))
         guard limit.overflow || stash.count + bytes.count <= limit.partialValue else {
             config.stats.count(.overflow)
@@ -147,9 +182,9 @@ final class HTTPConnection {
     struct Sink: HTTPParserSink {
         unowned(unsafe) let c: HTTPConnection
         let connection: Connection
-        mutating func requestHead(_ head: HTTPRequestHead) { if !c.closing { c.onHead(head, connection) } }
-        mutating func requestBody(_ bytes: UnsafeRawBufferPointer) { if !c.closing { c.onBody(bytes, connection) } }
-        mutating func requestEnd(trailers: HTTPRequestHead?) { if !c.closing { c.onEnd(connection) } }
+        mutating func requestHead(_ head: HTTPRequestHead) { if !c.halted { c.onHead(head, connection) } }
+        mutating func requestBody(_ bytes: UnsafeRawBufferPointer) { if !c.halted { c.onBody(bytes, connection) } }
+        mutating func requestEnd(trailers: HTTPRequestHead?) { if !c.halted { c.onEnd(connection) } }
     }
 
     private func onHead(_ h: HTTPRequestHead, _ connection: Connection) {
@@ -159,19 +194,38 @@ final class HTTPConnection {
         version = h.version
         keepAlive = h.keepAlive
         isHead = h.method.equals("HEAD")
-        let path = pathPart(head.slice(head.target).buffer)
-        route = router.match(method: head.slice(head.method).buffer, path: path)
+        let target = head.slice(head.target).buffer
+        let path = pathPart(target)
+        var captureCount = 0
+        route = router.match(method: head.slice(head.method).buffer, path: path,
+                             captures: head.captures, captureCount: &captureCount)
+        head.setCaptures(count: captureCount, offset: head.target.lowerBound,
+                         names: captureCount > 0 ? routeNames(route) : [])
         bodyBuffer.clear()
         spoolSize = 0
         streaming = nil
+        isAsync = false
         if case .route(let i) = route, let make = router.routes[i].streaming {
             var handler = make()
             handler.head(request(body: .none))
             streaming = handler
+        } else if case .route(let i) = route, case .streamingAsync = router.routes[i].kind {
+            // Started now: the handler reads the body as it arrives.
+            isAsync = true
+            startStreamingAsync(route: i, connection)
+        } else if case .route(let i) = route, router.routes[i].isAsync {
+            isAsync = true
+            if let n = h.contentLength, n > config.asyncBodyLimit {
+                return fail(status: 413, reason: "request body larger than \(config.asyncBodyLimit) bytes", connection)
+            }
         } else if let n = h.contentLength, n > config.spoolThreshold {
             guard openSpool(connection) else { return }  // answered 507/500
         }
-        if h.expectsContinue, case .route = route { sendContinue(connection) }
+        // 100 Continue goes out at once, so only when no earlier response is still owed (else the client
+        // sends the body after its own wait, RFC 9110 §10.1.1).
+        if h.expectsContinue, case .route = route, pending.isEmpty || (pending.count == 1 && pending[0].live) {
+            sendContinue(connection)
+        }
     }
 
     /// Queues `100 Continue`; if it cannot be queued the client would wait for it, so the connection
@@ -191,6 +245,14 @@ final class HTTPConnection {
     private func onBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         guard case .route = route else { return }  // 404/405: the body is read and dropped
         if streaming != nil { streaming!.body(bytes); return }
+        if bodyStream != nil { return pushBody(bytes, connection) }
+        if isAsync {
+            guard bodyBuffer.count + bytes.count <= config.asyncBodyLimit else {
+                return fail(status: 413, reason: "request body larger than \(config.asyncBodyLimit) bytes", connection)
+            }
+            bodyBuffer.append(bytes)
+            return
+        }
         if spoolFD < 0 && bodyBuffer.count + bytes.count > config.spoolThreshold {
             guard openSpool(connection), writeSpool(bodyBuffer.bytes, connection) else { return }
             bodyBuffer.clear()
@@ -202,6 +264,13 @@ final class HTTPConnection {
         headComplete = false
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         switch route {
+        case .route(let i) where isAsync:
+            // Nothing after a request that closes the connection is read (or started).
+            if !keepAlive { stopParsing = true }
+            if router.routes[i].asyncHandler != nil { return startAsync(route: i, connection) }
+            bodyStream?.finish()  // started at the head
+            bodyStream = nil
+            return
         case .route(let i):
             if streaming != nil {
                 streaming!.end(&res)
@@ -218,16 +287,27 @@ final class HTTPConnection {
         }
         if spoolFD >= 0 && res.bodyFile?.fd != spoolFD { _ = Glibc.close(spoolFD) }
         spoolFD = -1
-        send(&res, connection)
+        if pending.isEmpty { send(&res, meta, connection) } else {
+            enqueueReady(res, meta)
+            if !keepAlive { stopParsing = true }
+        }
     }
 
-    private func request(body: HTTPBody) -> HTTPRequest {
+    /// The current request's version, keep-alive and HEAD-ness (what its response head depends on).
+    var meta: RequestMeta { RequestMeta(version: version, keepAlive: keepAlive, isHead: isHead) }
+
+    private func routeNames(_ m: HTTPRouter.Match) -> [String] {
+        if case .route(let i) = m { return router.routes[i].parameterNames }
+        return []
+    }
+
+    func request(body: HTTPBody) -> HTTPRequest {
         HTTPRequest(method: head.slice(head.method), target: head.slice(head.target),
                     path: HTTPBytes(pathPart(head.slice(head.target).buffer)), version: version,
                     keepAlive: keepAlive, store: head, body: body)
     }
 
-    private func pathPart(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+    func pathPart(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
         if let q = target.firstIndex(of: UInt8(ascii: "?")) { return UnsafeRawBufferPointer(rebasing: target[0..<q]) }
         return target
     }
@@ -236,9 +316,12 @@ final class HTTPConnection {
 
     /// Answers `status` with `reason` as the body, then closes (the request, if any, is abandoned).
     func fail(status: Int, reason: String, _ connection: Connection) {
-        guard !closing else { return }
+        guard !halted else { return }
         if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
         streaming = nil
+        // A streaming route reading this request's body learns that the rest will not come.
+        bodyStream?.fail(HTTPError(status, reason))
+        bodyStream = nil
         keepAlive = false
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         res.status = status
@@ -246,16 +329,31 @@ final class HTTPConnection {
         res.write(reason)
         res.write("\n")
         isHead = false
-        send(&res, connection)
-        closing = true
+        if pending.isEmpty {
+            send(&res, meta, connection)
+            closing = true
+        } else {
+            // Earlier requests still await their answers: this one goes out after them, then the close.
+            enqueueReady(res, meta)
+            stopParsing = true
+        }
     }
 
     func inputClosed(_ connection: Connection) {
+        if !pending.isEmpty {
+            // Async answers outstanding: the client went away (or half-closed: treated alike), so
+            // their tasks are cancelled; what is queued still goes out.
+            cancelPending()
+            closing = true
+            connection.close()
+            return
+        }
         // A half-closed client may still read what is queued (and a response still being sent).
         if out.active { out.closeAfter = true } else { closing = true; connection.close() }
     }
 
     func timerFired(_ connection: Connection) {
+        wakeStreamWriter()
         if out.active { out.retryArmed = false; pumpOutput(connection); return }
         if !parser.isIdle && !headComplete {
             fail(status: 408, reason: "request head not complete within the header timeout", connection)
@@ -263,6 +361,9 @@ final class HTTPConnection {
     }
 
     func closed() {
+        cancelPending()
+        bodyStream = nil
+        connection = nil
         if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
         if out.active { out.active = false; config.stats.count(.cutOff) }
         finishFile()

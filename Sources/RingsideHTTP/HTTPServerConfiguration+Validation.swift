@@ -16,6 +16,9 @@ extension HTTPServerConfiguration {
         try check(limits.maxBodyBytes >= 0, "limits.maxBodyBytes", "\(limits.maxBodyBytes) is negative")
         try check(limits.maxChunkLine >= 1, "limits.maxChunkLine", "\(limits.maxChunkLine) must be at least 1")
         try check(spoolThreshold >= 0, "spoolThreshold", "\(spoolThreshold) is negative")
+        try check(asyncBodyLimit >= 0, "asyncBodyLimit", "\(asyncBodyLimit) is negative")
+        try check(maxPipelinedRequests >= 1, "maxPipelinedRequests", "\(maxPipelinedRequests) must be at least 1")
+        try check(streamedBodyBuffer >= 1, "streamedBodyBuffer", "\(streamedBodyBuffer) must be at least 1")
         try check(headerTimeout > .zero, "headerTimeout", "\(headerTimeout) must be positive")
         try check(headerTimeout <= ServerConfiguration.maximumDuration, "headerTimeout",
                   "\(headerTimeout) is longer than 100 years")

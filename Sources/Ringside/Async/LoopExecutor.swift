@@ -86,8 +86,9 @@ public final class LoopExecutor: TaskExecutor, @unchecked Sendable {
         return o != 0 && o == UInt(pthread_self())
     }
 
-    /// The executor of the loop running on the calling thread, if any.
-    static var current: LoopExecutor? {
+    /// The executor of the loop running on the calling thread, if any (for handlers that start tasks
+    /// on their connection's loop, such as RingsideHTTP's async routes).
+    public static var current: LoopExecutor? {
         guard let p = pthread_getspecific(currentExecutorKey) else { return nil }
         return Unmanaged<LoopExecutor>.fromOpaque(p).takeUnretainedValue()
     }

@@ -8,6 +8,9 @@
 // the process, the server's loop thread included) comes from the engine — or from the benchmark
 // framework's own per-iteration bookkeeping, which is a small constant.
 //
+// `http-async-plaintext-keepalive-*` does the same through an async route (`GET /async/plaintext`):
+// its mallocCountTotal / 10,000 is what one async request allocates.
+//
 // Target: 0 mallocs per echoed message, i.e. mallocCountTotal per iteration (10,000 round trips)
 // stays a small constant. `Thresholds/EngineMallocs.<name>.p90.json` stores the p90 measured when the
 // thresholds were last updated; `swift package benchmark thresholds check` fails (exit 2) if the
@@ -56,10 +59,14 @@ let benchmarks: @Sendable () -> Void = {
         ]
     )
     let plaintext = Array("GET /plaintext HTTP/1.1\r\nHost: bench\r\n\r\n".utf8)
+    // An async route (a task per request on the loop's executor): not allocation-free; this measures
+    // what it costs per request (mallocCountTotal / 10,000).
+    let asyncPlaintext = Array("GET /async/plaintext HTTP/1.1\r\nHost: bench\r\n\r\n".utf8)
     let fixtures = [BackendKind.uring, .epoll].flatMap { backend in [
         ("echo-64B-pingpong-\(backend)", EchoFixture(backend: backend, request: nil, handler: .echo)),
         ("async-echo-64B-pingpong-\(backend)", EchoFixture(backend: backend, request: nil, handler: .asyncEcho)),
         ("http-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: plaintext, handler: .http)),
+        ("http-async-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: asyncPlaintext, handler: .http)),
     ] }
     for (name, fixture) in fixtures {
         Benchmark(name, configuration: configuration) { benchmark in
