@@ -22,17 +22,19 @@ package final class PthreadMutex<Value: ~Copyable>: @unchecked Sendable {
     //   `pthread_mutex_unlock` on `mutex`; nothing hands out a reference to it that outlives the body
     //   (the body gets it `inout`, and results are `sending`). So every access is serialized by the
     //   mutex, and the mutex gives the acquire/release ordering between holders.
-    // - `mutex` and `value` are heap-allocated once in `init` and never move (a pthread mutex must not be moved or
-    //   copied once initialised), initialised with default attributes (`PTHREAD_MUTEX_NORMAL`), and
-    //   destroyed and freed only in `deinit`, when no other reference, hence no holder, exists.
+    // - `mutex` and `value` are heap-allocated once in `init` and never move (a pthread mutex must not
+    //   be moved or copied once initialised); `mutex` is initialised with default attributes
+    //   (`PTHREAD_MUTEX_NORMAL`); both are destroyed and freed only in `deinit`, when no other
+    //   reference, hence no holder, exists.
     //   `value` is a raw pointer rather than a stored property so that `withLock` pays no dynamic
-    //   exclusivity check (swift_beginAccess): the mutex already makes the access exclusive.
+    //   exclusivity check (swift_beginAccess): the mutex already makes the access exclusive. Both are
+    //   `@usableFromInline` for `withLock` only; nothing else outside this class touches them.
     // - `Value` values enter through `init(_:)` and leave through `withLock`'s result, both `sending`,
     //   as with `Mutex`: no non-Sendable state is shared by the caller and the lock.
     // - lock/unlock failures (EINVAL, EDEADLK, EPERM) can only come from misuse of this type, which
     //   the invariants above rule out; they are preconditions.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let value: UnsafeMutablePointer<Value>
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    @usableFromInline let value: UnsafeMutablePointer<Value>
 
     /// Creates a lock around `initialValue`.
     package init(_ initialValue: consuming sending Value) {
@@ -54,7 +56,9 @@ package final class PthreadMutex<Value: ~Copyable>: @unchecked Sendable {
     }
 
     /// Calls `body` with the value `inout` while holding the lock, and returns its result.
-    @inline(__always)
+    /// (Inlinable, so a caller in another module, such as HTTPDate's per-response cache, gets a
+    /// specialized call rather than the generic one.)
+    @inlinable
     package func withLock<Result: ~Copyable, E: Error>(
         _ body: (inout sending Value) throws(E) -> sending Result
     ) throws(E) -> sending Result {
