@@ -6,6 +6,8 @@
 //
 //   fuzz-http-parser  HTTPRequestParser: arbitrary bytes in arbitrary splits, limits, split == one-shot
 //   fuzz-framing      LineDecoder / LengthPrefixedDecoder: split == one-shot == a reference model
+//   fuzz-connection-state  ConnectionState (internal to Ringside): random event sequences against a
+//                     harness that plays the driver, the backend and the chunk pool
 //
 //   make fuzz          (FUZZ_SECONDS=600 in total; see scripts/fuzz.sh)
 //   make fuzz-ci       (30 s per target)
@@ -30,6 +32,15 @@ let package = Package(
             name: "fuzz-framing",
             dependencies: ["FuzzSupport", .product(name: "RingsideProtocols", package: "Ringside")],
             path: "Sources/fuzz-framing"
+        ),
+        // The one exception to "public API only": ConnectionState is internal, so this target compiles
+        // the engine's own file (Sources/fuzz-connection-state/ConnectionState.swift is a symlink to
+        // ../Sources/Ringside/Engine/ConnectionState.swift, never a copy) beside the harness, and takes
+        // the public types it names (CloseReason, ServerStats, Errno) from Ringside.
+        .executableTarget(
+            name: "fuzz-connection-state",
+            dependencies: ["FuzzSupport", .product(name: "Ringside", package: "Ringside")],
+            path: "Sources/fuzz-connection-state"
         ),
     ],
     swiftLanguageModes: [.v6]
