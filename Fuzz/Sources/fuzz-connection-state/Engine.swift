@@ -18,6 +18,7 @@
 //   falls and covers the queue at every settle;
 // - liveness: once the peer and the kernel finish everything, the connection finalizes.
 import FuzzSupport
+import Glibc
 
 enum Owner: Equatable { case pool, queued, held, lent, other }
 
@@ -80,7 +81,11 @@ struct Harness {
         s.fd = 5
     }
 
+    /// FUZZ_TRACE=1 prints every event and action (for replaying a reproducer).
+    static let trace = getenv("FUZZ_TRACE") != nil
+
     mutating func note(_ what: String) {
+        if Self.trace { print("  \(what)    [\(s.phase) recv \(s.receive) ops: recv \(recvLive) cancelRecv \(cancelRecvOps)]") }
         log.append(what)
         if log.count > 40 { log.removeFirst() }
     }
@@ -417,9 +422,11 @@ struct Harness {
         if !epoll {
             let live = s.receive == .armed || s.receive == .cancelling
             if live != recvLive { fail("receive \(s.receive) but a receive in flight: \(recvLive)") }
-            if (s.receive == .cancelling || s.receive == .awaitingCancel) && cancelRecvOps == 0 {
-                fail("receive \(s.receive) with no cancel in flight")
-            }
+            // The receive's cancel is in flight exactly while the machine says so (cancelling, or
+            // awaitingCancel once the receive ended): otherwise a new receive could be armed, or a new
+            // cancel issued, while the old cancel's completion is still to come.
+            let awaiting = s.receive == .cancelling || s.receive == .awaitingCancel
+            if awaiting != (cancelRecvOps > 0) { fail("receive \(s.receive) with \(cancelRecvOps) cancels in flight") }
         }
     }
 }

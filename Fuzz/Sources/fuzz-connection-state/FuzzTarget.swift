@@ -204,7 +204,9 @@ extension Harness {
         s.unstarve()
         syncInflight()
         service(&r)
-        for _ in 0..<64 {
+        // Each round completes one operation (or ends the linger): bounded by what is in flight.
+        let rounds = 64 + Int(s.inflight) + (sendOp ? 1 : 0) + (recvLive ? 1 : 0)
+        for _ in 0..<rounds {
             if finalized { return }
             if s.phase == .lingering { s.lingerDone = true }
             if sendOp { completeSend(0x80) } else if recvLive {
