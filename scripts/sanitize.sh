@@ -35,8 +35,11 @@ for s in "${sanitizers[@]}"; do
     log=$scratch/sanitize.log
     t0=$SECONDS
     echo "sanitize: $s: swift build --build-tests --sanitize=$s --scratch-path $scratch"
-    swift build --build-tests --sanitize="$s" --scratch-path "$scratch" 2>&1 \
-        | grep -v "ld.gold: warning: Cannot export local symbol" | grep -E "error|warning:|Build" || true
+    rc=0
+    swift build --build-tests --sanitize="$s" --scratch-path "$scratch" >"$scratch/build.log" 2>&1 || rc=$?
+    grep -v "ld.gold: warning: Cannot export local symbol" "$scratch/build.log" | grep -E "error|warning:|Build" || true
+    # Never test a stale build: a failed build stops here.
+    if ((rc != 0)); then echo "sanitize: $s: build failed (exit $rc); see $scratch/build.log"; exit 1; fi
     t1=$SECONDS
     args=(swift test --skip-build --disable-xctest --no-parallel --sanitize="$s" --scratch-path "$scratch")
     [ -n "$skip" ] && args+=(--skip "$skip")
