@@ -1,8 +1,9 @@
 // swift-tools-version: 6.0
 //
 // Ringside fuzz targets (libFuzzer), kept out of the root package: they only build with
-// `--sanitize=fuzzer` (libFuzzer supplies `main`). They link the real RingsideHTTP and RingsideProtocols
-// modules from `..` and use their public API only.
+// `--sanitize=fuzzer` (libFuzzer supplies `main`). They link the real Ringside modules from `..` and use
+// their public API only, except fuzz-connection-state, which compiles the engine's internal
+// ConnectionState.swift itself (see its target below).
 //
 //   fuzz-http-parser  HTTPRequestParser: arbitrary bytes in arbitrary splits, limits, split == one-shot
 //   fuzz-framing      LineDecoder / LengthPrefixedDecoder: split == one-shot == a reference model
