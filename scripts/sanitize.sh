@@ -18,7 +18,12 @@ sanitizers=("$@")
 # 60-second time limit in an ASan/TSan debug build. They exercise only the single-threaded parser, which
 # the fuzz-http-parser target runs under AddressSanitizer with far more inputs (make fuzz-ci); they
 # still run in `make test`.
-skip=${SANITIZE_SKIP-fuzzRandomValidRequestsParseToWhatWasGenerated|fuzzMutationsNeverCrashAndAreSplitIndependent}
+# RingloadPacingTests.openLoopMeasuresTheServerNotTheTimer asserts latency accuracy (open-loop p50
+# within 1.3x + 20 us of the closed loop's, a 2 ms server measured within 10%), which an instrumented
+# build cannot meet: it failed 1 of 4 TSan runs on timing alone (0 sanitizer reports). The rest of
+# RingloadPacingTests (ringload's threads, its Locked) still runs here; the accuracy test runs in
+# `make test`.
+skip=${SANITIZE_SKIP-fuzzRandomValidRequestsParseToWhatWasGenerated|fuzzMutationsNeverCrashAndAreSplitIndependent|openLoopMeasuresTheServerNotTheTimer}
 
 export SWIFT_BACKTRACE=enable=no   # sanitizer reports, not the Swift backtracer, on a crash
 status=0
