@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 600) shared evenly between them
 #   scripts/fuzz.sh --ci            every target for FUZZ_CI_SECONDS (default 30) each
 #   scripts/fuzz.sh --merge         after the run, merge new coverage into the committed seed corpora
-#   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing proxy-protocol)
+#   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing proxy-protocol connection-state)
 #
 # New corpus entries go to Fuzz/.corpus/<target>/ (git-ignored); the committed seeds in
 # Fuzz/Corpus/<target>/ are read but only written with --merge. A crash, hang (FUZZ_TIMEOUT seconds for
@@ -22,7 +22,7 @@ for a in "$@"; do
         *) echo "usage: $0 [--ci] [--merge]" >&2; exit 2 ;;
     esac
 done
-targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol})
+targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol connection-state})
 timeout_s=${FUZZ_TIMEOUT:-10}
 if [ "$mode" = ci ]; then
     per=${FUZZ_CI_SECONDS:-30}
@@ -35,9 +35,14 @@ fi
 # swiftc honours only the last -sanitize= it is given, so AddressSanitizer is added in the same flag.
 build=(swift build -c release --package-path Fuzz --scratch-path Fuzz/.build-fuzz
        --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address)
+mkdir -p Fuzz/.logs
 for t in "${targets[@]}"; do
     echo "fuzz: building fuzz-$t"
-    "${build[@]}" --product "fuzz-$t" 2>&1 | grep -v "ld.gold: warning: Cannot export local symbol" | grep -E "error|warning:|Build" || true
+    rc=0
+    "${build[@]}" --product "fuzz-$t" >"Fuzz/.logs/build-$t.log" 2>&1 || rc=$?
+    grep -v "ld.gold: warning: Cannot export local symbol" "Fuzz/.logs/build-$t.log" | grep -E "error|warning:|Build" || true
+    # Never fuzz a stale binary: a failed build stops here.
+    if ((rc != 0)); then echo "fuzz: building fuzz-$t failed (exit $rc); see Fuzz/.logs/build-$t.log"; exit 1; fi
 done
 bin="$("${build[@]}" --show-bin-path)"
 

@@ -18,7 +18,12 @@ sanitizers=("$@")
 # 60-second time limit in an ASan/TSan debug build. They exercise only the single-threaded parser, which
 # the fuzz-http-parser target runs under AddressSanitizer with far more inputs (make fuzz-ci); they
 # still run in `make test`.
-skip=${SANITIZE_SKIP-fuzzRandomValidRequestsParseToWhatWasGenerated|fuzzMutationsNeverCrashAndAreSplitIndependent}
+# RingloadPacingTests.openLoopMeasuresTheServerNotTheTimer asserts latency accuracy (open-loop p50
+# within 1.3x + 20 us of the closed loop's, a 2 ms server measured within 10%), which an instrumented
+# build cannot meet: it failed 1 of 4 TSan runs on timing alone (0 sanitizer reports). The rest of
+# RingloadPacingTests (ringload's threads, its Locked) still runs here; the accuracy test runs in
+# `make test`.
+skip=${SANITIZE_SKIP-fuzzRandomValidRequestsParseToWhatWasGenerated|fuzzMutationsNeverCrashAndAreSplitIndependent|openLoopMeasuresTheServerNotTheTimer}
 
 export SWIFT_BACKTRACE=enable=no   # sanitizer reports, not the Swift backtracer, on a crash
 status=0
@@ -35,8 +40,11 @@ for s in "${sanitizers[@]}"; do
     log=$scratch/sanitize.log
     t0=$SECONDS
     echo "sanitize: $s: swift build --build-tests --sanitize=$s --scratch-path $scratch"
-    swift build --build-tests --sanitize="$s" --scratch-path "$scratch" 2>&1 \
-        | grep -v "ld.gold: warning: Cannot export local symbol" | grep -E "error|warning:|Build" || true
+    rc=0
+    swift build --build-tests --sanitize="$s" --scratch-path "$scratch" >"$scratch/build.log" 2>&1 || rc=$?
+    grep -v "ld.gold: warning: Cannot export local symbol" "$scratch/build.log" | grep -E "error|warning:|Build" || true
+    # Never test a stale build: a failed build stops here.
+    if ((rc != 0)); then echo "sanitize: $s: build failed (exit $rc); see $scratch/build.log"; exit 1; fi
     t1=$SECONDS
     args=(swift test --skip-build --disable-xctest --no-parallel --sanitize="$s" --scratch-path "$scratch")
     [ -n "$skip" ] && args+=(--skip "$skip")

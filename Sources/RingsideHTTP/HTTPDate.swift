@@ -1,5 +1,5 @@
 import Glibc
-import Synchronization
+import Ringside
 
 /// The `Date` header value (IMF-fixdate), formatted at most once per second and shared by every
 /// connection: responses copy 29 cached bytes instead of formatting a date.
@@ -8,7 +8,7 @@ enum HTTPDate {
         var second: Int = -1
         var bytes: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // 29 bytes used
     }
-    private static let cache = Mutex(Cached())
+    private static let cache = PthreadMutex(Cached())
 
     /// Calls `body` with the current date's 29 bytes.
     static func withCurrent<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {

@@ -1,6 +1,5 @@
 import Metrics
 import Ringside
-import Synchronization
 
 /// Publishes a server's `ServerStats` to swift-metrics: it samples the stats (periodically with
 /// ``run()``, or now with ``report()``), increments counters by the change since the last sample and
@@ -54,7 +53,7 @@ public final class RingsideMetrics: Sendable {
     private let counters: [CounterSource]
     private let gauges: [GaugeSource]
     /// The stats as of the previous sample (counters are incremented by the difference).
-    private let last = Mutex(ServerStats())
+    private let last = PthreadMutex(ServerStats())
 
     /// Reports `server.stats`, with `backend` set to `server.backend`.
     public convenience init(server: RunningServer, options: Options = Options()) {

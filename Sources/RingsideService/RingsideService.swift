@@ -2,7 +2,6 @@ import Dispatch
 import Logging
 import Ringside
 import ServiceLifecycle
-import Synchronization
 
 /// A Ringside server as a swift-service-lifecycle `Service`.
 ///
@@ -26,7 +25,7 @@ public final class RingsideService: Service, Sendable {
     private let logger: Logger
     private let metrics: RingsideMetrics.Options?
     private let onStart: (@Sendable (RunningServer) -> Void)?
-    private let state = Mutex(State())
+    private let state = PthreadMutex(State())
 
     private struct State: ~Copyable {
         var runCalled = false

@@ -1,12 +1,12 @@
 import CLiburing
 import Foundation
 import Glibc
-import Synchronization
+import Ringside
 
 /// A value shared between the attack thread and the measuring thread.
 final class Locked<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ v: T) { m = Mutex(v) }
+    private let m: PthreadMutex<T>
+    init(_ v: T) { m = PthreadMutex(v) }
     func withLock<R>(_ f: (inout T) -> R) -> R { m.withLock { v in f(&v) } }
 }
 

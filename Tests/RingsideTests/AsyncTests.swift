@@ -279,7 +279,7 @@ func asyncEcho(_ probe: AsyncProbe) -> @Sendable (AsyncConnection) async throws 
 /// Counts tasks and records what they saw, across threads.
 final class AsyncProbe: Sendable {
     private struct State { var started = 0; var live = 0; var offLoop = 0; var events: [String] = [] }
-    private let state = Mutex(State())
+    private let state = PthreadMutex(State())
     var started: Int { state.withLock { $0.started } }
     var live: Int { state.withLock { $0.live } }
     var offLoop: Int { state.withLock { $0.offLoop } }

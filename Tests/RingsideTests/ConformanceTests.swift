@@ -2,7 +2,6 @@ import Foundation
 import Glibc
 import Ringside
 import RingsideProtocols
-import Synchronization
 import Testing
 
 /// Behaviour every backend must show identically: exact echo under load, half-close, resets, clients
@@ -287,7 +286,7 @@ struct ConformanceTests {
 
 /// Records, across threads, how connections ended and which writes failed.
 final class CloseRecorder: Sendable {
-    private let state = Mutex<(reasons: [CloseReason], writeErrors: [WriteError])>(([], []))
+    private let state = PthreadMutex<(reasons: [CloseReason], writeErrors: [WriteError])>(([], []))
     var reasons: [CloseReason] { state.withLock { $0.reasons } }
     var writeErrors: [WriteError] { state.withLock { $0.writeErrors } }
     func record(_ r: CloseReason) { state.withLock { $0.reasons.append(r) } }
@@ -317,7 +316,7 @@ struct AbortOnReceive: ConnectionHandler {
 /// What an echo saw of backpressure: receives delivered while the queue was above the high watermark.
 final class BackpressureProbe: Sendable {
     struct Snapshot { var receives = 0; var receivesWhileBackpressured = 0; var maxQueuedAtReceive = 0 }
-    private let state = Mutex(Snapshot())
+    private let state = PthreadMutex(Snapshot())
     var snapshot: Snapshot { state.withLock { $0 } }
     func note(queued: Int, backpressured: Bool) {
         state.withLock {

@@ -1,12 +1,11 @@
 import Dispatch
 import Glibc
-import Synchronization
 import Testing
 @testable import Ringside
 
 /// Where a handler parks a `Connection` it should not have kept (the stale-handle test).
 final class HandleBox: @unchecked Sendable {
-    private let lock = Mutex(())
+    private let lock = PthreadMutex(())
     private var handle: Connection? = nil
     private var results: [String] = []
     func keep(_ c: Connection) { lock.withLock { _ in handle = c } }

@@ -4,9 +4,10 @@ import Testing
 
 /// LoopExecutor's foreign queue under contention: calls handed over from other threads while the loop
 /// drains them. Besides checking that every call runs exactly once and on the loop thread, this is the
-/// case behind the ThreadSanitizer report on `wakeWritten` (scripts/sanitizers/tsan.supp): under
-/// `--sanitize=thread` it makes the contended `Synchronization.Mutex` path, which TSan cannot see,
-/// happen thousands of times, so the suppression is exercised on every sanitizer run.
+/// case behind issue 16's ThreadSanitizer report on `wakeWritten`: a false report, from TSan not seeing
+/// a contended `Synchronization.Mutex`. The queue's lock is now a `PthreadMutex`, which TSan sees, so
+/// under `--sanitize=thread` this test contends it thousands of times with no suppression to hide a
+/// real race.
 @Suite(.timeLimit(.minutes(1)))
 struct LoopExecutorTests {
     /// Loop-thread-only state (written only by calls the executor runs on the loop thread).

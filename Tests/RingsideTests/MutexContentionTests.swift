@@ -5,12 +5,12 @@ import RingsideService
 import Synchronization
 import Testing
 
-/// Every `Synchronization.Mutex` of the engine, taken from two threads at once: the values stay
-/// consistent (the lock works), and under `--sanitize=thread` each site's contended path, which TSan
-/// cannot see, is exercised on every run, so scripts/sanitizers/tsan.supp is checked against the real
-/// code rather than waiting for a rare interleaving in a server test (LoopExecutor's queue has its own
-/// test, LoopExecutorTests). So far Locked and HTTPDate's cache produce the report here; LoopControl's
-/// stats and RingsideMetrics have not.
+/// Every lock of the engine (each a `PthreadMutex` since issue 16; they were `Synchronization.Mutex`),
+/// taken from two threads at once: the values stay consistent (the lock works), and under
+/// `--sanitize=thread` each site's contended path runs on every sanitizer run. With
+/// `Synchronization.Mutex`, Locked and HTTPDate's cache produced false TSan reports here (its contended
+/// path is invisible to TSan); with `PthreadMutex` there are none and scripts/sanitizers/tsan.supp is
+/// empty, so a report here would be a real race.
 @Suite(.timeLimit(.minutes(1)))
 struct MutexContentionTests {
     /// Runs `body(thread, iteration)` on two pthreads, `count` times each, and joins them.

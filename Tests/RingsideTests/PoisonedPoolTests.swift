@@ -77,7 +77,7 @@ struct StreamThenAbort: ConnectionHandler {
             $0.socketSendBuffer = 16 * 1024  // sends block early: multi-chunk sends sit in flight
         }, handler: { StreamThenAbort() }) { server in
             let received = Atomic<Int>(0)
-            let failures = Mutex<[String]>([])
+            let failures = PthreadMutex<[String]>([])
             for round in 0..<2 {
                 DispatchQueue.concurrentPerform(iterations: 16) { k in
                     let key = UInt64(round * 1000 + k + 1) &* 0x1000_0001

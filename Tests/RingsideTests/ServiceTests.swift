@@ -5,7 +5,6 @@ import Ringside
 import RingsideProtocols
 import RingsideService
 import ServiceLifecycle
-import Synchronization
 import Testing
 
 /// `RingsideService` under swift-service-lifecycle: a ServiceGroup's graceful shutdown (or task
@@ -132,7 +131,7 @@ struct ServiceTests {
 }
 
 private final class PortBox: Sendable {
-    let port = Mutex<Int?>(nil)
+    let port = PthreadMutex<Int?>(nil)
 }
 
 private final class WeakServer {

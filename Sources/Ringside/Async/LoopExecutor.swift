@@ -40,7 +40,7 @@ public final class LoopExecutor: TaskExecutor, @unchecked Sendable {
         var wakeWritten = false
         var shutDown = false
     }
-    private let foreign = Mutex(Foreign())
+    private let foreign = PthreadMutex(Foreign())
     private let foreignPending = Atomic<Bool>(false)
     private var spareJobs: [UnownedJob] = []
     private var spareCalls: [@Sendable () -> Void] = []

@@ -247,8 +247,12 @@ extension ConnectionState {
     }
 
     /// The receive ended for want of buffers. Returns whether the slot newly joins the starved list.
+    /// A receive whose cancel is still in flight stays `awaitingCancel`: the cancel's completion makes it
+    /// idle, and the next arm finds out whether buffers are back (ENOBUFS again starves it then).
+    /// Marking it starved would forget that completion, so a new receive or a new cancel could start
+    /// while the old cancel is still outstanding (found by Fuzz/ fuzz-connection-state).
     mutating func starve() -> Bool {
-        guard receive != .starved else { return false }
+        guard receive != .starved, receive != .awaitingCancel else { return false }
         receive = .starved
         return true
     }

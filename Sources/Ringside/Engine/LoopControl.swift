@@ -8,7 +8,7 @@ import Synchronization
 final class LoopControl: Sendable {
     let wakeFD: Int32
     private let stopFlag = Atomic<Bool>(false)
-    private let published = Mutex(ServerStats())
+    private let published = PthreadMutex(ServerStats())
     /// Runs async connection tasks on the loop thread; the backends run its jobs after every batch of
     /// handler calls (`runPending`), never block while it has jobs (`waitLimit…`), and stop it before
     /// leaving `run()` (`shutDownIfIdle`).

@@ -1,0 +1,1 @@
+../../../Sources/Ringside/Engine/ConnectionState.swift
