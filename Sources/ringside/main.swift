@@ -41,7 +41,8 @@ struct DurationArgument: ExpressibleByArgument, CustomStringConvertible {
 enum ServedProtocol: String, ExpressibleByArgument, CaseIterable {
     /// Echo every byte back.
     case echo
-    /// HTTP/1.1: GET /plaintext, GET /json, POST /echo.
+    /// HTTP/1.1: GET /plaintext, GET /json, POST /echo, GET /ready, and the async routes GET /async/plaintext,
+    /// GET /delay/{ms}, GET /users/{id}.
     case http
     /// Echo through the async API (`RingsideServer.startAsync`): one task per connection on its loop.
     case asyncEcho = "async-echo"
