@@ -36,7 +36,7 @@ done
 # `--backend auto` serves HTTP on epoll and says why.
 if ldd "$bin/ringside" | grep -q liburing; then fail=$((fail + 1)); echo "FAIL ringside links liburing at load time"
 else passed=$((passed + 1)); echo "ok   ringside does not link liburing"; fi
-uring_lib=$(ldconfig -p | awk '/liburing\.so\.2 .*x86-64/ {print $NF; exit}')
+uring_lib=$(ldconfig -p | awk '/liburing\.so\.2 .*x86-64/ && !found {print $NF; found = 1}')
 if [[ $(id -u) != 0 || -z $uring_lib ]] || ! command -v unshare >/dev/null; then
     echo "SKIP serving without liburing: needs root, unshare and an installed liburing.so.2 to hide"
 else

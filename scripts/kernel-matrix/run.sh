@@ -155,7 +155,7 @@ build_initramfs() {
     # Every shared library ldd names, at the path it names, and the dynamic loader; plus liburing.so.2,
     # which the engine opens with dlopen (ldd does not name it).
     local lib uring_lib
-    uring_lib=$(ldconfig -p | awk '/liburing\.so\.2 .*x86-64/ {print $NF; exit}')
+    uring_lib=$(ldconfig -p | awk '/liburing\.so\.2 .*x86-64/ && !found {print $NF; found = 1}')
     [[ -n $uring_lib ]] || { say "liburing.so.2 not found (install liburing2)"; exit 1; }
     for lib in $( (ldd "$ringside"; ldd "$ringload") | grep -oE '^[[:space:]]+(/[^ ]+|[^ ]+ => /[^ ]+)' \
                   | sed 's/.*=> //; s/^[[:space:]]*//' | sort -u) $uring_lib; do
