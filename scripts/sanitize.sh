@@ -23,7 +23,12 @@ sanitizers=("$@")
 # build cannot meet: it failed 1 of 4 TSan runs on timing alone (0 sanitizer reports). The rest of
 # RingloadPacingTests (ringload's threads, its Locked) still runs here; the accuracy test runs in
 # `make test`.
-skip=${SANITIZE_SKIP-fuzzRandomValidRequestsParseToWhatWasGenerated|fuzzMutationsNeverCrashAndAreSplitIndependent|openLoopMeasuresTheServerNotTheTimer}
+# HTTPAsyncTests.thousandConcurrentDelaysDoNotBlockOtherClients asserts a latency (another client's
+# /plaintext p99 while 1,000 async requests are parked: 20 ms optimized, 50 ms debug), which a TSan build
+# (5-15x slower per request) cannot meet: CI's first TSan run measured 88 ms with 0 reports. Its other
+# half (the 1,000 requests answered concurrently) and every other async test still run here; the
+# latency bound runs in `make test`.
+skip=${SANITIZE_SKIP-fuzzRandomValidRequestsParseToWhatWasGenerated|fuzzMutationsNeverCrashAndAreSplitIndependent|openLoopMeasuresTheServerNotTheTimer|thousandConcurrentDelaysDoNotBlockOtherClients}
 
 export SWIFT_BACKTRACE=enable=no   # sanitizer reports, not the Swift backtracer, on a crash
 status=0
