@@ -85,7 +85,7 @@ public protocol HTTPStreamingHandler {
 /// router.group("/v2") { v2 in v2.get("/ping") { _ in .text("pong") } }
 /// ```
 ///
-/// Middleware wraps the async routes registered after ``use(_:)`` (and in a group, the group's own);
+/// Middleware wraps the async routes registered after ``use(_:)-(HTTPMiddleware)`` (and in a group, the group's own);
 /// synchronous routes are never wrapped (they cannot await).
 public struct HTTPRouter: Sendable {
     enum Kind: Sendable {
@@ -184,7 +184,7 @@ public struct HTTPRouter: Sendable {
     /// outermost).
     public mutating func use(_ middleware: any HTTPMiddleware) { self.middleware.append(middleware) }
 
-    /// Adds middleware from a closure (see ``use(_:)-(any HTTPMiddleware)``).
+    /// Adds middleware from a closure (see ``use(_:)-(HTTPMiddleware)``).
     public mutating func use(_ body: @escaping @Sendable (HTTPServerRequest, HTTPAsyncHandler) async throws -> HTTPServerResponse) {
         use(HTTPMiddlewareFunction(body))
     }

@@ -5,7 +5,7 @@ import RingsideHTTP
 /// RingsideHTTP itself does not depend on swift-metrics):
 ///
 /// - a counter `<prefix>_requests_total` with dimensions `method` and `status` (the answered status;
-///   a thrown ``HTTPError`` counts with its status, any other error as 500);
+///   a thrown `HTTPError` counts with its status, any other error as 500);
 /// - a timer `<prefix>_request_duration_seconds` with dimension `method` (handler and inner
 ///   middleware, in nanoseconds).
 ///
