@@ -13,14 +13,13 @@ extension UringBackend {
         let limit = control.executor.withGuaranteed { $0.waitLimitNanos(stopping: core.stopping) }
         if let limit {
             // Jobs pending (0: do not sleep), or tasks finishing during a stop (poll every millisecond).
-            return limit == 0 ? rs_submit_and_wait_batch(ring.ring, 0, -1, 0)
-                              : rs_submit_and_wait_batch(ring.ring, 1, limit, 0)
+            return limit == 0 ? ring.submitAndWait(0) : ring.submitAndWait(1, timeoutNanos: limit)
         }
         armLoopTimer()
         if batchLimit > 1 && lastReaped > 1 {
-            return rs_submit_and_wait_batch(ring.ring, min(lastReaped, batchLimit), -1, batchWaitMicros)
+            return ring.submitAndWait(min(lastReaped, batchLimit), minWaitMicros: batchWaitMicros)
         }
-        return rs_submit_and_wait_batch(ring.ring, 1, -1, 0)
+        return ring.submitAndWait(1)
     }
 
     /// Makes sure the loop timer fires by the next deadline (ms resolution, like the timer wheel).

@@ -13,7 +13,6 @@ extension LoopCore {
         }
     }
 
-    /// How long the loop may sleep before a timer or deadline is due (nil: none armed).
     /// The earliest timer or deadline (absolute CLOCK_MONOTONIC milliseconds), or nil.
     @inline(__always) func nextTimerDue() -> UInt64? {
         switch (timers.nextDue, deadlines.nextDue) {
@@ -24,14 +23,11 @@ extension LoopCore {
         }
     }
 
+    /// How long the loop may sleep before a timer or deadline is due (nil: none armed).
     func millisUntilNextTimer() -> UInt64? {
+        guard let due = nextTimerDue() else { return nil }
         let t = monotonicMillis()
-        switch (timers.millisUntilNext(now: t), deadlines.millisUntilNext(now: t)) {
-        case (nil, nil): return nil
-        case (let a?, nil): return a
-        case (nil, let b?): return b
-        case (let a?, let b?): return min(a, b)
-        }
+        return due <= t ? 0 : due - t
     }
 
     /// Refreshes the loop clock (once per iteration, before completions are handled).

@@ -91,14 +91,8 @@ struct TimerWheel: ~Copyable {
         return count
     }
 
-    /// Milliseconds until the earliest timer is due (nil: no timer armed).
     /// The earliest armed deadline (absolute milliseconds), or nil.
     var nextDue: UInt64? { armed > 0 ? earliest : nil }
-
-    func millisUntilNext(now: UInt64) -> UInt64? {
-        guard armed > 0 else { return nil }
-        return earliest <= now ? 0 : earliest - now
-    }
 
     private func scanEarliest(now: UInt64) -> UInt64 {
         guard armed > 0 else { return .max }

@@ -134,15 +134,12 @@ final class Ring {
 
     @inline(__always) func getSQE() -> UnsafeMutablePointer<io_uring_sqe>? { io_uring_get_sqe(ring) }
 
-    /// Submits prepared SQEs and waits for at least `waitFor` completions, or until `timeout`.
+    /// Submits prepared SQEs and waits for at least `waitFor` completions (io_uring_enter directly:
+    /// `rs_submit_and_wait_batch`). `timeoutNanos` >= 0 bounds the wait (-1: none); `minWaitMicros` > 0
+    /// (6.12+, probed) releases a batch wait once one completion is ready and that long has passed.
     /// Returns the number submitted, or -errno (ETIME on timeout, EINTR, EBUSY).
-    @inline(__always) func submitAndWait(_ waitFor: UInt32, timeoutNanos: Int64?) -> Int32 {
-        if let t = timeoutNanos {
-            var ts = __kernel_timespec(tv_sec: t / 1_000_000_000, tv_nsec: t % 1_000_000_000)
-            var cqe: UnsafeMutablePointer<io_uring_cqe>? = nil
-            return rs_io_uring_submit_and_wait_timeout(ring, &cqe, waitFor, &ts, nil)
-        }
-        return rs_io_uring_submit_and_wait(ring, waitFor)
+    @inline(__always) func submitAndWait(_ waitFor: UInt32, timeoutNanos: Int64 = -1, minWaitMicros: UInt32 = 0) -> Int32 {
+        rs_submit_and_wait_batch(ring, waitFor, timeoutNanos, minWaitMicros)
     }
 
     @inline(__always) func submit() -> Int32 { rs_io_uring_submit(ring) }
