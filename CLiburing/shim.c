@@ -190,3 +190,13 @@ long rs_pread_nowait(int fd, void *buf, unsigned long count, int64_t offset) {
     ssize_t r = preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
     return r < 0 ? -errno : (long)r;
 }
+
+long rs_preadv_nowait(int fd, const struct iovec *iov, int count, int64_t offset) {
+    ssize_t r = preadv2(fd, iov, count, offset, RWF_NOWAIT);
+    return r < 0 ? -errno : (long)r;
+}
+
+long rs_preadv(int fd, const struct iovec *iov, int count, int64_t offset) {
+    ssize_t r = preadv(fd, iov, count, offset);
+    return r < 0 ? -errno : (long)r;
+}

@@ -114,6 +114,10 @@ struct rs_file_status {
 /// preadv2(2) with RWF_NOWAIT of one buffer: answers from the page cache or fails with EAGAIN,
 /// never blocks. Returns the count or -errno.
 long rs_pread_nowait(int fd, void *buf, unsigned long count, int64_t offset);
+/// The same for a vector of buffers.
+long rs_preadv_nowait(int fd, const struct iovec *iov, int count, int64_t offset);
+/// preadv(2) (blocking; helper threads only); bytes read or -errno.
+long rs_preadv(int fd, const struct iovec *iov, int count, int64_t offset);
 
 /// Bytes a statx buffer needs (sizeof(struct statx)).
 unsigned long rs_statx_buffer_size(void);

@@ -17,7 +17,7 @@ final class PendingResponse {
         case async(HTTPServerResponse)
         /// A synchronous answer (route, 404/405, error) composed while an earlier async one was still
         /// outstanding: a copy of the header lines and body (the connection's buffers are reused).
-        case copied(status: Int, headerLines: [UInt8], body: [UInt8], file: (fd: Int32, size: Int)?, chunked: Bool)
+        case copied(status: Int, headerLines: [UInt8], body: [UInt8], file: (fd: Int32, size: Int)?, fileOffset: Int, chunked: Bool)
     }
     let meta: RequestMeta
     var payload = Payload.waiting
@@ -91,7 +91,7 @@ extension HTTPConnection {
     func enqueueReady(_ res: HTTPResponse, _ meta: RequestMeta) {
         let entry = PendingResponse(meta: meta)
         entry.payload = .copied(status: res.status, headerLines: Array(userHeaders.bytes), body: Array(responseBody.bytes),
-                                file: res.bodyFile, chunked: res.chunked)
+                                file: res.bodyFile, fileOffset: res.bodyFileOffset, chunked: res.chunked)
         pending.append(entry)
     }
 
@@ -120,11 +120,12 @@ extension HTTPConnection {
                 userHeaders.appendHeader(name, value)
             }
             r.body.withUnsafeBytes { responseBody.append($0) }
-        case .copied(let status, let lines, let body, let file, let chunked):
+        case .copied(let status, let lines, let body, let file, let fileOffset, let chunked):
             res.status = status
             lines.withUnsafeBytes { userHeaders.append($0) }
             body.withUnsafeBytes { responseBody.append($0) }
             res.bodyFile = file
+            res.bodyFileOffset = fileOffset
             res.chunked = chunked
         }
         send(&res, first.meta, connection)
@@ -140,7 +141,7 @@ extension HTTPConnection {
             e.task = nil
             wake(e)
             e.body?.fail(CancellationError())
-            if case .copied(_, _, _, let file?, _) = e.payload { _ = Glibc.close(file.fd) }
+            if case .copied(_, _, _, let file?, _, _) = e.payload { closeFile(file.fd) }
         }
         pending.removeAll()
         wakeStreamWriter()

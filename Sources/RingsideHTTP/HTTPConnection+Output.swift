@@ -35,8 +35,8 @@ extension HTTPConnection {
             out.ending = responseBody.count > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n"
         }
         if let f = res.bodyFile {
-            if isHead || f.size == 0 { _ = Glibc.close(f.fd) } else {
-                fileFD = f.fd; fileOffset = 0; fileEnd = f.size; readPos = 0; readLen = 0
+            if isHead || f.size == 0 { closeFile(f.fd) } else {
+                fileFD = f.fd; fileOffset = res.bodyFileOffset; fileEnd = res.bodyFileOffset + f.size
             }
         }
         pumpOutput(connection)
@@ -99,26 +99,56 @@ extension HTTPConnection {
             case .closed: config.stats.count(.cutOff); return endResponse(connection, cutOff: true)
             }
         }
-        while fileOffset < fileEnd || readPos < readLen {
-            if readPos == readLen {
-                if readBuffer == nil { readBuffer = .allocate(byteCount: readChunk, alignment: 4096) }
-                let n = pread(fileFD, readBuffer, min(readChunk, fileEnd - fileOffset), off_t(fileOffset))
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else {
-                    // The file ended early or failed: the promised Content-Length cannot be met.
-                    config.stats.count(.fileRead)
-                    connection.abort()
-                    return endResponse(connection, cutOff: true)
+        if fileFD >= 0 && fileOffset < fileEnd {
+            // The file body: read by the loop's file operations straight into send chunks, one
+            // piece at a time; `fileSent` continues.
+            if fileReadInFlight || connection.isBackpressured { return }  // `writable` resumes
+            do throws(WriteError) {
+                try connection.sendFile(fileFD, at: Int64(fileOffset), count: fileEnd - fileOffset) { r in
+                    self.fileSent(r)
                 }
-                readPos = 0; readLen = n; fileOffset += n
-            }
-            switch writeSome(UnsafeRawBufferPointer(start: readBuffer! + readPos, count: readLen - readPos), connection) {
-            case .wrote(let n): readPos += n
-            case .wait: return
-            case .closed: config.stats.count(.cutOff); return endResponse(connection, cutOff: true)
+                fileReadInFlight = true
+                return
+            } catch {
+                if error == .closed { config.stats.count(.cutOff); return endResponse(connection, cutOff: true) }
+                if !out.deferred { out.deferred = true; config.stats.count(.deferred) }
+                connection.setTimer(after: .milliseconds(1))  // no send chunk free: retry
+                out.retryArmed = true
+                return
             }
         }
         endResponse(connection, cutOff: false)
+    }
+
+    /// A piece of the file body was queued (or not): go on with the next.
+    private func fileSent(_ r: Result<Int, SendFileError>) {
+        fileReadInFlight = false
+        if fileToCloseAfterRead >= 0 {  // that response was given up while the read was in flight
+            closeFile(fileToCloseAfterRead)
+            fileToCloseAfterRead = -1
+            if out.active, let connection { pumpOutput(connection) }  // a later response's file waits
+            return
+        }
+        guard out.active, let connection else { return }
+        switch r {
+        case .success(let n) where n > 0:
+            fileOffset += n
+            pumpOutput(connection)
+        case .success, .failure(.file):
+            // The file ended early or failed: the promised Content-Length cannot be met.
+            config.stats.count(.fileRead)
+            connection.abort()
+            endResponse(connection, cutOff: true)
+        case .failure(.closed):
+            config.stats.count(.cutOff)
+            endResponse(connection, cutOff: true)
+        }
+    }
+
+    /// Closes a file descriptor through the loop's file operations (no close(2) on the loop thread).
+    func closeFile(_ fd: Int32) {
+        guard fd >= 0 else { return }
+        if let connection { connection.files.close(fd) } else { _ = Glibc.close(fd) }
     }
 
     enum Progress { case wrote(Int), wait, closed }
@@ -155,6 +185,13 @@ extension HTTPConnection {
         if out.closeAfter { closing = true; cancelPending(); connection.close(); return }
         // The next response in request order, if it is ready (async routes).
         if flushPending(connection) { return }
+        resumeAfterDeferred(connection)
+    }
+
+    /// Nothing is being sent and nothing waits for file operations: reading resumes and stashed input
+    /// is parsed.
+    func resumeAfterDeferred(_ connection: Connection) {
+        guard !out.active, !deferred, !halted else { return }
         if pending.count >= config.maxPipelinedRequests { return }  // reading resumes when one is answered
         if readingPaused { readingPaused = false; connection.resumeReading() }
         if stash.count > 0 {
@@ -166,9 +203,9 @@ extension HTTPConnection {
     }
 
     func finishFile() {
-        if fileFD >= 0 { _ = Glibc.close(fileFD) }
+        if fileReadInFlight { fileToCloseAfterRead = fileFD } else { closeFile(fileFD) }
         fileFD = -1
-        fileOffset = 0; fileEnd = 0; readPos = 0; readLen = 0
+        fileOffset = 0; fileEnd = 0
     }
 
     private func appendHex(_ v: Int, to b: ByteBuffer) {

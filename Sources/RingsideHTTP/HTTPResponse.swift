@@ -12,6 +12,8 @@ public struct HTTPResponse {
     @usableFromInline let body: ByteBuffer
     /// A file to send as the body after `body`'s bytes (for example a spooled upload); the engine closes it.
     public var bodyFile: (fd: Int32, size: Int)? = nil
+    /// Where in `bodyFile` the body starts (a range request); `size` bytes from here are sent.
+    var bodyFileOffset = 0
     /// Send the body with `Transfer-Encoding: chunked` instead of `Content-Length` (HTTP/1.1 only;
     /// ignored with `bodyFile`).
     public var chunked = false

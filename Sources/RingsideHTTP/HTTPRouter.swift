@@ -93,6 +93,8 @@ public struct HTTPRouter: Sendable {
         case streaming(@Sendable () -> any HTTPStreamingHandler)
         case async(HTTPAsyncHandler)
         case streamingAsync(HTTPStreamingAsyncHandler)
+        /// Files under a directory (HTTPStaticFiles.swift).
+        case staticFiles(StaticFileRoot)
     }
     struct Route: Sendable {
         let method: [UInt8]
@@ -122,7 +124,7 @@ public struct HTTPRouter: Sendable {
     /// The number of registered routes.
     public var routeCount: Int { routes.count }
 
-    private mutating func add(_ method: String, _ path: String, _ kind: Kind) {
+    mutating func add(_ method: String, _ path: String, _ kind: Kind) {
         let full = prefix.isEmpty ? path : (path == "/" ? prefix : prefix + path)
         let segments = RouteSegment.parse(full)
         let names = segments.compactMap { s -> String? in

@@ -89,22 +89,23 @@ final class HTTPConnection {
     var keepAlive = true
     var isHead = false
     var streaming: (any HTTPStreamingHandler)? = nil
-    var spoolFD: Int32 = -1
-    var spoolSize = 0
+    /// The current request's body file, when it is spooled (HTTPSpool.swift).
+    var spool: SpoolFile? = nil
+    /// The current request's response waits for the loop's file operations (its spooled body being
+    /// stored, a static file being opened): parsing stops and input is stashed meanwhile.
+    var deferred = false
     var headComplete = false
     var isAsync = false
 
     /// The response being sent (see HTTPConnection+Output.swift).
     var out = Outgoing()
-    // A file body being streamed out: bytes fileOffset..<fileEnd not read yet, readBuffer[readPos..<readLen]
-    // read but not queued yet.
+    // A file body being streamed out (Connection.sendFile): bytes fileOffset..<fileEnd not queued yet;
+    // at most one read in flight; a descriptor given up while its read is in flight is closed after it.
     var fileFD: Int32 = -1
     var fileOffset = 0
     var fileEnd = 0
-    var readBuffer: UnsafeMutableRawPointer? = nil
-    var readPos = 0
-    var readLen = 0
-    let readChunk = 64 * 1024
+    var fileReadInFlight = false
+    var fileToCloseAfterRead: Int32 = -1
 
     var closing = false
     /// A request failed while earlier ones still await their async responses: parse nothing more.
@@ -137,21 +138,20 @@ final class HTTPConnection {
     }
 
     deinit {
-        readBuffer?.deallocate()
     }
 
     // MARK: input
 
     func received(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         guard !halted else { return }
-        if out.active || pending.count >= config.maxPipelinedRequests { return stashInput(bytes, connection) }
+        if out.active || deferred || pending.count >= config.maxPipelinedRequests { return stashInput(bytes, connection) }
         let wasIdle = parser.isIdle
         var sink = Sink(c: self, connection: connection)
         let consumed: Int
         do throws(HTTPParseError) {
             // Stop after a request whose response is still being sent: its buffers are in use.
             consumed = try parser.feed(bytes, into: &sink, stopAfterEnd: {
-                self.out.active || self.halted || self.pending.count >= self.config.maxPipelinedRequests
+                self.out.active || self.deferred || self.halted || self.pending.count >= self.config.maxPipelinedRequests
             })
         } catch {
             return fail(status: error.status, reason: error.reason, connection)
@@ -159,7 +159,7 @@ final class HTTPConnection {
         if consumed < bytes.count && !halted {
             stashInput(UnsafeRawBufferPointer(rebasing: bytes[consumed...]), connection)
         }
-        if wasIdle && !parser.isIdle && !headComplete && !out.active && !closing {
+        if wasIdle && !parser.isIdle && !headComplete && !out.active && !deferred && !closing {
             connection.setTimer(after: config.headerTimeout)  // header deadline (slow clients)
         }
     }
@@ -202,7 +202,6 @@ final class HTTPConnection {
         head.setCaptures(count: captureCount, offset: head.target.lowerBound,
                          names: captureCount > 0 ? routeNames(route) : [])
         bodyBuffer.clear()
-        spoolSize = 0
         streaming = nil
         isAsync = false
         if case .route(let i) = route, let make = router.routes[i].streaming {
@@ -219,7 +218,7 @@ final class HTTPConnection {
                 return fail(status: 413, reason: "request body larger than \(config.asyncBodyLimit) bytes", connection)
             }
         } else if let n = h.contentLength, n > config.spoolThreshold {
-            guard openSpool(connection) else { return }  // answered 507/500
+            openSpool(connection)  // a failure answers 507/500
         }
         // 100 Continue goes out at once, so only when no earlier response is still owed (else the client
         // sends the body after its own wait, RFC 9110 §10.1.1).
@@ -253,15 +252,36 @@ final class HTTPConnection {
             bodyBuffer.append(bytes)
             return
         }
-        if spoolFD < 0 && bodyBuffer.count + bytes.count > config.spoolThreshold {
-            guard openSpool(connection), writeSpool(bodyBuffer.bytes, connection) else { return }
+        if spool == nil && bodyBuffer.count + bytes.count > config.spoolThreshold {
+            openSpool(connection)
+            appendSpool(bodyBuffer.bytes, connection)
             bodyBuffer.clear()
         }
-        if spoolFD >= 0 { _ = writeSpool(bytes, connection) } else { bodyBuffer.append(bytes) }
+        if spool != nil { appendSpool(bytes, connection) } else { bodyBuffer.append(bytes) }
     }
 
     private func onEnd(_ connection: Connection) {
         headComplete = false
+        if case .route(let i) = route, case .staticFiles(let root) = router.routes[i].kind {
+            return serveStatic(root, connection)
+        }
+        if let s = spool, !s.isStored {
+            // The route runs once every byte is in the file (HTTPSpool.swift).
+            deferred = true
+            s.onStored = { [unowned self] in
+                guard self.deferred, !self.halted, let connection = self.connection else { return }
+                self.deferred = false
+                self.respond(connection)
+                self.resumeAfterDeferred(connection)
+            }
+            pumpSpool(s, connection)
+            return
+        }
+        respond(connection)
+    }
+
+    /// Runs the current request's route and sends (or queues) its response.
+    private func respond(_ connection: Connection) {
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         switch route {
         case .route(let i) where isAsync:
@@ -276,8 +296,8 @@ final class HTTPConnection {
                 streaming!.end(&res)
                 streaming = nil
             } else {
-                let body: HTTPBody = spoolFD >= 0 ? .file(fd: spoolFD, size: spoolSize)
-                    : bodyBuffer.count > 0 ? .bytes(bodyBuffer.bytes) : .none
+                let body: HTTPBody = spool.map { .file(fd: $0.fd, size: $0.size) }
+                    ?? (bodyBuffer.count > 0 ? .bytes(bodyBuffer.bytes) : .none)
                 router.routes[i].handler!(request(body: body), &res)
             }
         case .methodNotAllowed:
@@ -285,8 +305,7 @@ final class HTTPConnection {
         case .notFound:
             res.status = 404
         }
-        if spoolFD >= 0 && res.bodyFile?.fd != spoolFD { _ = Glibc.close(spoolFD) }
-        spoolFD = -1
+        dropSpool(connection, keep: spool != nil && res.bodyFile?.fd == spool!.fd)
         if pending.isEmpty { send(&res, meta, connection) } else {
             enqueueReady(res, meta)
             if !keepAlive { stopParsing = true }
@@ -317,7 +336,7 @@ final class HTTPConnection {
     /// Answers `status` with `reason` as the body, then closes (the request, if any, is abandoned).
     func fail(status: Int, reason: String, _ connection: Connection) {
         guard !halted else { return }
-        if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
+        dropSpool(connection)
         streaming = nil
         // A streaming route reading this request's body learns that the rest will not come.
         bodyStream?.fail(HTTPError(status, reason))
@@ -348,7 +367,9 @@ final class HTTPConnection {
             connection.close()
             return
         }
-        // A half-closed client may still read what is queued (and a response still being sent).
+        // A half-closed client may still read what is queued (and a response still being sent, or one
+        // waiting for file operations: it goes out, then the connection closes).
+        if deferred { keepAlive = false; return }
         if out.active { out.closeAfter = true } else { closing = true; connection.close() }
     }
 
@@ -363,8 +384,9 @@ final class HTTPConnection {
     func closed() {
         cancelPending()
         bodyStream = nil
+        dropSpool(connection)
         connection = nil
-        if spoolFD >= 0 { _ = Glibc.close(spoolFD); spoolFD = -1 }
+        deferred = false
         if out.active { out.active = false; config.stats.count(.cutOff) }
         finishFile()
     }

@@ -76,6 +76,10 @@ struct Serve: ParsableCommand {
     var spoolThreshold = 1 << 20
     @Option(help: "HTTP: directory for spooled request bodies (a body that cannot be stored there is answered 507 or 500).")
     var spoolDirectory = "/tmp"
+    @Option(help: "HTTP: serve the files under this directory at /static/ (GET and HEAD; ETag, ranges; nothing outside it).")
+    var `static`: String? = nil
+    @Flag(help: "Register the buffer slab as fixed buffers (io_uring: file sends read into it with READ_FIXED; costs RLIMIT_MEMLOCK per loop).")
+    var registerBuffers = false
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
     @Option(help: "Echo: require this greeting line before echoing (clients that never send it are closed at --auth-timeout).")
     var authToken: String? = nil
@@ -138,6 +142,7 @@ struct Serve: ParsableCommand {
         config.sendBufferSize = sendBufferSize
         config.sendBuffers = sendBuffers
         config.ringEntries = ringEntries
+        config.registerBuffers = registerBuffers
         config.authenticationTimeout = try seconds(authTimeout, "--auth-timeout")
         config.idleTimeout = try seconds(idleTimeout, "--idle-timeout")
         config.writeStallTimeout = try seconds(writeStallTimeout, "--write-stall-timeout")
@@ -219,6 +224,11 @@ struct Serve: ParsableCommand {
         case .http:
             var router = HTTPRouter.benchmarkRoutes
             router.readiness("/ready", readiness)
+            if let dir = `static` {
+                do { try router.files("/static", root: dir) } catch {
+                    throw ConfigurationError(field: "--static", problem: "\(error)")
+                }
+            }
             server = try RingsideServer.start(configuration: config, logger: logger,
                                               handler: HTTPServer.handler(router: router, configuration: http!))
         }

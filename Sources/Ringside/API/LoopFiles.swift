@@ -159,3 +159,25 @@ extension Connection {
     /// File I/O on this connection's loop (see ``LoopFiles``).
     public var files: LoopFiles { LoopFiles(coreRef: coreRef) }
 }
+
+extension Connection {
+    /// Sends up to `count` bytes of file `fd` from `offset` without copying them through the caller:
+    /// the loop's file operations read them straight into free send chunks (io_uring: READ_FIXED into
+    /// the registered slab when ``ServerConfiguration/registerBuffers`` is on, else one READV; epoll: an
+    /// inline `preadv2(RWF_NOWAIT)`, else a helper thread), which are then queued in order like written
+    /// bytes. One call reads at most 16 send chunks; `done` runs on the loop thread with the count
+    /// queued (0 at end of file), and the caller sends the next piece from there (checking
+    /// ``isBackpressured`` first). The descriptor stays the caller's.
+    /// - Throws: ``WriteError/closed`` when the connection no longer accepts writes (or `count` is 0),
+    ///   ``WriteError/bufferPoolExhausted`` when no send chunk (or no file-operation slot) is free
+    ///   (retry later, as with `write`);
+    ///   `done` is not called then.
+    public func sendFile(_ fd: Int32, at offset: Int64, count: Int,
+                         _ done: @escaping (Result<Int, SendFileError>) -> Void) throws(WriteError) {
+        let r: Result<Void, WriteError> = withCore { c in
+            guard c.isCurrent(slot, generation) else { return .failure(.closed) }
+            return Result { () throws(WriteError) in try c.sendFile(slot: slot, fd: fd, offset: offset, count: count, done) }
+        }
+        try r.get()
+    }
+}

@@ -16,13 +16,15 @@ final class UringFiles: LoopFileOperations {
     }
     // Invariant: `slots`, `statBuffers` and `openHows` have `capacity` entries, live as long as this
     // object, and an entry's memory is referenced by the kernel only while its slot has `done` set.
-    let capacity = 256
+    let capacity = 1024
     private var slots: [Slot]
     private var free: [Int32]
     private let statBuffers: UnsafeMutableRawPointer
     private let statSize: Int
     private let openHows: UnsafeMutablePointer<open_how>
     private(set) var pendingFileOperations = 0
+    var readsSlabAsFixedBuffers: Bool { fixedRange != nil }
+    var fileOperationRoom: Int { free.count }
     unowned(unsafe) let backend: AnyObject
     let prepare: (UserData) -> Void
     let fixedRange: (UnsafeRawPointer, Int)?  // the registered slab (buffer index 0), if registered
@@ -81,6 +83,8 @@ final class UringFiles: LoopFileOperations {
             } else {
                 io_uring_prep_read(s, fd, buffer, UInt32(count), UInt64(bitPattern: offset))
             }
+        case .readv(let fd, let vector, let count, let offset):
+            io_uring_prep_readv(s, fd, vector, UInt32(count), UInt64(bitPattern: offset))
         case .write(let fd, let buffer, let count, let offset):
             if let (base, length) = fixedRange, buffer >= base, buffer + count <= base + length {
                 io_uring_prep_write_fixed(s, fd, buffer, UInt32(count), UInt64(bitPattern: offset), 0)

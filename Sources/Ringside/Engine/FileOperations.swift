@@ -6,6 +6,8 @@ import Glibc
 enum FileRequest {
     case open(path: UnsafeMutablePointer<CChar>, directory: Int32, flags: Int32, mode: UInt32, resolve: UInt64)
     case read(fd: Int32, buffer: UnsafeMutableRawPointer, count: Int, offset: Int64)
+    /// A vectored read (`vector` holds `count` iovecs; it and the buffers stay valid until completion).
+    case readv(fd: Int32, vector: UnsafeMutablePointer<iovec>, count: Int32, offset: Int64)
     case write(fd: Int32, buffer: UnsafeRawPointer, count: Int, offset: Int64)
     case sync(fd: Int32, dataOnly: Bool)
     case stat(fd: Int32)
@@ -27,6 +29,11 @@ protocol LoopFileOperations: AnyObject {
     func submit(_ request: FileRequest, _ done: @escaping FileCompletion)
     /// Operations submitted and not yet completed.
     var pendingFileOperations: Int { get }
+    /// Whether a read into the buffer slab goes through the registered buffers (io_uring READ_FIXED):
+    /// then a file send reads chunk by chunk instead of one vectored read.
+    var readsSlabAsFixedBuffers: Bool { get }
+    /// Operations that can be submitted now without being refused with EBUSY.
+    var fileOperationRoom: Int { get }
     /// The loop is ending: every pending operation completes now with ECANCELED (late results of work
     /// already running elsewhere are dropped).
     func cancelAllFileOperations()
@@ -64,7 +71,27 @@ final class BlockingFilePool: LoopFileOperations {
     private let executor: LoopExecutor
     /// Loop thread only: completions not yet delivered, by operation id, and where a read's bytes go.
     private var waiting: [UInt64: FileCompletion] = [:]
-    private var readTargets: [UInt64: UnsafeMutableRawPointer] = [:]
+    private var readTargets: [UInt64: ReadTarget] = [:]
+
+    /// Where a read's bytes go once its bounce buffer comes back to the loop.
+    private enum ReadTarget {
+        case buffer(UnsafeMutableRawPointer)
+        case vector(UnsafeMutablePointer<iovec>, Int32)
+
+        /// Copies the first `n` bytes of `from` to the target (loop thread).
+        func fill(from: UnsafeRawPointer, _ n: Int) {
+            switch self {
+            case .buffer(let p): p.copyMemory(from: from, byteCount: n)
+            case .vector(let v, let count):
+                var done = 0
+                for k in 0..<Int(count) where done < n {
+                    let take = min(v[k].iov_len, n - done)
+                    v[k].iov_base.copyMemory(from: from + done, byteCount: take)
+                    done += take
+                }
+            }
+        }
+    }
     private var nextID: UInt64 = 1
 
     init(executor: LoopExecutor, threads count: Int = 2, capacity: Int = 1024) {
@@ -115,11 +142,18 @@ final class BlockingFilePool: LoopFileOperations {
     }
 
     var pendingFileOperations: Int { waiting.count }
+    var readsSlabAsFixedBuffers: Bool { false }
+    var fileOperationRoom: Int { max(0, capacity - waiting.count) }
 
     func submit(_ request: FileRequest, _ done: @escaping FileCompletion) {
         // A page-cache hit answers at once, without a thread hop (still delivered after this call).
+        var inline: Int? = nil
         if case .read(let fd, let buffer, let count, let offset) = request {
-            let r = rs_pread_nowait(fd, buffer, UInt(count), offset)
+            inline = rs_pread_nowait(fd, buffer, UInt(count), offset)
+        } else if case .readv(let fd, let vector, let count, let offset) = request, offset >= 0 {
+            inline = rs_preadv_nowait(fd, vector, count, offset)
+        }
+        if let r = inline {
             if r >= 0 || (-r != EAGAIN && -r != EOPNOTSUPP && -r != EINVAL) {
                 let outcome: FileOutcome = r >= 0 ? .value(r) : .failure(Int32(-r))
                 let id = nextID; nextID += 1
@@ -133,8 +167,15 @@ final class BlockingFilePool: LoopFileOperations {
         switch request {
         case .read(let fd, let buffer, let count, let offset):
             let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, count), alignment: 64)
-            readTargets[id] = buffer
+            readTargets[id] = .buffer(buffer)
             job = Job(id: id, request: .read(fd: fd, buffer: bounce.baseAddress!, count: count, offset: offset), bounce: bounce)
+        case .readv(let fd, let vector, let count, let offset):
+            // One bounce buffer for the whole vector; the loop scatters it into the caller's buffers.
+            var total = 0
+            for k in 0..<Int(count) { total += vector[k].iov_len }
+            let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, total), alignment: 64)
+            readTargets[id] = .vector(vector, count)
+            job = Job(id: id, request: .read(fd: fd, buffer: bounce.baseAddress!, count: total, offset: offset), bounce: bounce)
         case .write(let fd, let buffer, let count, let offset):
             let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, count), alignment: 64)
             bounce.baseAddress!.copyMemory(from: buffer, byteCount: count)
@@ -190,7 +231,7 @@ final class BlockingFilePool: LoopFileOperations {
             let target = pool.readTargets.removeValue(forKey: id)
             if let done = pool.waiting.removeValue(forKey: id) {
                 if let b = bounce.value, let target, case .value(let n) = result.value, n > 0 {
-                    target.copyMemory(from: b.baseAddress!, byteCount: n)
+                    target.fill(from: b.baseAddress!, n)
                 }
                 bounce.value?.deallocate()
                 done(result.value)
@@ -235,6 +276,10 @@ final class BlockingFilePool: LoopFileOperations {
             return r >= 0 ? .value(Int(r)) : .failure(-r)
         case .read(let fd, let buffer, let count, let offset):
             return outcome(offset < 0 ? Glibc.read(fd, buffer, count) : pread(fd, buffer, count, Int(offset)))
+        case .readv(let fd, let vector, let count, let offset):
+            // Not reached: `submit` turns a vectored read into a read of one bounce buffer.
+            let r = rs_preadv(fd, vector, count, offset)
+            return r >= 0 ? .value(r) : .failure(Int32(-r))
         case .write(let fd, let buffer, let count, let offset):
             return outcome(offset < 0 ? Glibc.write(fd, buffer, count) : pwrite(fd, buffer, count, Int(offset)))
         case .sync(let fd, let dataOnly):

@@ -55,7 +55,7 @@ extension LoopCore {
         noteQueued(slot, r.count)
     }
 
-    @inline(__always) private func noteQueued(_ slot: Int32, _ n: Int) {
+    @inline(__always) func noteQueued(_ slot: Int32, _ n: Int) {
         let i = Int(slot)
         if states[i].queuedBytes == 0 { startStallClock(slot) }
         states[i].queuedBytes += n
@@ -63,7 +63,7 @@ extension LoopCore {
         markDirty(slot)
     }
 
-    @inline(__always) private func append(slot: Int32, chunk: Int32) {
+    @inline(__always) func append(slot: Int32, chunk: Int32) {
         let i = Int(slot)
         pool.setNext(chunk, -1)
         if states[i].sendTail >= 0 { pool.setNext(states[i].sendTail, chunk) } else { states[i].sendHead = chunk }

@@ -1,0 +1,139 @@
+import Glibc
+
+/// Sending a file's bytes without copying them through the handler: the loop's file operations read
+/// them straight into free send chunks of the pool, which are then queued like written bytes.
+///
+/// io_uring with registered buffers: one READ_FIXED per chunk (the registered slab is what they read
+/// into), submitted together; otherwise one vectored read (READV, or a helper thread's preadv on epoll,
+/// after an inline `preadv2(RWF_NOWAIT)` try). The chunks belong to the operation until it completes:
+/// then the bytes read are queued in file order, and chunks left over return to the pool.
+final class FileSendOperation {
+    let slot: Int32
+    let generation: UInt32
+    let chunks: [Int32]
+    /// Bytes asked of each chunk (the last may be short).
+    let lengths: [Int]
+    /// Per-chunk results when reading chunk by chunk (nil: not completed yet).
+    var results: [FileOutcome?]
+    var outstanding: Int
+    /// Invariant: `vector` has `chunks.count` entries pointing into those chunks, allocated here and
+    /// freed in deinit, after the read that uses it has completed.
+    let vector: UnsafeMutablePointer<iovec>
+    let done: (Result<Int, SendFileError>) -> Void
+
+    init(slot: Int32, generation: UInt32, chunks: [Int32], lengths: [Int], pool: BufferPool,
+         done: @escaping (Result<Int, SendFileError>) -> Void) {
+        self.slot = slot; self.generation = generation; self.chunks = chunks; self.lengths = lengths; self.done = done
+        results = Array(repeating: nil, count: chunks.count)
+        outstanding = chunks.count
+        vector = .allocate(capacity: chunks.count)
+        for k in chunks.indices { vector[k] = iovec(iov_base: pool.pointer(chunks[k]), iov_len: lengths[k]) }
+    }
+
+    deinit { vector.deallocate() }
+}
+
+/// Why a file send did not queue bytes.
+public enum SendFileError: Error, Equatable, Sendable {
+    /// The connection closed (or stopped accepting writes) before the bytes could be queued.
+    case closed
+    /// The read failed (EIO, EBADF, ...; ECANCELED when the loop stopped first).
+    case file(FileError)
+}
+
+extension LoopCore {
+    /// The most chunks one file send reads into.
+    static let fileSendChunks = 16
+
+    /// Starts reading up to `count` bytes of `fd` at `offset` into send chunks (see
+    /// ``Connection/sendFile(_:at:count:_:)``). Throws `bufferPoolExhausted` when no send chunk (or
+    /// no file-operation slot) is free.
+    func sendFile(slot: Int32, fd: Int32, offset: Int64, count: Int,
+                  _ done: @escaping (Result<Int, SendFileError>) -> Void) throws(WriteError) {
+        let i = Int(slot)
+        guard states[i].acceptsWrites else { throw .closed }
+        guard count > 0 else { throw .closed }
+        let size = pool.sendChunkSize
+        let wanted = min(Self.fileSendChunks, (count + size - 1) / size)
+        // Leave most of a short pool to the other connections' writes (at least one chunk is taken).
+        let ops = files!.takeUnretainedValue() as! any LoopFileOperations
+        var k = min(wanted, max(pool.freeSendCount > 0 ? 1 : 0, pool.freeSendCount / 4))
+        // Chunk-by-chunk reads take one file-operation slot each: keep half the table for other calls.
+        let room = ops.fileOperationRoom
+        k = ops.readsSlabAsFixedBuffers ? min(k, room / 2) : (room > 0 ? k : 0)
+        guard k > 0 else {
+            counters.writesRefused += 1
+            throw .bufferPoolExhausted
+        }
+        var chunks: [Int32] = []
+        var lengths: [Int] = []
+        chunks.reserveCapacity(k); lengths.reserveCapacity(k)
+        var left = count
+        for _ in 0..<k {
+            chunks.append(pool.takeSendChunk()!)  // counted above
+            lengths.append(min(size, left))
+            left -= min(size, left)
+        }
+        let op = FileSendOperation(slot: slot, generation: states[i].generation, chunks: chunks, lengths: lengths,
+                                   pool: pool, done: done)
+        let me = Unmanaged.passUnretained(self)
+        if ops.readsSlabAsFixedBuffers {
+            var at = offset
+            for k in chunks.indices {
+                ops.submit(.read(fd: fd, buffer: op.vector[k].iov_base, count: lengths[k], offset: at)) { outcome in
+                    op.results[k] = outcome
+                    op.outstanding -= 1
+                    if op.outstanding == 0 { me._withUnsafeGuaranteedRef { $0.finishFileSend(op) } }
+                }
+                at += Int64(lengths[k])
+            }
+        } else {
+            ops.submit(.readv(fd: fd, vector: op.vector, count: Int32(chunks.count), offset: offset)) { outcome in
+                op.results[0] = outcome
+                op.outstanding = 0
+                me._withUnsafeGuaranteedRef { $0.finishFileSend(op, vectored: true) }
+            }
+        }
+    }
+
+    /// Queues what a file send read, in file order up to the first short or failed piece; returns the
+    /// unused chunks to the pool; reports the count queued (0: end of file) or the failure.
+    private func finishFileSend(_ op: FileSendOperation, vectored: Bool = false) {
+        // What was read, as one prefix of the chunks.
+        var total = 0
+        var failure: Int32? = nil
+        if vectored {
+            switch op.results[0] {
+            case .value(let n)?: total = n
+            case .failure(let e)?: failure = e
+            default: failure = EIO
+            }
+        } else {
+            for k in op.chunks.indices {
+                guard case .value(let n)? = op.results[k] else {
+                    if case .failure(let e)? = op.results[k], total == 0 { failure = e }
+                    break
+                }
+                total += n
+                if n < op.lengths[k] { break }  // end of file (or a short read): stop at the first gap
+            }
+        }
+        let live = isCurrent(op.slot, op.generation) && states[Int(op.slot)].acceptsWrites
+        var left = live && failure == nil ? total : 0
+        for k in op.chunks.indices {
+            let c = op.chunks[k]
+            let n = min(left, op.lengths[k])
+            if n > 0 {
+                pool.setRange(c, 0, n)
+                append(slot: op.slot, chunk: c)
+                left -= n
+            } else {
+                pool.release(c)
+            }
+        }
+        if !live { return op.done(.failure(.closed)) }
+        if let failure { return op.done(.failure(.file(FileError(errno: failure)))) }
+        if total > 0 { noteQueued(op.slot, total) }
+        op.done(.success(total))
+    }
+}
