@@ -90,6 +90,21 @@ extension HTTPConnection {
     /// (the queue drained below the low watermark) or by the retry timer (the pool had no room).
     func pumpOutput(_ connection: Connection) {
         guard out.active else { return }
+        if out.part == 0 && out.offset == 0 && fileFD >= 0 && fileOffset < fileEnd && responseBody.count == 0
+            && out.ending.utf8CodeUnitCount == 0 && !fileReadInFlight && !connection.isBackpressured {
+            // A file response with nothing between head and file: the head goes with the file's first
+            // piece, in one send.
+            do throws(WriteError) {
+                try connection.sendFile(fileFD, at: Int64(fileOffset), count: fileEnd - fileOffset,
+                                        prefix: responseHead.bytes) { r in self.fileSent(r) }
+                out.part = 3
+                fileReadInFlight = true
+                return
+            } catch {
+                if error == .closed { config.stats.count(.cutOff); return endResponse(connection, cutOff: true) }
+                // The pool is short: the head goes alone below, the file after it.
+            }
+        }
         while out.part < 3 {
             let bytes = part(out.part)
             if out.offset >= bytes.count { out.part += 1; out.offset = 0; continue }
@@ -148,6 +163,10 @@ extension HTTPConnection {
     /// Closes a file descriptor through the loop's file operations (no close(2) on the loop thread).
     func closeFile(_ fd: Int32) {
         guard fd >= 0 else { return }
+        if !heldFiles.isEmpty, let k = heldFiles.firstIndex(where: { $0.fd == fd }) {
+            heldFiles.remove(at: k)  // a cached static file: the cache (or the last holder) closes it
+            return
+        }
         if let connection { connection.files.close(fd) } else { _ = Glibc.close(fd) }
     }
 

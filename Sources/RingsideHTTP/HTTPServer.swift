@@ -106,6 +106,8 @@ final class HTTPConnection {
     var fileEnd = 0
     var fileReadInFlight = false
     var fileToCloseAfterRead: Int32 = -1
+    /// Cached static files that responses of this connection send (not closed by them: released).
+    var heldFiles: [CachedStaticFile] = []
 
     var closing = false
     /// A request failed while earlier ones still await their async responses: parse nothing more.

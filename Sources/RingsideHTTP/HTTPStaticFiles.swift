@@ -9,12 +9,61 @@ public final class StaticFileRoot: Sendable {
     let fd: Int32
     /// The directory as given.
     public let path: String
+    /// Open files by request path (shared by the loops): a hit is served without an open, statx or
+    /// close. An entry is trusted for `cacheValidity`, then opened and inspected again (a file replaced
+    /// or changed meanwhile is seen then, like nginx's `open_file_cache_valid`).
+    private let cache = PthreadMutex([String: CachedStaticFile]())
+    static let cacheValidity: UInt64 = 1000  // ms
+    static let cacheEntries = 1024
 
     init(path: String) throws(StaticFilesError) {
         let fd = Glibc.open(path, 0o10000000 /* O_PATH */ | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw StaticFilesError(path: path, errno: errno) }
         self.fd = fd
         self.path = path
+    }
+
+    deinit { _ = Glibc.close(fd) }
+
+    /// The cached open file for `path`, if still valid.
+    func cached(_ path: String, now: UInt64) -> CachedStaticFile? {
+        cache.withLock { c in
+            guard let e = c[path], now < e.validUntil else { return nil }
+            return e
+        }
+    }
+
+    /// Remembers `file` for `path` (an entry it replaces closes its descriptor once its last response
+    /// is sent). At the size limit the expired entries go first, else all.
+    func store(_ path: String, _ file: CachedStaticFile, now: UInt64) {
+        cache.withLock { c in
+            if c.count >= Self.cacheEntries && c[path] == nil {
+                c = c.filter { now < $0.value.validUntil }
+                if c.count >= Self.cacheEntries { c.removeAll() }
+            }
+            c[path] = file
+        }
+    }
+}
+
+/// An open static file with what its responses need, shared by the responses that send it.
+///
+/// Owns `fd`: it is closed when the last reference goes (the cache's, or that of the last response
+/// still sending it). That close(2) of a read-only regular file runs on the thread dropping the
+/// reference, a loop thread; it never waits for I/O.
+final class CachedStaticFile: Sendable {
+    let fd: Int32
+    let size: Int
+    let validators: StaticValidators
+    let contentType: String
+    let validUntil: UInt64
+
+    init(fd: Int32, status: FileStatus, name: String, validUntil: UInt64) {
+        self.fd = fd
+        size = status.size
+        validators = StaticValidators(status)
+        contentType = HTTPStaticPath.contentType(for: name)
+        self.validUntil = validUntil
     }
 
     deinit { _ = Glibc.close(fd) }
@@ -139,7 +188,7 @@ public enum HTTPStaticPath {
 }
 
 /// What a static response depends on, from the file's status.
-struct StaticValidators {
+struct StaticValidators: Sendable {
     let etag: String
     let lastModified: String
     let modifiedSeconds: Int64
@@ -247,8 +296,17 @@ extension HTTPConnection {
         if prefixOnly {  // "/static": the directory, asked without its slash
             return redirectStatic(connection)
         }
+        if let hit = root.cached(relative, now: staticClock()) {
+            return sendStatic(hit, connection)
+        }
         deferred = true
         openStatic(root, relative.isEmpty ? "." : relative, relative, index: false, connection)
+    }
+
+    private func staticClock() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
     private func openStatic(_ root: StaticFileRoot, _ path: String, _ relative: String, index: Bool, _ connection: Connection) {
@@ -280,7 +338,10 @@ extension HTTPConnection {
                         if !relative.isEmpty && !relative.hasSuffix("/") { return self.redirectStatic(connection) }
                         self.openStatic(root, relative + "index.html", relative, index: true, connection)
                     case .success(let status) where status.isRegularFile:
-                        self.sendStatic(fd, status, name: path, connection)
+                        let now = self.staticClock()
+                        let file = CachedStaticFile(fd: fd, status: status, name: path, validUntil: now + StaticFileRoot.cacheValidity)
+                        root.store(relative, file, now: now)
+                        self.sendStatic(file, connection)
                     case .success:
                         files.close(fd)
                         self.answerStatic(403, "not a regular file", connection)
@@ -290,9 +351,10 @@ extension HTTPConnection {
         }
     }
 
-    /// Sends the open file `fd` (200, 206, 304 or 416 by the request's validators and range).
-    private func sendStatic(_ fd: Int32, _ status: FileStatus, name: String, _ connection: Connection) {
-        let v = StaticValidators(status)
+    /// Sends `file` (200, 206, 304 or 416 by the request's validators and range). The response holds
+    /// the file until it is sent (`heldFiles`).
+    private func sendStatic(_ file: CachedStaticFile, _ connection: Connection) {
+        let v = file.validators
         func header(_ n: StaticString) -> String? { head.value(forName: n).map { String(decoding: $0.buffer, as: UTF8.self) } }
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         res.setHeader("ETag", v.etag)
@@ -304,31 +366,30 @@ extension HTTPConnection {
             notModified = v.modifiedSeconds <= ims
         }
         if notModified {
-            connection.files.close(fd)
             res.status = 304
             return finishStatic(&res, connection)
         }
         res.setHeader("Accept-Ranges", "bytes")
-        var range = isHead ? StaticRange.whole : StaticRange(header("Range"), size: status.size)
+        var range = isHead ? StaticRange.whole : StaticRange(header("Range"), size: file.size)
         if range != .whole, let ifRange = header("If-Range")?.trimmingSpaces,
            ifRange.hasPrefix("W/") || (ifRange != v.etag && ifRange != v.lastModified) {
             range = .whole  // the client's copy is not this one: the whole file
         }
         switch range {
         case .unsatisfiable:
-            connection.files.close(fd)
             res.status = 416
-            res.setHeader("Content-Range", "bytes */\(status.size)")
+            res.setHeader("Content-Range", "bytes */\(file.size)")
             return finishStatic(&res, connection)
         case .part(let a, let b):
             res.status = 206
-            res.setHeader("Content-Range", "bytes \(a)-\(b - 1)/\(status.size)")
-            res.bodyFile = (fd, b - a)
+            res.setHeader("Content-Range", "bytes \(a)-\(b - 1)/\(file.size)")
+            res.bodyFile = (file.fd, b - a)
             res.bodyFileOffset = a
         case .whole:
-            res.bodyFile = (fd, status.size)
+            res.bodyFile = (file.fd, file.size)
         }
-        res.setHeader("Content-Type", HTTPStaticPath.contentType(for: name))
+        res.setHeader("Content-Type", file.contentType)
+        heldFiles.append(file)  // `closeFile` lets go of it instead of closing the descriptor
         finishStatic(&res, connection)
     }
 

@@ -168,15 +168,21 @@ extension Connection {
     /// bytes. One call reads at most 16 send chunks; `done` runs on the loop thread with the count
     /// queued (0 at end of file), and the caller sends the next piece from there (checking
     /// ``isBackpressured`` first). The descriptor stays the caller's.
+    ///
+    /// `prefix` (copied before this returns) is queued just before the file's bytes, in the same send:
+    /// a response head and the start of its body leave together. It is queued only with file bytes:
+    /// on a failure or at end of file (0) nothing is.
     /// - Throws: ``WriteError/closed`` when the connection no longer accepts writes (or `count` is 0),
     ///   ``WriteError/bufferPoolExhausted`` when no send chunk (or no file-operation slot) is free
     ///   (retry later, as with `write`);
     ///   `done` is not called then.
-    public func sendFile(_ fd: Int32, at offset: Int64, count: Int,
+    public func sendFile(_ fd: Int32, at offset: Int64, count: Int, prefix: UnsafeRawBufferPointer? = nil,
                          _ done: @escaping (Result<Int, SendFileError>) -> Void) throws(WriteError) {
         let r: Result<Void, WriteError> = withCore { c in
             guard c.isCurrent(slot, generation) else { return .failure(.closed) }
-            return Result { () throws(WriteError) in try c.sendFile(slot: slot, fd: fd, offset: offset, count: count, done) }
+            return Result { () throws(WriteError) in
+                try c.sendFile(slot: slot, fd: fd, offset: offset, count: count, prefix: prefix, done)
+            }
         }
         try r.get()
     }

@@ -135,7 +135,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         let micros = config.completionBatchWait.components.seconds * 1_000_000 + config.completionBatchWait.components.attoseconds / 1_000_000_000_000
         batchWaitMicros = UInt32(clamping: max(1, micros))
         wakeBuffer = .allocate(capacity: 1)
-        files = UringFiles(backend: self, fixed: registeredBuffers ? (UnsafeRawPointer(pool.base), pool.slabBytes) : nil,
+        files = UringFiles(backend: self, fixed: registeredBuffers ? (UnsafeRawPointer(pool.sendRegion.base), pool.sendRegion.bytes) : nil,
                            prepare: { [unowned self] ud in self.prepare(ud) })
         core.files = Unmanaged.passUnretained(files)
     }
@@ -150,16 +150,18 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         }
     }
 
-    /// One iovec covering the whole slab (fixed buffer index 0), when asked for; counts against
-    /// RLIMIT_MEMLOCK for users without CAP_IPC_LOCK (planned for all loops by `LockedMemoryPlan`).
+    /// One iovec covering the send chunks (fixed buffer index 0: what file sends read into with
+    /// READ_FIXED; receive chunks are never a fixed-buffer target, so they are not registered), when
+    /// asked for; counts against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK (planned for all loops
+    /// by `LockedMemoryPlan`).
     private static func registerFixedBuffers(_ ring: Ring, _ pool: BufferPool, _ provided: ProvidedBufferRing,
                                              _ config: ServerConfiguration) throws -> Bool {
         guard config.registerBuffers && !config.disabledFeatures.contains(.registeredBuffers) else { return false }
-        var iov = iovec(iov_base: pool.base, iov_len: pool.slabBytes)
+        var iov = iovec(iov_base: pool.sendRegion.base, iov_len: pool.sendRegion.bytes)
         let r = rs_io_uring_register_buffers(ring.ring, &iov, 1)
         guard r < 0 else { return true }
         provided.unregister(uring: ring.ring)
-        throw RingSetupError(errno: Errno(rawValue: -r), detail: "registering \(pool.slabBytes / 1024) KiB of fixed buffers (\(pool.summary))")
+        throw RingSetupError(errno: Errno(rawValue: -r), detail: "registering \(pool.sendRegion.bytes / 1024) KiB of fixed buffers (the send chunks of \(pool.summary))")
     }
 
     /// The direct-descriptor table, with headroom above the connection cap: a connection over the cap

@@ -89,6 +89,10 @@ final class BufferPool {
         poison = config.poisonReleasedChunks
     }
 
+    /// The send chunks' part of the slab: what READ_FIXED file sends read into, so the only part
+    /// registered as fixed buffers.
+    var sendRegion: (base: UnsafeMutableRawPointer, bytes: Int) { (sendBase, sendChunkSize * (chunkCount - receiveChunkCount)) }
+
     deinit {
         munmap(base, slabBytes)
         next.deallocate(); start.deallocate(); end.deallocate(); freeSend.deallocate(); freeRecv.deallocate()

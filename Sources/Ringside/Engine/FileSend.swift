@@ -11,6 +11,9 @@ final class FileSendOperation {
     let slot: Int32
     let generation: UInt32
     let chunks: [Int32]
+    /// Chunks holding bytes that go before the file's (copied at the start, queued with the file's).
+    let prefixChunks: [Int32]
+    let prefixBytes: Int
     /// Bytes asked of each chunk (the last may be short).
     let lengths: [Int]
     /// Per-chunk results when reading chunk by chunk (nil: not completed yet).
@@ -21,9 +24,10 @@ final class FileSendOperation {
     let vector: UnsafeMutablePointer<iovec>
     let done: (Result<Int, SendFileError>) -> Void
 
-    init(slot: Int32, generation: UInt32, chunks: [Int32], lengths: [Int], pool: BufferPool,
-         done: @escaping (Result<Int, SendFileError>) -> Void) {
+    init(slot: Int32, generation: UInt32, chunks: [Int32], lengths: [Int], prefixChunks: [Int32], prefixBytes: Int,
+         pool: BufferPool, done: @escaping (Result<Int, SendFileError>) -> Void) {
         self.slot = slot; self.generation = generation; self.chunks = chunks; self.lengths = lengths; self.done = done
+        self.prefixChunks = prefixChunks; self.prefixBytes = prefixBytes
         results = Array(repeating: nil, count: chunks.count)
         outstanding = chunks.count
         vector = .allocate(capacity: chunks.count)
@@ -48,12 +52,32 @@ extension LoopCore {
     /// Starts reading up to `count` bytes of `fd` at `offset` into send chunks (see
     /// ``Connection/sendFile(_:at:count:_:)``). Throws `bufferPoolExhausted` when no send chunk (or
     /// no file-operation slot) is free.
-    func sendFile(slot: Int32, fd: Int32, offset: Int64, count: Int,
+    func sendFile(slot: Int32, fd: Int32, offset: Int64, count: Int, prefix: UnsafeRawBufferPointer?,
                   _ done: @escaping (Result<Int, SendFileError>) -> Void) throws(WriteError) {
         let i = Int(slot)
         guard states[i].acceptsWrites else { throw .closed }
         guard count > 0 else { throw .closed }
         let size = pool.sendChunkSize
+        let prefixCount = prefix?.count ?? 0
+        let prefixNeeded = (prefixCount + size - 1) / size
+        guard pool.freeSendCount > prefixNeeded else {
+            counters.writesRefused += 1
+            throw .bufferPoolExhausted
+        }
+        // The prefix is copied now (the caller's buffer is free once this returns).
+        var prefixChunks: [Int32] = []
+        if let prefix, prefixCount > 0 {
+            prefixChunks.reserveCapacity(prefixNeeded)
+            var at = 0
+            while at < prefixCount {
+                let c = pool.takeSendChunk()!  // counted above
+                let n = min(size, prefixCount - at)
+                pool.pointer(c).copyMemory(from: prefix.baseAddress! + at, byteCount: n)
+                pool.setRange(c, 0, n)
+                prefixChunks.append(c)
+                at += n
+            }
+        }
         let wanted = min(Self.fileSendChunks, (count + size - 1) / size)
         // Leave most of a short pool to the other connections' writes (at least one chunk is taken).
         let ops = files!.takeUnretainedValue() as! any LoopFileOperations
@@ -62,6 +86,7 @@ extension LoopCore {
         let room = ops.fileOperationRoom
         k = ops.readsSlabAsFixedBuffers ? min(k, room / 2) : (room > 0 ? k : 0)
         guard k > 0 else {
+            for c in prefixChunks { pool.release(c) }
             counters.writesRefused += 1
             throw .bufferPoolExhausted
         }
@@ -75,7 +100,7 @@ extension LoopCore {
             left -= min(size, left)
         }
         let op = FileSendOperation(slot: slot, generation: states[i].generation, chunks: chunks, lengths: lengths,
-                                   pool: pool, done: done)
+                                   prefixChunks: prefixChunks, prefixBytes: prefixCount, pool: pool, done: done)
         let me = Unmanaged.passUnretained(self)
         if ops.readsSlabAsFixedBuffers {
             var at = offset
@@ -96,8 +121,9 @@ extension LoopCore {
         }
     }
 
-    /// Queues what a file send read, in file order up to the first short or failed piece; returns the
-    /// unused chunks to the pool; reports the count queued (0: end of file) or the failure.
+    /// Queues what a file send read (after its prefix), in file order up to the first short or failed
+    /// piece; returns the unused chunks to the pool; reports the count queued (0: end of file, and then
+    /// the prefix is not queued either) or the failure (nothing queued).
     private func finishFileSend(_ op: FileSendOperation, vectored: Bool = false) {
         // What was read, as one prefix of the chunks.
         var total = 0
@@ -119,7 +145,11 @@ extension LoopCore {
             }
         }
         let live = isCurrent(op.slot, op.generation) && states[Int(op.slot)].acceptsWrites
-        var left = live && failure == nil ? total : 0
+        let queue = live && failure == nil && total > 0
+        for c in op.prefixChunks {
+            if queue { append(slot: op.slot, chunk: c) } else { pool.release(c) }
+        }
+        var left = queue ? total : 0
         for k in op.chunks.indices {
             let c = op.chunks[k]
             let n = min(left, op.lengths[k])
@@ -133,7 +163,7 @@ extension LoopCore {
         }
         if !live { return op.done(.failure(.closed)) }
         if let failure { return op.done(.failure(.file(FileError(errno: failure)))) }
-        if total > 0 { noteQueued(op.slot, total) }
+        if queue { noteQueued(op.slot, op.prefixBytes + total) }
         op.done(.success(total))
     }
 }

@@ -8,7 +8,8 @@ import Logging
 ///
 /// What counts, per loop: the ring's own memory (SQEs, the CQ and SQ rings: an unprivileged user's
 /// io_uring_setup fails with ENOMEM when they do not fit), the provided-buffer ring (its pages are
-/// pinned) and, when registered, the fixed buffers (the whole slab).
+/// pinned) and, when registered, the fixed buffers (the send chunks: what file sends read into; pages
+/// covering them, plus one for an unaligned start).
 struct LockedMemoryPlan {
     let needed: UInt64
     let limit: UInt64
@@ -23,8 +24,8 @@ struct LockedMemoryPlan {
         let cq = c.completionEntries == 0 ? sq * 8 : UInt64(c.completionEntries).nextPowerOfTwo
         let rings = pages(sq * 64) + pages(cq * 16 + sq * 4 + 64 * 4)  // SQEs; CQEs + SQ array + headers
         let provided = pages(UInt64(c.receiveBuffers) * 16)
-        let slab = UInt64(c.bufferSize * c.receiveBuffers + c.sendBufferSize * c.sendBuffers)
-        return rings + provided + (fixedBuffers ? pages(slab) : 0)
+        let send = UInt64(c.sendBufferSize * c.sendBuffers)
+        return rings + provided + (fixedBuffers ? pages(send) + p : 0)
     }
 
     /// Fits the configuration to the limit (raising the soft limit towards the hard one where allowed):
