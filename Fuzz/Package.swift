@@ -8,6 +8,7 @@
 //   fuzz-http-parser  HTTPRequestParser: arbitrary bytes in arbitrary splits, limits, split == one-shot
 //   fuzz-framing      LineDecoder / LengthPrefixedDecoder: split == one-shot == a reference model
 //   fuzz-proxy-protocol  ProxyHeaderParser (PROXY v1/v2): split == one-shot, limits, re-encoding round trip
+//   fuzz-static-path  HTTPStaticPath.normalize: nothing accepted escapes the root; decoding happens once
 //   fuzz-connection-state  ConnectionState (internal to Ringside): random event sequences against a
 //                     harness that plays the driver, the backend and the chunk pool
 //
@@ -39,6 +40,11 @@ let package = Package(
             name: "fuzz-proxy-protocol",
             dependencies: ["FuzzSupport", .product(name: "Ringside", package: "Ringside")],
             path: "Sources/fuzz-proxy-protocol"
+        ),
+        .executableTarget(
+            name: "fuzz-static-path",
+            dependencies: ["FuzzSupport", .product(name: "RingsideHTTP", package: "Ringside")],
+            path: "Sources/fuzz-static-path"
         ),
         // The one exception to "public API only": ConnectionState is internal, so this target compiles
         // the engine's own file (Sources/fuzz-connection-state/ConnectionState.swift is a symlink to

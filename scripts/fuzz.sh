@@ -22,7 +22,7 @@ for a in "$@"; do
         *) echo "usage: $0 [--ci] [--merge]" >&2; exit 2 ;;
     esac
 done
-targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol connection-state})
+targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol connection-state static-path})
 timeout_s=${FUZZ_TIMEOUT:-10}
 if [ "$mode" = ci ]; then
     per=${FUZZ_CI_SECONDS:-30}
