@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", exact: "2.28.1", traits: []),
         .package(url: "https://github.com/hummingbird-project/swift-openapi-hummingbird.git", exact: "2.1.0"),
         .package(url: "https://github.com/apple/swift-openapi-runtime.git", exact: "1.13.4"),
+        .package(url: "https://github.com/apple/swift-http-types.git", exact: "1.8.0"),
         // Only the malloc interposer trait: the default RuntimeInterposer trait (ARC counters on
         // Linux + Swift 6.3) is not needed for malloc counts.
         .package(url: "https://github.com/ordo-one/benchmark.git", exact: "1.38.1", traits: ["MallocInterposer"]),
@@ -85,6 +86,10 @@ let package = Package(
                 .product(name: "Ringside", package: "Ringside"),
                 .product(name: "RingsideProtocols", package: "Ringside"),
                 .product(name: "RingsideHTTP", package: "Ringside"),
+                .product(name: "RingsideOpenAPI", package: "Ringside"),
+                .product(name: "OpenAPIItemsService", package: "Ringside"),
+                .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             path: "Benchmarks/EngineMallocs",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]

@@ -10,7 +10,7 @@ import Ringside
 // names; in a file that imports both modules, spell the ecosystem's as `HTTPTypes.HTTPRequest`.
 
 extension HTTPHeaderFields {
-    /// The fields of `fields`, in order (names as sent: ``HTTPTypes/HTTPField/Name/rawName``).
+    /// The fields of `fields`, in order (names as sent: `HTTPField.Name.rawName`).
     public init(_ fields: HTTPFields) {
         self.init()
         for field in fields {

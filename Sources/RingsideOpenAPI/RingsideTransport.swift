@@ -13,10 +13,10 @@ import RingsideHTTP
 ///                                       handler: HTTPServer.handler(router: transport.router))
 /// ```
 ///
-/// Every operation becomes a streaming async route (``RingsideHTTP/HTTPRouter/onStreaming(_:_:_:)``):
+/// Every operation becomes a streaming async route (`HTTPRouter.onStreaming(_:_:_:)`):
 /// its handler runs as a task on the connection's loop thread; the request body reaches the generated
 /// code as an `OpenAPIRuntime.HTTPBody` streamed as it arrives (the connection stops reading above
-/// ``RingsideHTTP/HTTPServerConfiguration/streamedBodyBuffer`` buffered bytes); the response body is
+/// `HTTPServerConfiguration.streamedBodyBuffer` buffered bytes); the response body is
 /// written as the generated code produces it, waiting while the connection's output queue is above its
 /// high watermark. A response body of known length is sent with `Content-Length`, one of unknown length
 /// chunked.
