@@ -223,6 +223,35 @@ struct OpenAPITests {
         }
     }
 
+    @Test("writeHead(contentLength:): exact bodies keep the connection; a short body aborts it", arguments: allBackends)
+    func contentLengthWriter(_ backend: BackendKind) throws {
+        var router = HTTPRouter()
+        router.onStreaming("GET", "/exact") { _, writer in
+            try await writer.writeHead(HTTPTypes.HTTPResponse(status: .ok, headerFields: [.contentType: "text/plain"]), contentLength: 10)
+            try await writer.write("hello")
+            try await writer.write("world")
+        }
+        router.onStreaming("GET", "/short") { _, writer in
+            try await writer.writeHead(status: 200, contentLength: 10)
+            try await writer.write("hello")
+        }
+        try withServer(backend, handler: HTTPServer.handler(router: router)) { server in
+            let client = try TestClient(port: server.port)
+            try client.send(Array("GET /exact HTTP/1.1\r\nHost: x\r\n\r\nGET /exact HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            let both = String(decoding: try client.receiveUntilEOF(), as: UTF8.self)
+            #expect(both.components(separatedBy: "\r\n\r\nhelloworld").count == 3)
+            #expect(!both.contains("chunked"))
+            #expect(both.components(separatedBy: "Content-Length: 10\r\n").count == 3)
+            let short = try TestClient(port: server.port)
+            try short.send(Array("GET /short HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            // The head and the 5 bytes, then the connection ends (EOF or reset): never a complete answer.
+            var got: [UInt8] = []
+            do { got = try short.receiveUntilEOF() } catch {}
+            let text = String(decoding: got, as: UTF8.self)
+            #expect(!text.hasSuffix("\r\n\r\nhelloworld"))
+        }
+    }
+
     @Test("a template segment mixing text and a parameter is refused at registration")
     func partialSegment() throws {
         let transport = RingsideTransport()

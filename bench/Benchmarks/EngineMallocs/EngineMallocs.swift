@@ -145,10 +145,7 @@ final class EchoFixture: @unchecked Sendable {
             }
         case .http: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: .benchmarkRoutes))
         case .httpTypes: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: httpTypesRoutes))
-        case .openAPI:
-            let transport = RingsideTransport()
-            try ItemsHandler().registerHandlers(on: transport, middlewares: [ErrorHandlingMiddleware()])
-            try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: transport.router))
+        case .openAPI: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: openAPIRouter()))
         }
         self.server = server
         fd = try connectClient(port: server.port)
@@ -254,3 +251,10 @@ let httpTypesRoutes: HTTPRouter = {
     }
     return r
 }()
+
+/// The OpenAPI example's router: its generated operations on RingsideOpenAPI's transport.
+func openAPIRouter() throws -> HTTPRouter {
+    let transport = RingsideTransport()
+    try ItemsHandler().registerHandlers(on: transport, middlewares: [ErrorHandlingMiddleware()])
+    return transport.router
+}
