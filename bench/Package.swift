@@ -8,6 +8,7 @@
 //   hummingbird-http  Hummingbird 2 app serving /plaintext, one event loop (peer of async routes)
 //   openapi-hummingbird  the OpenAPI example service (Examples/OpenAPIService) on Hummingbird through
 //                  swift-openapi-hummingbird, one event loop (peer of ringside-openapi-example)
+//   ringside-httptypes  the benchmark routes plus the same answers through swift-http-types (cost per request)
 //   EngineMallocs  ordo-one/benchmark suite: mallocs per echoed message through the Ringside engine
 //
 //   cd bench && swift build -c release
@@ -78,6 +79,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Sources/openapi-hummingbird"
+        ),
+        .executableTarget(
+            name: "ringside-httptypes",
+            dependencies: [
+                .product(name: "Ringside", package: "Ringside"),
+                .product(name: "RingsideHTTP", package: "Ringside"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            path: "Sources/ringside-httptypes"
         ),
         .executableTarget(
             name: "EngineMallocs",
