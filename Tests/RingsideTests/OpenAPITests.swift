@@ -252,6 +252,36 @@ struct OpenAPITests {
         }
     }
 
+    @Test("the ringside-openapi-example binary serves on port 0 and stops on SIGINT", arguments: allBackends)
+    func exampleBinary(_ backend: BackendKind) throws {
+        try skipIfUnavailable(backend)
+        let p = Process()
+        p.executableURL = builtBinary("ringside-openapi-example")
+        p.arguments = ["--port", "0", "--backend", backend.rawValue]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) }; p.waitUntilExit() }
+        var text = ""
+        let deadline = Date().addingTimeInterval(10)
+        while !text.contains("\n") && Date() < deadline && p.isRunning {
+            text += String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        }
+        guard let port = text.split(separator: " ").first(where: { $0.hasPrefix("127.0.0.1:") })
+            .flatMap({ Int($0.split(separator: ":")[1]) }) else {
+            Issue.record("no listening line: \(text)")
+            return
+        }
+        #expect(text.contains("backend=\(backend)"))
+        let r = try exchange(port, "GET", "/items/1")
+        #expect(r.status == 200)
+        #expect(try JSONDecoder().decode(Components.Schemas.Item.self, from: Data(r.body)) == .init(id: 1, name: "apple", tags: ["fruit"]))
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+    }
+
     @Test("a template segment mixing text and a parameter is refused at registration")
     func partialSegment() throws {
         let transport = RingsideTransport()
