@@ -345,6 +345,7 @@ extension HTTPConnection {
         guard !e.cancelled, let connection, pending.first === e else { return }
         pending.removeFirst()
         e.live = false
+        abandonBody(e)
         out = Outgoing(active: true, closeAfter: e.closeAfter || closing)
         endResponse(connection, cutOff: false)
     }
@@ -362,7 +363,17 @@ extension HTTPConnection {
         }
         e.payload = .async((error as? HTTPError)?.response ?? HTTPError(500, "internal error").response)
         e.live = false
+        abandonBody(e)
         _ = flushPending(connection)
+    }
+
+    /// The route is done but its request body has not all arrived (it did not read it, e.g. an early
+    /// error answer): the rest is dropped as it arrives and reading resumes, so the connection goes on
+    /// to its next request instead of staying paused at `streamedBodyBuffer`.
+    func abandonBody(_ e: PendingResponse) {
+        guard let s = e.body, !s.ended, s.failure == nil else { return }
+        s.discard()
+        bodyConsumed(buffered: 0)
     }
 }
 
@@ -383,13 +394,24 @@ final class BodyStream {
 
     init(connection: HTTPConnection, executor: LoopExecutor) { self.connection = connection; self.executor = executor }
 
+    /// Set when the route finished without reading the whole body: what arrives is dropped.
+    var discarding = false
+
     func push(_ bytes: UnsafeRawBufferPointer) {
+        guard !discarding else { return }
         chunks.append(Array(bytes))
         buffered += bytes.count
         wake()
     }
 
     func finish() { ended = true; wake() }
+
+    func discard() {
+        discarding = true
+        chunks.removeAll()
+        head = 0
+        buffered = 0
+    }
 
     func fail(_ error: any Error) {
         if !ended && failure == nil { failure = error }

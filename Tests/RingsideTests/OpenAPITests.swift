@@ -197,6 +197,21 @@ struct OpenAPITests {
         }
     }
 
+    @Test("keep-alive: a large body the operation does not read (415) is dropped and the next request answered",
+          arguments: allBackends)
+    func unreadBodyKeepsTheConnection(_ backend: BackendKind) throws {
+        try withItemsService(backend) { port in
+            let client = try TestClient(port: port)
+            let body = [UInt8](repeating: UInt8(ascii: "x"), count: 300_000)  // above streamedBodyBuffer
+            try client.send(Array("POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: \(body.count)\r\n\r\n".utf8)
+                            + body + Array("GET /items/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            let text = String(decoding: try client.receiveUntilEOF(), as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 415 "))
+            #expect(text.components(separatedBy: "HTTP/1.1 200 OK\r\n").count == 2)
+            #expect(text.hasSuffix("\"name\" : \"apple\",\n  \"tags\" : [\n    \"fruit\"\n  ]\n}"))
+        }
+    }
+
     @Test("keep-alive: several operations on one connection, answered in order", arguments: allBackends)
     func keepAlive(_ backend: BackendKind) throws {
         try withItemsService(backend) { port in
