@@ -69,7 +69,7 @@ echo-bench: release bench-tools
 
 # DocC reference and articles of the library targets (swift-docc-plugin); any warning fails the build.
 # Archives: .build/plugins/Swift-DocC/outputs/<Target>.doccarchive.
-DOC_TARGETS := Ringside RingsideHTTP RingsideService
+DOC_TARGETS := Ringside RingsideHTTP RingsideService RingsideOpenAPI
 docs: setup
 	swift package generate-documentation $(foreach t,$(DOC_TARGETS),--target $(t)) --warnings-as-errors
 

@@ -31,6 +31,8 @@ final class PendingResponse {
     var headWritten = false
     var chunked = false
     var closeAfter = false
+    /// Body bytes still owed after a head sent with a `Content-Length` (nil: chunked or close-delimited).
+    var remaining: Int? = nil
     var waiter: UnsafeContinuation<Void, Never>? = nil
     /// The request body being streamed to this response's handler, if any.
     var body: BodyStream? = nil
@@ -177,21 +179,24 @@ extension HTTPConnection {
 // MARK: streamed responses
 
 /// Writes a response as it is produced, from an async streaming route
-/// (``HTTPRouter/onStreaming(_:_:_:)``): the head first (``writeHead(status:headers:)``, or 200 at the
+/// (``HTTPRouter/onStreaming(_:_:_:)``): the head first (``writeHead(status:headers:contentLength:)``, or 200 at the
 /// first ``write(_:)-([UInt8])``), then body pieces, sent with `Transfer-Encoding: chunked` (HTTP/1.1;
-/// an HTTP/1.0 client gets the body delimited by the close). Each write waits its turn (responses to
+/// an HTTP/1.0 client gets the body delimited by the close), or as they are when the head announced a
+/// `contentLength`. Each write waits its turn (responses to
 /// earlier requests go first) and waits while the connection's output queue is above its high
 /// watermark. Use it from the route's task only.
 public struct HTTPResponseWriter: Sendable {
     let bound: LoopBound<(HTTPConnection, PendingResponse)>
     let executor: LoopExecutor
 
-    /// Sends the head. Call at most once, before any body write.
+    /// Sends the head. Call at most once, before any body write. With a `contentLength` the body is
+    /// sent with that `Content-Length` instead of chunked, and the writes must add up to exactly that
+    /// many bytes (more, or fewer when the handler returns, aborts the connection).
     /// - Throws: `CancellationError` when the client went away.
-    public func writeHead(status: Int = 200, headers: HTTPHeaderFields = .init()) async throws {
+    public func writeHead(status: Int = 200, headers: HTTPHeaderFields = .init(), contentLength: Int? = nil) async throws {
         let (c, e) = try await turn()
         precondition(!e.headSent, "response head written twice")
-        try await c.streamWriteHead(e, status: status, headers: headers, executor: executor)
+        try await c.streamWriteHead(e, status: status, headers: headers, contentLength: contentLength, executor: executor)
     }
 
     /// Sends `bytes` as the next piece of the body (a chunk; empty writes send nothing).
@@ -199,6 +204,10 @@ public struct HTTPResponseWriter: Sendable {
         let (c, e) = try await turn()
         if !e.headSent { try await c.streamWriteHead(e, status: 200, headers: .init(), executor: executor) }
         guard !bytes.isEmpty else { return }
+        if let left = e.remaining {
+            guard bytes.count <= left else { throw HTTPError(500, "response body longer than its Content-Length") }
+            e.remaining = left - bytes.count
+        }
         var piece: [UInt8] = []
         if e.chunked {
             piece.reserveCapacity(bytes.count + 12)
@@ -229,6 +238,7 @@ public struct HTTPResponseWriter: Sendable {
     func finish() async throws {
         let (c, e) = try await turn()
         if !e.headSent { try await c.streamWriteHead(e, status: 200, headers: .init(), executor: executor) }
+        if let left = e.remaining, left > 0 { throw HTTPError(500, "response body shorter than its Content-Length") }
         if e.chunked { try await c.streamWrite(e, Array("0\r\n\r\n".utf8), executor: executor) }
         c.streamDone(e)
     }
@@ -276,7 +286,8 @@ extension HTTPConnection {
         if let w = streamWriter { streamWriter = nil; w.resume() }
     }
 
-    func streamWriteHead(_ e: PendingResponse, status: Int, headers: HTTPHeaderFields, executor: LoopExecutor) async throws {
+    func streamWriteHead(_ e: PendingResponse, status: Int, headers: HTTPHeaderFields, contentLength: Int? = nil,
+                         executor: LoopExecutor) async throws {
         var res = HTTPResponse(headers: userHeaders, body: responseBody)
         res.status = status
         headers.forEachRaw { name, value in
@@ -284,9 +295,16 @@ extension HTTPConnection {
             if n.equalsIgnoringCase("content-length") || n.equalsIgnoringCase("transfer-encoding") { return }
             userHeaders.appendHeader(name, value)
         }
-        e.chunked = e.meta.version == .http11 && !e.meta.isHead
         var meta = e.meta
-        if e.meta.version == .http10 { meta.keepAlive = false }  // the close delimits the body
+        if let n = contentLength, status != 204 && status != 304 {
+            userHeaders.append("Content-Length: ")
+            userHeaders.append(decimal: n)
+            userHeaders.append("\r\n")
+            e.remaining = n
+        } else {
+            e.chunked = e.meta.version == .http11 && !e.meta.isHead
+            if e.meta.version == .http10 { meta.keepAlive = false }  // the close delimits the body
+        }
         e.closeAfter = !meta.keepAlive
         composeStreamHead(res, meta, chunked: e.chunked, close: e.closeAfter)
         e.headSent = true
@@ -328,6 +346,7 @@ extension HTTPConnection {
         guard !e.cancelled, let connection, pending.first === e else { return }
         pending.removeFirst()
         e.live = false
+        abandonBody(e)
         out = Outgoing(active: true, closeAfter: e.closeAfter || closing)
         endResponse(connection, cutOff: false)
     }
@@ -345,7 +364,17 @@ extension HTTPConnection {
         }
         e.payload = .async((error as? HTTPError)?.response ?? HTTPError(500, "internal error").response)
         e.live = false
+        abandonBody(e)
         _ = flushPending(connection)
+    }
+
+    /// The route is done but its request body has not all arrived (it did not read it, e.g. an early
+    /// error answer): the rest is dropped as it arrives and reading resumes, so the connection goes on
+    /// to its next request instead of staying paused at `streamedBodyBuffer`.
+    func abandonBody(_ e: PendingResponse) {
+        guard let s = e.body, !s.ended, s.failure == nil else { return }
+        s.discard()
+        bodyConsumed(buffered: 0)
     }
 }
 
@@ -366,13 +395,24 @@ final class BodyStream {
 
     init(connection: HTTPConnection, executor: LoopExecutor) { self.connection = connection; self.executor = executor }
 
+    /// Set when the route finished without reading the whole body: what arrives is dropped.
+    var discarding = false
+
     func push(_ bytes: UnsafeRawBufferPointer) {
+        guard !discarding else { return }
         chunks.append(Array(bytes))
         buffered += bytes.count
         wake()
     }
 
     func finish() { ended = true; wake() }
+
+    func discard() {
+        discarding = true
+        chunks.removeAll()
+        head = 0
+        buffered = 0
+    }
 
     func fail(_ error: any Error) {
         if !ended && failure == nil { failure = error }

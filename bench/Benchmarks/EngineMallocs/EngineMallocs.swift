@@ -11,6 +11,14 @@
 // `http-async-plaintext-keepalive-*` does the same through an async route (`GET /async/plaintext`):
 // its mallocCountTotal / 10,000 is what one async request allocates.
 //
+// swift-http-types (issue 14): `http-httptypes-plaintext-keepalive-*` is the synchronous `/plaintext`
+// answered from a prebuilt `HTTPTypes.HTTPResponse` (`res.apply`): it must stay at 0 per request like
+// `http-plaintext-keepalive-*`. `http-async-httptypes-plaintext-keepalive-*` is the async route that
+// reads the request as an `HTTPTypes.HTTPRequest` (`request.httpRequest`) and answers
+// `HTTPServerResponse(HTTPTypes.HTTPResponse, body:)`: the difference to `http-async-plaintext-*` is
+// what the types cost per request. `http-openapi-getitem-keepalive-*` is `GET /items/1` of the
+// OpenAPI example (generated code on RingsideOpenAPI): what a generated operation costs.
+//
 // Target: 0 mallocs per echoed message, i.e. mallocCountTotal per iteration (10,000 round trips)
 // stays a small constant. `Thresholds/EngineMallocs.<name>.p90.json` stores the p90 measured when the
 // thresholds were last updated; `swift package benchmark thresholds check` fails (exit 2) if the
@@ -23,8 +31,12 @@
 
 import Benchmark
 import Glibc
+import HTTPTypes
+import OpenAPIItemsService
+import OpenAPIRuntime
 import Ringside
 import RingsideHTTP
+import RingsideOpenAPI
 import RingsideProtocols
 
 /// Round trips per measured benchmark iteration: mallocCountTotal is "mallocs per 10k messages".
@@ -62,11 +74,15 @@ let benchmarks: @Sendable () -> Void = {
     // An async route (a task per request on the loop's executor): not allocation-free; this measures
     // what it costs per request (mallocCountTotal / 10,000).
     let asyncPlaintext = Array("GET /async/plaintext HTTP/1.1\r\nHost: bench\r\n\r\n".utf8)
+    let getItem = Array("GET /items/1 HTTP/1.1\r\nHost: bench\r\n\r\n".utf8)
     let fixtures = [BackendKind.uring, .epoll].flatMap { backend in [
         ("echo-64B-pingpong-\(backend)", EchoFixture(backend: backend, request: nil, handler: .echo)),
         ("async-echo-64B-pingpong-\(backend)", EchoFixture(backend: backend, request: nil, handler: .asyncEcho)),
         ("http-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: plaintext, handler: .http)),
         ("http-async-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: asyncPlaintext, handler: .http)),
+        ("http-httptypes-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: plaintext, handler: .httpTypes)),
+        ("http-async-httptypes-plaintext-keepalive-\(backend)", EchoFixture(backend: backend, request: asyncPlaintext, handler: .httpTypes)),
+        ("http-openapi-getitem-keepalive-\(backend)", EchoFixture(backend: backend, request: getItem, handler: .openAPI)),
     ] }
     for (name, fixture) in fixtures {
         Benchmark(name, configuration: configuration) { benchmark in
@@ -88,7 +104,7 @@ let benchmarks: @Sendable () -> Void = {
 /// client connection with preallocated buffers, doing request/response round trips.
 /// Used from the benchmark thread only (setup, iterations, teardown run sequentially).
 final class EchoFixture: @unchecked Sendable {
-    enum Handler { case echo, asyncEcho, http }
+    enum Handler { case echo, asyncEcho, http, httpTypes, openAPI }
     let backend: BackendKind
     let handler: Handler
     private var server: RunningServer?
@@ -128,20 +144,23 @@ final class EchoFixture: @unchecked Sendable {
                 for try await chunk in conn.inbound { try await conn.write(chunk) }
             }
         case .http: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: .benchmarkRoutes))
+        case .httpTypes: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: httpTypesRoutes))
+        case .openAPI: try RingsideServer.start(configuration: config, handler: HTTPServer.handler(router: openAPIRouter()))
         }
         self.server = server
         fd = try connectClient(port: server.port)
-        if handler == .http {
+        if handler != .echo && handler != .asyncEcho {
             // Learn the response size from one exchange (it arrives in one segment on loopback).
             _ = Glibc.send(fd, sendBuffer.baseAddress!, requestSize, Int32(MSG_NOSIGNAL))
             let n = Glibc.recv(fd, receiveBuffer.baseAddress!, receiveBuffer.count, 0)
             let text = String(decoding: UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<max(0, n)]), as: UTF8.self)
-            precondition(text.hasPrefix("HTTP/1.1 200 OK") && text.hasSuffix("Hello, World!"), "unexpected response: \(text)")
+            let suffix = handler == .openAPI ? "\"apple\",\n  \"tags\" : [\n    \"fruit\"\n  ]\n}" : "Hello, World!"
+            precondition(text.hasPrefix("HTTP/1.1 200 OK") && text.hasSuffix(suffix), "unexpected response: \(text)")
             responseSize = n
         }
         run(roundTrips: warmUpRoundTrips)
         // The round trip's contents are checked once here, outside the measured loop.
-        if handler != .http {
+        if handler == .echo || handler == .asyncEcho {
             precondition(memcmp(sendBuffer.baseAddress!, receiveBuffer.baseAddress!, messageSize) == 0,
                          "echo returned different bytes")
         }
@@ -212,4 +231,30 @@ struct ClientError: Error, CustomStringConvertible {
     let call: String
     let errno: Int32
     var description: String { "\(call) failed: \(String(cString: strerror(errno)))" }
+}
+
+/// `/plaintext` (synchronous) and `/async/plaintext` answered through swift-http-types: the same bytes
+/// as `HTTPRouter.benchmarkRoutes`' routes of those names.
+let httpTypesRoutes: HTTPRouter = {
+    // Built once: applying it copies bytes into the connection's buffers (no allocation).
+    let plaintext = HTTPTypes.HTTPResponse(status: .ok, headerFields: [.contentType: "text/plain"])
+    let hello = Array("Hello, World!".utf8)
+    var r = HTTPRouter()
+    r.get("/plaintext") { _, res in
+        res.apply(plaintext)
+        res.write("Hello, World!")
+    }
+    r.get("/async/plaintext") { request in
+        let head = request.httpRequest
+        guard head.method == .get, head.path == "/async/plaintext" else { throw HTTPError(400) }
+        return HTTPServerResponse(plaintext, body: hello)
+    }
+    return r
+}()
+
+/// The OpenAPI example's router: its generated operations on RingsideOpenAPI's transport.
+func openAPIRouter() throws -> HTTPRouter {
+    let transport = RingsideTransport()
+    try ItemsHandler().registerHandlers(on: transport, middlewares: [ErrorHandlingMiddleware()])
+    return transport.router
 }
