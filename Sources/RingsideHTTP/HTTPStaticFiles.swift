@@ -203,9 +203,11 @@ struct StaticValidators: Sendable {
         var t = time_t(seconds)
         var tmv = tm()
         gmtime_r(&t, &tmv)
-        var out = [CChar](repeating: 0, count: 40)
-        _ = strftime(&out, 40, "%a, %d %b %Y %H:%M:%S GMT", &tmv)
-        return String(cString: out)
+        var out = [UInt8](repeating: 0, count: 40)
+        let n = out.withUnsafeMutableBufferPointer { p in
+            p.baseAddress!.withMemoryRebound(to: CChar.self, capacity: 40) { strftime($0, 40, "%a, %d %b %Y %H:%M:%S GMT", &tmv) }
+        }
+        return String(decoding: out[0..<n], as: UTF8.self)
     }
 
     /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as seconds since the epoch; nil if malformed.
