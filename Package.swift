@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "RingsideProtocols", targets: ["RingsideProtocols"]),
         .library(name: "RingsideHTTP", targets: ["RingsideHTTP"]),
         .library(name: "RingsideService", targets: ["RingsideService"]),
+        .library(name: "RingsideCompression", targets: ["RingsideCompression"]),
         .executable(name: "ringside", targets: ["ringside"]),
         .executable(name: "ringload", targets: ["ringload"]),
     ],
@@ -42,10 +43,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // System libraries: Debian's zlib1g-dev and libzstd-dev (scripts/setup.sh installs them).
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", providers: [.apt(["libzstd-dev"])]),
+        // Streaming gzip/deflate/zstd codecs with a cap on decompressed bytes; depends on neither the
+        // engine nor HTTP.
+        .target(name: "RingsideCompression", dependencies: ["CZlib", "CZstd"], swiftSettings: strict),
         // Bundled protocols (echo first).
-        .target(name: "RingsideProtocols", dependencies: ["Ringside"]),
+        .target(name: "RingsideProtocols", dependencies: ["Ringside", "RingsideCompression"]),
         // HTTP/1.1: incremental parser, responses into pooled buffers, routes.
-        .target(name: "RingsideHTTP", dependencies: ["Ringside"]),
+        .target(name: "RingsideHTTP", dependencies: ["Ringside", "RingsideCompression"]),
         // Embedding: a swift-service-lifecycle `Service`, a swift-metrics reporter and an HTTP metrics
         // middleware (kept out of the core `Ringside` and `RingsideHTTP` targets so that the engine
         // itself depends on swift-log only).
@@ -104,7 +111,7 @@ let package = Package(
         .testTarget(
             name: "RingsideTests",
             dependencies: [
-                "Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing", "RingsideService",
+                "Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing", "RingsideService", "RingsideCompression",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
