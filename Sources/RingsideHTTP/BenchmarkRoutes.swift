@@ -2,7 +2,7 @@ import Ringside
 
 extension HTTPRouter {
     /// The usual benchmark routes: `GET /plaintext` ("Hello, World!"), `GET /json` (a small JSON
-    /// object) and `POST /echo` (the request body back, streamed from disk when it was spooled); and
+    /// object) and `POST /echo` (the request body back with the request's `Content-Type`, streamed from disk when it was spooled); and
     /// async routes: `GET /async/plaintext` ("Hello, World!" from a task on the loop),
     /// `GET /delay/{ms}` (awaits `ms` milliseconds, at most 10,000, then "done") and `GET /users/{id}`
     /// (`{"id":"..."}`, the id percent-decoded).
@@ -17,7 +17,13 @@ extension HTTPRouter {
             res.write(#"{"message":"Hello, World!"}"#)
         }
         r.post("/echo") { req, res in
-            res.setHeader("Content-Type", "application/octet-stream")
+            // The request's Content-Type back (a JSON body comes back as compressible JSON); no copy.
+            if let type = req.header("Content-Type") {
+                let name: StaticString = "Content-Type"
+                res.headers.appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), type.buffer)
+            } else {
+                res.setHeader("Content-Type", "application/octet-stream")
+            }
             switch req.body {
             case .none: break
             case .bytes(let b): res.write(b)

@@ -6,6 +6,8 @@ struct RequestMeta {
     var version: HTTPVersion
     var keepAlive: Bool
     var isHead: Bool
+    /// The response coding the request accepts (compression on only).
+    var coding = HTTPContentCoding.identity
 }
 
 /// One response slot, in request order, while an async route's answer is outstanding on the

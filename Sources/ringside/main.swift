@@ -76,6 +76,10 @@ struct Serve: ParsableCommand {
     var spoolThreshold = 1 << 20
     @Option(help: "HTTP: directory for spooled request bodies (a body that cannot be stored there is answered 507 or 500).")
     var spoolDirectory = "/tmp"
+    @Flag(help: "HTTP: compress responses (gzip, zstd, deflate, as Accept-Encoding asks) of compressible types from 1 KiB.")
+    var compression = false
+    @Option(help: "HTTP: with --compression, the gzip/deflate level (1 fastest ... 9 smallest).") var compressionLevel = 1
+    @Option(help: "HTTP: with --compression, the zstd level (1 ... 19).") var zstdLevel = 1
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
     @Option(help: "Echo: require this greeting line before echoing (clients that never send it are closed at --auth-timeout).")
     var authToken: String? = nil
@@ -170,6 +174,15 @@ struct Serve: ParsableCommand {
             throw ConfigurationError(field: "--header-timeout", problem: "\(headerTimeout) must be at least 1ms")
         }
         http.headerTimeout = header
+        http.compression.enabled = compression
+        guard (1...9).contains(compressionLevel) else {
+            throw ConfigurationError(field: "--compression-level", problem: "\(compressionLevel) is not in 1...9")
+        }
+        guard (1...19).contains(zstdLevel) else {
+            throw ConfigurationError(field: "--zstd-level", problem: "\(zstdLevel) is not in 1...19")
+        }
+        http.compression.level = compressionLevel
+        http.compression.zstdLevel = zstdLevel
         do { try http.validate() } catch { throw ConfigurationError(field: Self.flag(error.field), problem: error.problem) }
         return http
     }

@@ -1,0 +1,196 @@
+import Ringside
+import RingsideCompression
+import Synchronization
+
+/// A value handed from one loop thread to another through the pool's lock.
+///
+/// `@unchecked Sendable`: a codec is used by one owner at a time; it is in the pool (behind the lock)
+/// or taken by exactly one connection, never both.
+struct Owned<T>: @unchecked Sendable { let value: T }
+
+/// A response compressor and the buffer it writes into, reused across responses.
+final class PooledCompressor {
+    let compressor: Compressor
+    let output = ByteBuffer(capacity: 16 * 1024)
+    init(_ c: Compressor) { compressor = c }
+}
+
+/// Idle codec states, shared by the connections of every loop: a codec is needed only while one
+/// response is compressed (synchronously, whole) or one request body decoded, so a few serve many
+/// connections (a deflate state is ~256 KiB: one per connection would not scale). Bounded.
+final class HTTPCodecPool: Sendable {
+    private struct Idle {
+        var compressors: [Owned<PooledCompressor>] = []
+        var decompressors: [Owned<Decompressor>] = []
+    }
+    private let idle = Mutex(Idle())
+    /// Idle states kept per kind; more are freed when returned.
+    static let maxIdle = 32
+
+    func takeCompressor(_ format: CompressionFormat, level: Int) -> PooledCompressor? {
+        let found: Owned<PooledCompressor>? = idle.withLock { i in
+            guard let k = i.compressors.lastIndex(where: { $0.value.compressor.format == format && $0.value.compressor.level == level })
+            else { return nil }
+            return i.compressors.remove(at: k)
+        }
+        if let found { return found.value }
+        do throws(CompressionError) {
+            return PooledCompressor(try Compressor(format: format, level: level))
+        } catch {
+            return nil  // an invalid level or no memory: the response goes out unencoded
+        }
+    }
+
+    func put(_ c: PooledCompressor) {
+        let o = Owned(value: c)
+        idle.withLock { i in if i.compressors.count < Self.maxIdle { i.compressors.append(o) } }
+    }
+
+    func takeDecompressor(_ format: CompressionFormat, limit: Int) throws(CompressionError) -> Decompressor {
+        let found: Owned<Decompressor>? = idle.withLock { i in
+            guard let k = i.decompressors.lastIndex(where: { $0.value.format == format }) else { return nil }
+            return i.decompressors.remove(at: k)
+        }
+        if let d = found?.value { d.limit = limit; return d }
+        return try Decompressor(format: format, limit: limit)
+    }
+
+    /// Returns a decompressor (reset for its next stream; dropped if the reset fails).
+    func put(_ d: Decompressor) {
+        do throws(CompressionError) { try d.reset() } catch { return }
+        let o = Owned(value: d)
+        idle.withLock { i in if i.decompressors.count < Self.maxIdle { i.decompressors.append(o) } }
+    }
+}
+
+/// Per-connection coding state: the coding negotiated for the current request's response, and the
+/// decoder of its body.
+struct ConnectionCoding {
+    var accepted = HTTPContentCoding.identity
+    var decoder: Decompressor? = nil
+}
+
+extension HTTPConnection {
+    // MARK: negotiation (at the request head)
+
+    /// Notes the response coding the request accepts (compression on only).
+    func negotiateCoding(_ h: HTTPRequestHead) {
+        guard let v = h.value(forName: "accept-encoding") else { coding.accepted = .identity; return }
+        coding.accepted = HTTPContentCoding.negotiate(acceptEncoding: v.buffer, preference: config.compression.codings)
+    }
+
+    /// Sets up the decoding of a request body sent with `Content-Encoding`; false when the coding is
+    /// not supported (answered 415).
+    func startRequestDecoding(_ h: HTTPRequestHead, _ connection: Connection) -> Bool {
+        guard let v = h.value(forName: "content-encoding") else { return true }
+        let token = HTTPContentCoding.trim(v.buffer)
+        guard let c = HTTPContentCoding.named(HTTPBytes(token)) else {
+            config.stats.count(.decodeFailure)
+            fail(status: 415, reason: "unsupported Content-Encoding \"\(HTTPBytes(token).string)\" (gzip, deflate, zstd)", connection)
+            return false
+        }
+        guard let format = c.format else { return true }  // identity
+        let limit = config.compression.maxDecodedRequestBytes ?? config.limits.maxBodyBytes
+        do throws(CompressionError) {
+            coding.decoder = try config.compression.pool.takeDecompressor(format, limit: limit)
+        } catch {
+            fail(status: 500, reason: "request body decoder: \(error)", connection)
+            return false
+        }
+        // The route sees the decoded body: the coding and the coded length no longer describe it.
+        head.removeFields(named: "content-encoding")
+        head.removeFields(named: "content-length")
+        return true
+    }
+
+    /// Decodes body bytes and delivers the plaintext as if it had been sent so.
+    func decodeBody(_ d: Decompressor, _ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
+        do throws(CompressionError) {
+            try d.decompress(bytes) { piece in
+                deliverBody(piece, connection)
+                return !halted
+            }
+        } catch {
+            requestDecodingFailed(error, connection)
+        }
+    }
+
+    /// The body ended: false (answered 400) when the coded stream did not.
+    func finishRequestDecoding(_ connection: Connection) -> Bool {
+        guard let d = coding.decoder else { return true }
+        do throws(CompressionError) {
+            try d.finish()
+        } catch {
+            requestDecodingFailed(error, connection)
+            return false
+        }
+        releaseRequestDecoder()
+        return true
+    }
+
+    private func requestDecodingFailed(_ error: CompressionError, _ connection: Connection) {
+        releaseRequestDecoder()
+        if case .limitExceeded(let limit) = error {
+            config.stats.count(.decodeLimit)
+            fail(status: 413, reason: "request body decodes to more than \(limit) bytes", connection)
+        } else {
+            config.stats.count(.decodeFailure)
+            fail(status: 400, reason: "request body: \(error)", connection)
+        }
+    }
+
+    func releaseRequestDecoder() {
+        if let d = coding.decoder { coding.decoder = nil; config.compression.pool.put(d) }
+    }
+
+    // MARK: responses
+
+    /// Compresses `res`'s in-memory body in place when the response qualifies (see
+    /// ``HTTPCompressionConfiguration``), adding `Content-Encoding` and `Vary`.
+    func encodeResponse(_ res: inout HTTPResponse, _ meta: RequestMeta) {
+        let cfg = config.compression
+        let s = res.status
+        guard !meta.isHead, s >= 200, s != 204, s != 206, s != 304, res.bodyFile == nil,
+              responseBody.count >= cfg.minimumSize else { return }
+        var contentType: UnsafeRawBufferPointer? = nil
+        var encodedAlready = false
+        forEachHeaderLine(userHeaders.bytes) { name, value in
+            if name.equalsIgnoringCase("content-type") { contentType = value.buffer }
+            else if name.equalsIgnoringCase("content-encoding") || name.equalsIgnoringCase("content-range") { encodedAlready = true }
+        }
+        guard !encodedAlready, let contentType, cfg.isCompressible(contentType) else { return }
+        userHeaders.append("Vary: Accept-Encoding\r\n")
+        guard let format = meta.coding.format,
+              let c = cfg.pool.takeCompressor(format, level: format == .zstd ? cfg.zstdLevel : cfg.level) else { return }
+        c.output.clear()
+        do throws(CompressionError) {
+            try c.compressor.compress(responseBody.bytes, flush: .finish) { c.output.append($0) }
+        } catch {
+            return  // the codec failed (not seen in practice): sent unencoded, the codec dropped
+        }
+        responseBody.clear()
+        responseBody.append(c.output.bytes)
+        if c.output.capacity <= 1 << 20 { cfg.pool.put(c) }  // no huge buffer kept idle
+        userHeaders.append("Content-Encoding: ")
+        userHeaders.append(meta.coding.token)
+        userHeaders.append("\r\n")
+        config.stats.count(.compressed)
+    }
+}
+
+/// Calls `body(name, value)` for each `Name: value\r\n` line of composed header lines.
+private func forEachHeaderLine(_ lines: UnsafeRawBufferPointer, _ body: (HTTPBytes, HTTPBytes) -> Void) {
+    var i = 0
+    let n = lines.count
+    while i < n {
+        var colon = i
+        while colon < n && lines[colon] != UInt8(ascii: ":") { colon += 1 }
+        var end = colon
+        while end < n && lines[end] != 13 { end += 1 }
+        guard colon < n, end < n else { return }
+        let name = UnsafeRawBufferPointer(rebasing: lines[i..<colon])
+        let value = HTTPContentCoding.trim(UnsafeRawBufferPointer(rebasing: lines[(colon + 1)..<end]))
+        body(HTTPBytes(name), HTTPBytes(value))
+        i = end + 2
+    }
+}
