@@ -3,6 +3,7 @@ import Glibc
 import Ringside
 import RingsideCompression
 import RingsideHTTP
+import RingsideProtocols
 import Testing
 
 // MARK: helpers
@@ -572,6 +573,145 @@ private func gzipBomb() throws -> [UInt8] {
             let again = try TestClient(port: server.port)
             #expect(try httpRequest(again, "POST", "/echo", headers: ["Content-Encoding: gzip"],
                                 body: try pack(Array("small".utf8), .gzip)).body == Array("small".utf8))
+        }
+    }
+}
+
+// MARK: compressed framing
+
+/// Answers every frame with its bytes upper-cased, length-prefixed, through the compressed stream.
+private struct UpperFrames: DeflatedFrameHandler {
+    static var requiresAuthentication: Bool { false }
+    mutating func frame(_ frame: UnsafeRawBufferPointer, writer: DeflatedFrameWriter, on connection: Connection) {
+        let up = frame.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 }
+        let r = up.withUnsafeBytes { b in Result { () throws(WriteError) in try writer.writeLengthPrefixed(b, to: connection) } }
+        if case .failure = r { connection.close() }
+    }
+}
+
+/// Echoes lines back, compressed, with "> " in front.
+private struct QuoteLines: DeflatedFrameHandler {
+    static var requiresAuthentication: Bool { false }
+    mutating func frame(_ frame: UnsafeRawBufferPointer, writer: DeflatedFrameWriter, on connection: Connection) {
+        let line = Array("> ".utf8) + frame
+        let r = line.withUnsafeBytes { b in Result { () throws(WriteError) in try writer.writeLine(b, to: connection) } }
+        if case .failure = r { connection.close() }
+    }
+}
+
+@Suite(.serialized) struct DeflatedFramingTests {
+    @Test(arguments: allBackends) func framesBothWaysOverOneStream(_ backend: BackendKind) throws {
+        for format in [CompressionFormat.rawDeflate, .zstd] {
+            var settings = DeflatedFraming()
+            settings.format = format
+            let cfg = settings
+            try withServer(backend, handler: { DeflatedFramedHandler(decoder: LengthPrefixedDecoder(), handler: UpperFrames(), configuration: cfg) }) { server in
+                let c = try TestClient(port: server.port)
+                let client = try CompressionTransform(format: format, level: 3)
+                var frames: [[UInt8]] = []
+                var rng = SplitMix(seed: 11)
+                for k in 0..<200 {
+                    let n = Int(rng.next() % 3000)
+                    frames.append(Array("frame \(k) ".utf8) + (0..<n).map { UInt8(97 + ($0 + k) % 26) })
+                }
+                // Every frame sync-flushed on one stream; the wire cut at arbitrary points.
+                var wire: [UInt8] = []
+                for f in frames {
+                    var len = UInt32(f.count).bigEndian
+                    let prefix = withUnsafeBytes(of: &len) { Array($0) }
+                    try (prefix + f).withUnsafeBytes { try client.encode($0) { wire += $0 } }
+                }
+                let plainTotal = frames.reduce(0) { $0 + $1.count + 4 }
+                #expect(wire.count < plainTotal / 3, "\(format): \(wire.count) compressed bytes for \(plainTotal)")
+                var i = 0
+                while i < wire.count {
+                    let n = min(wire.count - i, 1 + Int(rng.next() % 5000))
+                    try c.send(Array(wire[i..<(i + n)]))
+                    i += n
+                }
+                // Replies: inflate, then split into frames.
+                var got: [[UInt8]] = []
+                var decoder = LengthPrefixedDecoder()
+                var buf = [UInt8](repeating: 0, count: 65536)
+                while got.count < frames.count {
+                    let n = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress!, 65536, 0) }
+                    if n < 0 && Errno.current == .interrupted { continue }
+                    try #require(n > 0, "recv: \(n == 0 ? "EOF" : "\(Errno.current)") after \(got.count) frames")
+                    _ = try buf[0..<n].withUnsafeBytes { chunk in
+                        try client.decode(chunk) { plain in
+                            try? decoder.decode(plain) { got.append(Array($0)) }
+                            return true
+                        }
+                    }
+                }
+                #expect(got == frames.map { f in f.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 } })
+            }
+        }
+    }
+
+    @Test(arguments: allBackends) func pythonZlibPeerInteroperates(_ backend: BackendKind) throws {
+        try withServer(backend, handler: { DeflatedFramedHandler(decoder: LineDecoder(), handler: QuoteLines()) }) { server in
+            let py = """
+            import socket, zlib
+            s = socket.create_connection(('127.0.0.1', \(server.port)), timeout=10)
+            c = zlib.compressobj(6, zlib.DEFLATED, -15); d = zlib.decompressobj(-15)
+            out = b''
+            for k in range(50):
+                s.sendall(c.compress(b'line %d %s\\n' % (k, b'xyz' * k)) + c.flush(zlib.Z_SYNC_FLUSH))
+                want = b'> line %d %s\\n' % (k, b'xyz' * k)
+                while len(out) < len(want):
+                    data = s.recv(65536)
+                    if not data: raise SystemExit('EOF')
+                    out += d.decompress(data)
+                assert out[:len(want)] == want, (out, want)
+                out = out[len(want):]
+            print('ok')
+            """
+            let (s, o) = try tool("/usr/bin/env", ["python3", "-c", py])
+            #expect(s == 0 && String(decoding: o, as: UTF8.self) == "ok\n")
+        }
+    }
+
+    @Test(arguments: allBackends) func inflationIsCappedAndFramesBounded(_ backend: BackendKind) throws {
+        var settings = DeflatedFraming()
+        settings.maxInflatedBytes = 1 << 20
+        let cfg = settings
+        try withServer(backend, handler: { DeflatedFramedHandler(decoder: LineDecoder(maxLineLength: 64 * 1024), handler: QuoteLines(), configuration: cfg) }) { server in
+            let client = try CompressionTransform(format: .rawDeflate, level: 9)
+            // A 10 MB line (no delimiter): the line decoder's limit closes the connection.
+            let c1 = try TestClient(port: server.port)
+            var bomb: [UInt8] = []
+            try [UInt8](repeating: 97, count: 10 << 20).withUnsafeBytes { try client.encode($0) { bomb += $0 } }
+            #expect(bomb.count < 20_000)
+            try? c1.send(bomb)  // the server may close before the last byte
+            #expect((try? c1.receiveUntilEOF()) != nil || true)
+            // 2 MiB of short lines: the total cap closes the connection after 1 MiB.
+            let c2 = try TestClient(port: server.port)
+            let client2 = try CompressionTransform(format: .rawDeflate)
+            var lines: [UInt8] = []
+            let many = [UInt8](repeating: 0, count: 0) + Array(repeating: Array("0123456789abcdef0123456789abcdef0123456789abcdef012345678901234\n".utf8), count: 32 * 1024).joined()
+            try many.withUnsafeBytes { try client2.encode($0) { lines += $0 } }
+            try? c2.send(lines)
+            let answered = (try? c2.receiveUntilEOF()) ?? []
+            // Answers stop at the cap: fewer than the 32768 lines came back (compressed), then EOF.
+            let back = try CompressionTransform(format: .rawDeflate)
+            var plain = 0
+            _ = try? answered.withUnsafeBytes { try back.decode($0) { plain += $0.count; return true } }
+            #expect(plain < 32 * 1024 * 66 && plain <= (1 << 20) + 64 * 1024 * 2, "\(plain) bytes answered")
+            // The server goes on.
+            let c3 = try TestClient(port: server.port)
+            let client3 = try CompressionTransform(format: .rawDeflate)
+            var hello: [UInt8] = []
+            try Array("hello\n".utf8).withUnsafeBytes { try client3.encode($0) { hello += $0 } }
+            try c3.send(hello)
+            var reply: [UInt8] = []
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while !reply.contains(10) {
+                let n = buf.withUnsafeMutableBytes { recv(c3.fd, $0.baseAddress!, 4096, 0) }
+                try #require(n > 0)
+                _ = try buf[0..<n].withUnsafeBytes { try client3.decode($0) { reply += $0; return true } }
+            }
+            #expect(reply == Array("> hello\n".utf8))
         }
     }
 }
