@@ -150,7 +150,8 @@ public final class Decompressor {
                 if totalOut > limit { throw .limitExceeded(limit: limit) }
                 if !sink(out.bytes(p.produced)) { return false }
             }
-            isAtEnd = p.finished
+            // No progress (an empty piece after a zstd frame): where the stream stands has not changed.
+            if p.consumed > 0 || p.produced > 0 || p.finished { isAtEnd = p.finished }
             if p.finished {
                 if rest.isEmpty { return true }
                 switch format {

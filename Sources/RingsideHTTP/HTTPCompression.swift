@@ -152,13 +152,7 @@ extension HTTPConnection {
         let s = res.status
         guard !meta.isHead, s >= 200, s != 204, s != 206, s != 304, res.bodyFile == nil,
               responseBody.count >= cfg.minimumSize else { return }
-        var contentType: UnsafeRawBufferPointer? = nil
-        var encodedAlready = false
-        forEachHeaderLine(userHeaders.bytes) { name, value in
-            if name.equalsIgnoringCase("content-type") { contentType = value.buffer }
-            else if name.equalsIgnoringCase("content-encoding") || name.equalsIgnoringCase("content-range") { encodedAlready = true }
-        }
-        guard !encodedAlready, let contentType, cfg.isCompressible(contentType) else { return }
+        guard qualifies(userHeaders.bytes) else { return }
         userHeaders.append("Vary: Accept-Encoding\r\n")
         guard let format = meta.coding.format,
               let c = cfg.pool.takeCompressor(format, level: format == .zstd ? cfg.zstdLevel : cfg.level) else { return }
@@ -175,6 +169,58 @@ extension HTTPConnection {
         userHeaders.append(meta.coding.token)
         userHeaders.append("\r\n")
         config.stats.count(.compressed)
+    }
+}
+
+extension HTTPConnection {
+    // MARK: streamed responses (HTTPResponseWriter)
+
+    /// A streamed response's head is being composed (its header lines in `userHeaders`): when it
+    /// qualifies (as in `encodeResponse`, without the minimum size: the length is not known), adds
+    /// `Vary` and, if the request accepts a coding, `Content-Encoding`, and returns the compressor its
+    /// pieces go through.
+    func streamCoding(status s: Int, meta: RequestMeta) -> PooledCompressor? {
+        let cfg = config.compression
+        guard !meta.isHead, s >= 200, s != 204, s != 206, s != 304, qualifies(userHeaders.bytes) else { return nil }
+        userHeaders.append("Vary: Accept-Encoding\r\n")
+        guard let format = meta.coding.format,
+              let c = cfg.pool.takeCompressor(format, level: format == .zstd ? cfg.zstdLevel : cfg.level) else { return nil }
+        userHeaders.append("Content-Encoding: ")
+        userHeaders.append(meta.coding.token)
+        userHeaders.append("\r\n")
+        config.stats.count(.compressed)
+        return c
+    }
+
+    /// Compresses one piece of a streamed body with a sync flush (the client can decode everything
+    /// written so far), or ends the stream (`finish`).
+    func encodeStreamPiece(_ c: PooledCompressor, _ bytes: [UInt8], finish: Bool) -> [UInt8] {
+        var out: [UInt8] = []
+        let r = bytes.withUnsafeBytes { b in
+            Result { () throws(CompressionError) in
+                try c.compressor.compress(b, flush: finish ? .finish : .sync) { out.append(contentsOf: $0) }
+            }
+        }
+        if case .failure = r {
+            // A codec failure on valid input: the coded stream cannot go on, and the head already
+            // promised the coding. Cut the connection (the client sees an incomplete body, not a wrong one).
+            connection?.abort()
+            return []
+        }
+        return out
+    }
+
+    /// Whether composed header lines describe a compressible response (a compressible type, no
+    /// Content-Encoding or Content-Range of their own).
+    func qualifies(_ lines: UnsafeRawBufferPointer) -> Bool {
+        var contentType: UnsafeRawBufferPointer? = nil
+        var encodedAlready = false
+        forEachHeaderLine(lines) { name, value in
+            if name.equalsIgnoringCase("content-type") { contentType = value.buffer }
+            else if name.equalsIgnoringCase("content-encoding") || name.equalsIgnoringCase("content-range") { encodedAlready = true }
+        }
+        guard !encodedAlready, let contentType else { return false }
+        return config.compression.isCompressible(contentType)
     }
 }
 

@@ -36,6 +36,8 @@ final class PendingResponse {
     var waiter: UnsafeContinuation<Void, Never>? = nil
     /// The request body being streamed to this response's handler, if any.
     var body: BodyStream? = nil
+    /// The compressor of a streamed response sent with a content coding (HTTPCompression.swift).
+    var encoder: PooledCompressor? = nil
 
     init(meta: RequestMeta) { self.meta = meta }
 
@@ -200,6 +202,8 @@ public struct HTTPResponseWriter: Sendable {
         let (c, e) = try await turn()
         if !e.headSent { try await c.streamWriteHead(e, status: 200, headers: .init(), executor: executor) }
         guard !bytes.isEmpty else { return }
+        let bytes = e.encoder.map { c.encodeStreamPiece($0, bytes, finish: false) } ?? bytes  // a sync-flushed piece
+        guard !bytes.isEmpty else { return }
         var piece: [UInt8] = []
         if e.chunked {
             piece.reserveCapacity(bytes.count + 12)
@@ -230,6 +234,16 @@ public struct HTTPResponseWriter: Sendable {
     func finish() async throws {
         let (c, e) = try await turn()
         if !e.headSent { try await c.streamWriteHead(e, status: 200, headers: .init(), executor: executor) }
+        if let encoder = e.encoder {
+            // The end of the compressed stream (its trailer), as a last chunk of data.
+            let tail = c.encodeStreamPiece(encoder, [], finish: true)
+            e.encoder = nil
+            c.config.compression.pool.put(encoder)
+            if !tail.isEmpty {
+                let framed = e.chunked ? Array((String(tail.count, radix: 16) + "\r\n").utf8) + tail + [13, 10] : tail
+                try await c.streamWrite(e, framed, executor: executor)
+            }
+        }
         if e.chunked { try await c.streamWrite(e, Array("0\r\n\r\n".utf8), executor: executor) }
         c.streamDone(e)
     }
@@ -285,6 +299,7 @@ extension HTTPConnection {
             if n.equalsIgnoringCase("content-length") || n.equalsIgnoringCase("transfer-encoding") { return }
             userHeaders.appendHeader(name, value)
         }
+        if config.compression.enabled { e.encoder = streamCoding(status: status, meta: e.meta) }  // HTTPCompression.swift
         e.chunked = e.meta.version == .http11 && !e.meta.isHead
         var meta = e.meta
         if e.meta.version == .http10 { meta.keepAlive = false }  // the close delimits the body

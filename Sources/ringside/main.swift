@@ -41,7 +41,7 @@ struct DurationArgument: ExpressibleByArgument, CustomStringConvertible {
 enum ServedProtocol: String, ExpressibleByArgument, CaseIterable {
     /// Echo every byte back.
     case echo
-    /// HTTP/1.1: GET /plaintext, GET /json, POST /echo, GET /ready, and the async routes GET /async/plaintext,
+    /// HTTP/1.1: GET /plaintext, GET /json, GET /json/100k, POST /echo, GET /ready, and the async routes GET /async/plaintext,
     /// GET /delay/{ms}, GET /users/{id}.
     case http
     /// Echo through the async API (`RingsideServer.startAsync`): one task per connection on its loop.

@@ -447,6 +447,33 @@ private func gzipBomb() throws -> [UInt8] {
         }
     }
 
+    @Test(arguments: allBackends) func streamedResponsesAreCompressedAsAStream(_ backend: BackendKind) throws {
+        var router = HTTPRouter()
+        let pieces = (0..<40).map { k in Array("piece \(k): \(String(repeating: "lorem ipsum ", count: 50))\n".utf8) }
+        router.onStreaming("GET", "/stream") { _, writer in
+            try await writer.writeHead(headers: HTTPHeaderFields([("Content-Type", "text/plain")]))
+            for p in pieces { try await writer.write(p) }
+        }
+        router.onStreaming("GET", "/stream/binary") { _, writer in
+            try await writer.writeHead(headers: HTTPHeaderFields([("Content-Type", "application/octet-stream")]))
+            for p in pieces { try await writer.write(p) }
+        }
+        try withCompressingServer(backend, router: router) { server, _ in
+            let c = try TestClient(port: server.port)
+            for enc in ["gzip", "zstd", "deflate"] {
+                let r = try httpRequest(c, "GET", "/stream", headers: ["Accept-Encoding: \(enc)"])
+                #expect(r.status == 200 && r.header("content-encoding") == enc && r.header("transfer-encoding") == "chunked")
+                let format: CompressionFormat = enc == "gzip" ? .gzip : enc == "zstd" ? .zstd : .zlib
+                #expect(try unpack(r.body, format) == Array(pieces.joined()), "\(enc)")
+                #expect(r.body.count < pieces.joined().count / 4)
+            }
+            let plain = try httpRequest(c, "GET", "/stream", headers: [])
+            #expect(plain.header("content-encoding") == nil && plain.header("vary") == "Accept-Encoding" && plain.body == Array(pieces.joined()))
+            let binary = try httpRequest(c, "GET", "/stream/binary", headers: ["Accept-Encoding: gzip"])
+            #expect(binary.header("content-encoding") == nil && binary.body == Array(pieces.joined()))
+        }
+    }
+
     @Test(arguments: allBackends) func compressionOffLeavesResponsesAlone(_ backend: BackendKind) throws {
         try withCompressingServer(backend, configure: { $0.compression.enabled = false }) { server, stats in
             let c = try TestClient(port: server.port)
