@@ -1,6 +1,5 @@
 import Ringside
 import RingsideCompression
-import Synchronization
 
 /// A value handed from one loop thread to another through the pool's lock.
 ///
@@ -23,7 +22,7 @@ final class HTTPCodecPool: Sendable {
         var compressors: [Owned<PooledCompressor>] = []
         var decompressors: [Owned<Decompressor>] = []
     }
-    private let idle = Mutex(Idle())
+    private let idle = PthreadMutex(Idle())  // not Synchronization.Mutex: TSan must see it (PthreadMutex.swift)
     /// Idle states kept per kind; more are freed when returned.
     static let maxIdle = 32
 
