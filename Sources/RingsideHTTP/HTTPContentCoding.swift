@@ -146,7 +146,7 @@ public enum HTTPContentCoding: UInt8, Sendable, CaseIterable, CustomStringConver
 /// Responses are compressed only when ``enabled``: a response whose `Content-Type` is in
 /// ``compressibleTypes``, with at least ``minimumSize`` body bytes in memory, no `Content-Encoding`
 /// or `Content-Range` of its own, not to a HEAD request and not 1xx/204/206/304, gets the coding the
-/// request's `Accept-Encoding` prefers (``HTTPContentCoding/negotiate(acceptEncoding:preference:)``),
+/// request's `Accept-Encoding` prefers (see `HTTPContentCoding.negotiate(acceptEncoding:preference:)`),
 /// with `Content-Encoding` and `Vary: Accept-Encoding` (the `Vary` also when the client accepted no
 /// coding, so caches keep the variants apart). File bodies are sent as they are.
 ///

@@ -248,6 +248,15 @@ private func gzipBomb() throws -> [UInt8] {
         let a = Array("first part, ".utf8), b = Array("second part".utf8)
         #expect(try unpack(try pack(a, .gzip) + pack(b, .gzip), .gzip, pieces: 3) == a + b)
         #expect(try unpack(try pack(a, .zstd) + pack(b, .zstd), .zstd, pieces: 3) == a + b)
+        // A skippable frame, then a frame.
+        let skippable: [UInt8] = [0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]
+        #expect(try unpack(skippable + pack(a, .zstd), .zstd, pieces: 2) == a)
+        // Pre-1.0 (legacy) zstd frames are refused, whole or split (fuzz-inflate found the legacy decoder
+        // answering differently to split input: Fuzz/Corpus/inflate/regress-legacy-zstd).
+        let legacy: [UInt8] = [0x26, 0xb5, 0x2f, 0xfd, 0x00, 0x00, 0x9d]
+        for pieces in [0, 1, 3] {
+            #expect(throws: CompressionError.corrupt("not a zstd frame (magic number 0xfd2fb526)")) { _ = try unpack(legacy, .zstd, pieces: pieces) }
+        }
         // zlib streams do not concatenate.
         #expect(throws: CompressionError.self) { _ = try unpack(try pack(a, .zlib) + pack(b, .zlib), .zlib) }
     }
