@@ -67,6 +67,9 @@ final class HTTPCodecPool: Sendable {
 struct ConnectionCoding {
     var accepted = HTTPContentCoding.identity
     var decoder: Decompressor? = nil
+    /// Inside `decoder.decompress` (a failure answered from the body sink must not pool the decoder
+    /// while its call is still on the stack).
+    var decoding = false
 }
 
 extension HTTPConnection {
@@ -104,6 +107,8 @@ extension HTTPConnection {
 
     /// Decodes body bytes and delivers the plaintext as if it had been sent so.
     func decodeBody(_ d: Decompressor, _ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
+        coding.decoding = true
+        defer { coding.decoding = false }
         do throws(CompressionError) {
             try d.decompress(bytes) { piece in
                 deliverBody(piece, connection)
@@ -139,7 +144,9 @@ extension HTTPConnection {
     }
 
     func releaseRequestDecoder() {
-        if let d = coding.decoder { coding.decoder = nil; config.compression.pool.put(d) }
+        guard let d = coding.decoder else { return }
+        coding.decoder = nil
+        if !coding.decoding { config.compression.pool.put(d) }  // else dropped (freed after the call)
     }
 
     // MARK: responses
