@@ -120,9 +120,14 @@ public final class Decompressor {
         out = OutputChunk(outputChunkSize)
     }
 
+    /// Input bytes the last ``decompress(_:_:)`` call took: all of its input, unless the sink stopped
+    /// it. To go on after a stop (backpressure), call again with the rest of that input (possibly
+    /// empty: output the codec still holds comes first).
+    public private(set) var lastConsumed = 0
+
     /// Decompresses all of `input` (keeping what a later call completes), handing each piece to
-    /// `sink`; a sink that returns false stops the call (the rest of `input` is dropped: reset
-    /// before reusing the decompressor). Returns false when the sink stopped it.
+    /// `sink`; a sink that returns false stops the call after that piece (see ``lastConsumed`` to go
+    /// on later). Returns false when the sink stopped it.
     /// - Throws: ``CompressionError/limitExceeded(limit:)``, `.corrupt`, `.outOfMemory`; after a throw
     ///   every call throws the same error until ``reset()``.
     @discardableResult
@@ -139,19 +144,21 @@ public final class Decompressor {
 
     private func run(_ input: UnsafeRawBufferPointer, _ sink: (UnsafeRawBufferPointer) -> Bool) throws(CompressionError) -> Bool {
         var rest = input
+        lastConsumed = 0
+        defer { lastConsumed = input.count - rest.count }
         while true {
             // One byte of room beyond the limit, so a stream that goes past it is seen at once.
             let allowance = limit - totalOut
             let room = allowance >= out.count ? out.count : allowance + 1
             let p = try codec.step(rest, out.prefix(room), .none)
             rest = UnsafeRawBufferPointer(rebasing: rest[p.consumed...])
+            // No progress (an empty piece after a zstd frame): where the stream stands has not changed.
+            if p.consumed > 0 || p.produced > 0 || p.finished { isAtEnd = p.finished }
             if p.produced > 0 {
                 totalOut += p.produced
                 if totalOut > limit { throw .limitExceeded(limit: limit) }
                 if !sink(out.bytes(p.produced)) { return false }
             }
-            // No progress (an empty piece after a zstd frame): where the stream stands has not changed.
-            if p.consumed > 0 || p.produced > 0 || p.finished { isAtEnd = p.finished }
             if p.finished {
                 if rest.isEmpty { return true }
                 switch format {

@@ -248,6 +248,25 @@ private func gzipBomb() throws -> [UInt8] {
         #expect(again == data)
     }
 
+    @Test(arguments: formats) func aStoppedCallResumesWithTheRestOfItsInput(_ format: CompressionFormat) throws {
+        let data = jsonBody(300_000)
+        let packed = try pack(data, format)
+        let d = try Decompressor(format: format, outputChunkSize: 4096)
+        var out: [UInt8] = []
+        var rest = packed[...]
+        var calls = 0
+        while true {
+            // Take one piece per call (a consumer applying backpressure).
+            let stopped = try Array(rest).withUnsafeBytes { b in try !d.decompress(b) { out += $0; return false } }
+            rest = rest.dropFirst(d.lastConsumed)
+            calls += 1
+            if !stopped && rest.isEmpty { break }
+            try #require(calls < 10_000)
+        }
+        try d.finish()
+        #expect(out == data && calls > 10)
+    }
+
     @Test(arguments: formats) func corruptAndTruncatedInputFail(_ format: CompressionFormat) throws {
         let data = jsonBody(20_000)
         let packed = try pack(data, format)
