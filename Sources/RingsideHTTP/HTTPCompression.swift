@@ -23,8 +23,10 @@ final class HTTPCodecPool: Sendable {
         var decompressors: [Owned<Decompressor>] = []
     }
     private let idle = PthreadMutex(Idle())  // not Synchronization.Mutex: TSan must see it (PthreadMutex.swift)
-    /// Idle states kept per kind; more are freed when returned.
+    /// Idle states kept per kind; more are freed when returned. zstd states keep their buffers (a
+    /// decoder's window is up to 8 MiB), so fewer of them are kept.
     static let maxIdle = 32
+    static let maxIdleZstd = 4
 
     func takeCompressor(_ format: CompressionFormat, level: Int) -> PooledCompressor? {
         let found: Owned<PooledCompressor>? = idle.withLock { i in
@@ -42,7 +44,10 @@ final class HTTPCodecPool: Sendable {
 
     func put(_ c: PooledCompressor) {
         let o = Owned(value: c)
-        idle.withLock { i in if i.compressors.count < Self.maxIdle { i.compressors.append(o) } }
+        let cap = c.compressor.format == .zstd ? Self.maxIdleZstd : Self.maxIdle
+        idle.withLock { i in
+            if i.compressors.count(where: { $0.value.compressor.format == o.value.compressor.format }) < cap { i.compressors.append(o) }
+        }
     }
 
     func takeDecompressor(_ format: CompressionFormat, limit: Int) throws(CompressionError) -> Decompressor {
@@ -58,7 +63,10 @@ final class HTTPCodecPool: Sendable {
     func put(_ d: Decompressor) {
         do throws(CompressionError) { try d.reset() } catch { return }
         let o = Owned(value: d)
-        idle.withLock { i in if i.decompressors.count < Self.maxIdle { i.decompressors.append(o) } }
+        let cap = d.format == .zstd ? Self.maxIdleZstd : Self.maxIdle
+        idle.withLock { i in
+            if i.decompressors.count(where: { $0.value.format == o.value.format }) < cap { i.decompressors.append(o) }
+        }
     }
 }
 
