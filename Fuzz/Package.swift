@@ -9,6 +9,7 @@
 //   fuzz-framing      LineDecoder / LengthPrefixedDecoder: split == one-shot == a reference model
 //   fuzz-proxy-protocol  ProxyHeaderParser (PROXY v1/v2): split == one-shot, limits, re-encoding round trip
 //   fuzz-static-path  HTTPStaticPath.normalize: nothing accepted escapes the root; decoding happens once
+//   fuzz-inflate      gzip/zlib/raw deflate/zstd decompression with a cap: split == one-shot, cap kept, round trip
 //   fuzz-connection-state  ConnectionState (internal to Ringside): random event sequences against a
 //                     harness that plays the driver, the backend and the chunk pool
 //
@@ -35,6 +36,11 @@ let package = Package(
             name: "fuzz-framing",
             dependencies: ["FuzzSupport", .product(name: "RingsideProtocols", package: "Ringside")],
             path: "Sources/fuzz-framing"
+        ),
+        .executableTarget(
+            name: "fuzz-inflate",
+            dependencies: ["FuzzSupport", .product(name: "RingsideCompression", package: "Ringside")],
+            path: "Sources/fuzz-inflate"
         ),
         .executableTarget(
             name: "fuzz-proxy-protocol",

@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 600) shared evenly between them
 #   scripts/fuzz.sh --ci            every target for FUZZ_CI_SECONDS (default 30) each
 #   scripts/fuzz.sh --merge         after the run, merge new coverage into the committed seed corpora
-#   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing proxy-protocol connection-state)
+#   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing proxy-protocol connection-state inflate)
 #
 # New corpus entries go to Fuzz/.corpus/<target>/ (git-ignored); the committed seeds in
 # Fuzz/Corpus/<target>/ are read but only written with --merge. A crash, hang (FUZZ_TIMEOUT seconds for
@@ -22,7 +22,7 @@ for a in "$@"; do
         *) echo "usage: $0 [--ci] [--merge]" >&2; exit 2 ;;
     esac
 done
-targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol connection-state static-path})
+targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol connection-state static-path inflate})
 timeout_s=${FUZZ_TIMEOUT:-10}
 if [ "$mode" = ci ]; then
     per=${FUZZ_CI_SECONDS:-30}

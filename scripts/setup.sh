@@ -4,7 +4,7 @@
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 need=()
-for pkg in liburing-dev wrk nghttp2-client curl haproxy; do
+for pkg in liburing-dev zlib1g-dev libzstd-dev zstd wrk nghttp2-client curl haproxy; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

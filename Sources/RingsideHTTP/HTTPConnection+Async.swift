@@ -6,6 +6,8 @@ struct RequestMeta {
     var version: HTTPVersion
     var keepAlive: Bool
     var isHead: Bool
+    /// The response coding the request accepts (compression on only).
+    var coding = HTTPContentCoding.identity
 }
 
 /// One response slot, in request order, while an async route's answer is outstanding on the
@@ -36,6 +38,8 @@ final class PendingResponse {
     var waiter: UnsafeContinuation<Void, Never>? = nil
     /// The request body being streamed to this response's handler, if any.
     var body: BodyStream? = nil
+    /// The compressor of a streamed response sent with a content coding (HTTPCompression.swift).
+    var encoder: PooledCompressor? = nil
 
     init(meta: RequestMeta) { self.meta = meta }
 
@@ -208,6 +212,8 @@ public struct HTTPResponseWriter: Sendable {
             guard bytes.count <= left else { throw HTTPError(500, "response body longer than its Content-Length") }
             e.remaining = left - bytes.count
         }
+        let bytes = e.encoder.map { c.encodeStreamPiece($0, bytes, finish: false) } ?? bytes  // a sync-flushed piece
+        guard !bytes.isEmpty else { return }
         var piece: [UInt8] = []
         if e.chunked {
             piece.reserveCapacity(bytes.count + 12)
@@ -239,6 +245,16 @@ public struct HTTPResponseWriter: Sendable {
         let (c, e) = try await turn()
         if !e.headSent { try await c.streamWriteHead(e, status: 200, headers: .init(), executor: executor) }
         if let left = e.remaining, left > 0 { throw HTTPError(500, "response body shorter than its Content-Length") }
+        if let encoder = e.encoder {
+            // The end of the compressed stream (its trailer), as a last chunk of data.
+            let tail = c.encodeStreamPiece(encoder, [], finish: true)
+            e.encoder = nil
+            c.config.compression.pool.put(encoder)
+            if !tail.isEmpty {
+                let framed = e.chunked ? Array((String(tail.count, radix: 16) + "\r\n").utf8) + tail + [13, 10] : tail
+                try await c.streamWrite(e, framed, executor: executor)
+            }
+        }
         if e.chunked { try await c.streamWrite(e, Array("0\r\n\r\n".utf8), executor: executor) }
         c.streamDone(e)
     }
@@ -295,8 +311,10 @@ extension HTTPConnection {
             if n.equalsIgnoringCase("content-length") || n.equalsIgnoringCase("transfer-encoding") { return }
             userHeaders.appendHeader(name, value)
         }
+        // A compressed stream's length is not known: it goes chunked (HTTPCompression.swift).
+        if config.compression.enabled { e.encoder = streamCoding(status: status, meta: e.meta) }
         var meta = e.meta
-        if let n = contentLength, status != 204 && status != 304 {
+        if let n = contentLength, e.encoder == nil, status != 204 && status != 304 {
             userHeaders.append("Content-Length: ")
             userHeaders.append(decimal: n)
             userHeaders.append("\r\n")

@@ -25,6 +25,7 @@ extension HTTPConnection {
     /// Composes the head of `res` and sends the response: at once when the send pool has room (the
     /// usual case: a few writes), else piece by piece as the pool and the peer allow.
     func send(_ res: inout HTTPResponse, _ meta: RequestMeta, _ connection: Connection) {
+        if config.compression.enabled { encodeResponse(&res, meta) }  // HTTPCompression.swift
         let close = !meta.keepAlive || closing
         let chunked = res.chunked && res.bodyFile == nil && meta.version == .http11
         composeHead(res, meta, chunked: chunked, close: close)

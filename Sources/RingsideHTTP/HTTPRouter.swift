@@ -276,4 +276,14 @@ final class HeadStore {
         for i in 0..<fieldCount where self.name(at: i).equalsIgnoringCase(name) { return value(at: i) }
         return nil
     }
+    /// Drops every field named `name` from the route's view (a decoded body's Content-Encoding).
+    func removeFields(named name: StaticString) {
+        var kept = 0
+        for i in 0..<fieldCount {
+            if self.name(at: i).equalsIgnoringCase(name) { continue }
+            fields[kept] = fields[i]
+            kept += 1
+        }
+        fieldCount = kept
+    }
 }

@@ -25,6 +25,9 @@ public struct HTTPServerConfiguration: Sendable {
     public var streamedBodyBuffer = 64 * 1024
     /// Failure counters, shared by every connection (and every copy of this configuration).
     public var stats = HTTPServerStats()
+    /// Response compression (off by default) and request body decoding (on); see
+    /// ``HTTPCompressionConfiguration``.
+    public var compression = HTTPCompressionConfiguration()
     public init() {}
 }
 
@@ -96,6 +99,8 @@ final class HTTPConnection {
     var deferred = false
     var headComplete = false
     var isAsync = false
+    /// Response coding negotiated, request body decoder (HTTPCompression.swift).
+    var coding = ConnectionCoding()
 
     /// The response being sent (see HTTPConnection+Output.swift).
     var out = Outgoing()
@@ -206,6 +211,10 @@ final class HTTPConnection {
         bodyBuffer.clear()
         streaming = nil
         isAsync = false
+        if config.compression.enabled { negotiateCoding(h) }
+        if config.compression.decodeRequests, case .route = route, h.isChunked || (h.contentLength ?? 0) > 0 {
+            guard startRequestDecoding(h, connection) else { return }  // answered 415
+        }
         if case .route(let i) = route, let make = router.routes[i].streaming {
             var handler = make()
             handler.head(request(body: .none))
@@ -245,6 +254,12 @@ final class HTTPConnection {
 
     private func onBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         guard case .route = route else { return }  // 404/405: the body is read and dropped
+        if let d = coding.decoder { return decodeBody(d, bytes, connection) }  // -> deliverBody
+        deliverBody(bytes, connection)
+    }
+
+    /// Body bytes (decoded, if they were sent with a Content-Encoding) for the current route.
+    func deliverBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
         if streaming != nil { streaming!.body(bytes); return }
         if bodyStream != nil { return pushBody(bytes, connection) }
         if isAsync {
@@ -264,6 +279,7 @@ final class HTTPConnection {
 
     private func onEnd(_ connection: Connection) {
         headComplete = false
+        guard finishRequestDecoding(connection) else { return }  // answered 400
         if case .route(let i) = route, case .staticFiles(let root) = router.routes[i].kind {
             return serveStatic(root, connection)
         }
@@ -315,7 +331,7 @@ final class HTTPConnection {
     }
 
     /// The current request's version, keep-alive and HEAD-ness (what its response head depends on).
-    var meta: RequestMeta { RequestMeta(version: version, keepAlive: keepAlive, isHead: isHead) }
+    var meta: RequestMeta { RequestMeta(version: version, keepAlive: keepAlive, isHead: isHead, coding: coding.accepted) }
 
     private func routeNames(_ m: HTTPRouter.Match) -> [String] {
         if case .route(let i) = m { return router.routes[i].parameterNames }
@@ -339,6 +355,7 @@ final class HTTPConnection {
     func fail(status: Int, reason: String, _ connection: Connection) {
         guard !halted else { return }
         dropSpool(connection)
+        releaseRequestDecoder()
         streaming = nil
         // A streaming route reading this request's body learns that the rest will not come.
         bodyStream?.fail(HTTPError(status, reason))
@@ -389,6 +406,7 @@ final class HTTPConnection {
         dropSpool(connection)
         connection = nil
         deferred = false
+        releaseRequestDecoder()
         if out.active { out.active = false; config.stats.count(.cutOff) }
         finishFile()
     }

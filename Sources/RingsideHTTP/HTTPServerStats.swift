@@ -10,6 +10,9 @@ public final class HTTPServerStats: Sendable {
     private let fileRead = Atomic<Int>(0)
     private let cutOff = Atomic<Int>(0)
     private let overflow = Atomic<Int>(0)
+    private let compressed = Atomic<Int>(0)
+    private let decodeLimit = Atomic<Int>(0)
+    private let decodeFailure = Atomic<Int>(0)
 
     public init() {}
 
@@ -28,7 +31,14 @@ public final class HTTPServerStats: Sendable {
     /// was still being sent.
     public var pipelineOverflows: Int { overflow.load(ordering: .relaxed) }
 
-    enum Event { case spool, continueWrite, deferred, fileRead, cutOff, overflow }
+    /// Responses sent with a content coding (``HTTPCompressionConfiguration``).
+    public var responsesCompressed: Int { compressed.load(ordering: .relaxed) }
+    /// Request bodies refused with 413 because they decoded to more than the cap.
+    public var decodedBodiesOverLimit: Int { decodeLimit.load(ordering: .relaxed) }
+    /// Request bodies refused with 415 (an unsupported Content-Encoding) or 400 (corrupt, truncated).
+    public var decodeFailures: Int { decodeFailure.load(ordering: .relaxed) }
+
+    enum Event { case spool, continueWrite, deferred, fileRead, cutOff, overflow, compressed, decodeLimit, decodeFailure }
 
     func count(_ e: Event) {
         switch e {
@@ -38,6 +48,9 @@ public final class HTTPServerStats: Sendable {
         case .fileRead: fileRead.add(1, ordering: .relaxed)
         case .cutOff: cutOff.add(1, ordering: .relaxed)
         case .overflow: overflow.add(1, ordering: .relaxed)
+        case .compressed: compressed.add(1, ordering: .relaxed)
+        case .decodeLimit: decodeLimit.add(1, ordering: .relaxed)
+        case .decodeFailure: decodeFailure.add(1, ordering: .relaxed)
         }
     }
 }

@@ -28,6 +28,8 @@ struct LoadOptions: Sendable {
     var backend: BackendKind = .auto
     var path = "/plaintext"
     var expectStatus = 200
+    /// HTTP: an `Accept-Encoding` header value to send (e.g. "gzip"), nil for none.
+    var acceptEncoding: String? = nil
     var progress = false
 }
 
@@ -48,6 +50,8 @@ struct LoadResult: Codable, Sendable {
     var messages: Int
     var messagesPerSecond: Double
     var megabytesPerSecond: Double
+    /// HTTP: bytes received per response (head and body, as on the wire).
+    var bytesPerResponse: Double? = nil
     var latencyMicros: Latency
     /// Open loop: how late the generator issued its sends (actual minus intended send time).
     var sendLatenessMicros: Lateness?
@@ -82,7 +86,8 @@ func sleepSeconds(_ s: Double) { if s > 0 { usleep(UInt32(min(s, 4000) * 1e6)) }
 func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> LoadResult {
     var request: [UInt8] = []
     if o.mode == .http {
-        request = Array("GET \(o.path) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nUser-Agent: ringload\r\n\r\n".utf8)
+        let coding = o.acceptEncoding.map { "Accept-Encoding: \($0)\r\n" } ?? ""
+        request = Array("GET \(o.path) HTTP/1.1\r\nHost: \(o.host):\(o.port)\r\nUser-Agent: ringload\r\n\(coding)\r\n".utf8)
     }
     let state = LoadState(size: o.size, pipeline: o.pipeline, connections: o.connections, rate: o.rate,
                           timeout: o.timeout, request: request, expectStatus: o.expectStatus)
@@ -157,6 +162,7 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
         connections: o.connections, size: o.mode == .echo ? o.size : 0, pipeline: o.pipeline, rate: o.rate,
         seconds: secs, windowSkewMillis: skew, messages: msgs, messagesPerSecond: Double(msgs) / secs,
         megabytesPerSecond: Double(state.bytesInWindow) / secs / 1e6,
+        bytesPerResponse: o.mode == .http && msgs > 0 ? Double(state.bytesInWindow) / Double(msgs) : nil,
         latencyMicros: .init(p50: p50, p90: us(h.valueAtPercentile(90)),
                              p99: us(h.valueAtPercentile(99)), p999: us(h.valueAtPercentile(99.9)),
                              max: us(h.max), mean: h.mean / 1000),

@@ -82,6 +82,7 @@ func report(_ r: LoadResult, json: Bool) throws {
         print(String(decoding: try enc.encode(r), as: UTF8.self))
     } else {
         print(formatTable([r.tableRow(name: "\(r.mode) \(r.target)")]))
+        if let b = r.bytesPerResponse { print(String(format: "bytes per response (on the wire): %.1f", b)) }
         for w in r.warnings { print("warning: \(w)") }
     }
     if r.errors.total > 0 {
@@ -108,12 +109,15 @@ struct HTTP: ParsableCommand {
     @OptionGroup var common: CommonLoadOptions
     @Option(help: "Request path.") var path = "/plaintext"
     @Option(help: "Expected status.") var expectStatus = 200
+    @Option(help: "Send this Accept-Encoding (e.g. gzip, zstd) to ask for compressed responses; bytes per response are printed.")
+    var acceptEncoding: String?
 
     func run() throws {
         common.pin()
         var o = try common.options(.http)
         o.path = path
         o.expectStatus = expectStatus
+        o.acceptEncoding = acceptEncoding
         try report(try runLoad(o), json: common.json)
     }
 }

@@ -41,7 +41,7 @@ struct DurationArgument: ExpressibleByArgument, CustomStringConvertible {
 enum ServedProtocol: String, ExpressibleByArgument, CaseIterable {
     /// Echo every byte back.
     case echo
-    /// HTTP/1.1: GET /plaintext, GET /json, POST /echo, GET /ready, and the async routes GET /async/plaintext,
+    /// HTTP/1.1: GET /plaintext, GET /json, GET /json/100k, POST /echo, GET /ready, and the async routes GET /async/plaintext,
     /// GET /delay/{ms}, GET /users/{id}.
     case http
     /// Echo through the async API (`RingsideServer.startAsync`): one task per connection on its loop.
@@ -80,6 +80,10 @@ struct Serve: ParsableCommand {
     var `static`: String? = nil
     @Flag(help: "Register the buffer slab as fixed buffers (io_uring: file sends read into it with READ_FIXED; costs RLIMIT_MEMLOCK per loop).")
     var registerBuffers = false
+    @Flag(help: "HTTP: compress responses (gzip, zstd, deflate, as Accept-Encoding asks) of compressible types from 1 KiB.")
+    var compression = false
+    @Option(help: "HTTP: with --compression, the gzip/deflate level (1 fastest ... 9 smallest).") var compressionLevel = 1
+    @Option(help: "HTTP: with --compression, the zstd level (1 ... 19).") var zstdLevel = 1
     @Option(help: "Log level (trace, debug, info, notice, warning, error, critical).") var logLevel = "info"
     @Option(help: "Echo: require this greeting line before echoing (clients that never send it are closed at --auth-timeout).")
     var authToken: String? = nil
@@ -175,6 +179,15 @@ struct Serve: ParsableCommand {
             throw ConfigurationError(field: "--header-timeout", problem: "\(headerTimeout) must be at least 1ms")
         }
         http.headerTimeout = header
+        http.compression.enabled = compression
+        guard (1...9).contains(compressionLevel) else {
+            throw ConfigurationError(field: "--compression-level", problem: "\(compressionLevel) is not in 1...9")
+        }
+        guard (1...19).contains(zstdLevel) else {
+            throw ConfigurationError(field: "--zstd-level", problem: "\(zstdLevel) is not in 1...19")
+        }
+        http.compression.level = compressionLevel
+        http.compression.zstdLevel = zstdLevel
         do { try http.validate() } catch { throw ConfigurationError(field: Self.flag(error.field), problem: error.problem) }
         return http
     }

@@ -138,8 +138,8 @@ private func withStaticServer(_ backend: BackendKind, _ tree: Tree, _ body: (Run
             var tmv = tm()
             gmtime_r(&t, &tmv)
             var buf = [CChar](repeating: 0, count: 40)
-            strftime(&buf, 40, "%a, %d %b %Y %H:%M:%S GMT", &tmv)
-            #expect(modified == String(cString: buf))
+            let n = strftime(&buf, 40, "%a, %d %b %Y %H:%M:%S GMT", &tmv)
+            #expect(modified == String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self))
 
             // HEAD: the same head, no body; the connection stays usable.
             let head = try request(c, "/static/a.txt", method: "HEAD")
