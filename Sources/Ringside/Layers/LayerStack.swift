@@ -1,0 +1,185 @@
+import Logging
+
+/// The layers of one connection, socket side first, and the two directions through them.
+///
+/// Owned by `LoopCore.layerStacks[slot]` (the one strong reference) from `LayeredHandler.opened` to
+/// `LayeredHandler.closed`; while it is there the slot's traits contain `.layered`, so the handler's
+/// `Connection.write`/`send` reach `writeFromHandler` instead of the send queue. Loop-thread confined.
+final class LayerStack {
+    let layers: [any StreamLayer]
+    let connection: Connection
+    private var closingDone = false
+    private(set) var isClosed = false
+
+    init(layers: [any StreamLayer], connection: Connection) {
+        self.layers = layers; self.connection = connection
+    }
+
+    @inline(__always) private func io(_ level: Int) -> LayerIO {
+        LayerIO(connection: connection, stack: Unmanaged.passUnretained(self), level: level)
+    }
+
+    /// Whether every layer passes application bytes.
+    var isEstablished: Bool {
+        for l in layers where !l.isEstablished { return false }
+        return true
+    }
+
+    func opened() { for (i, l) in layers.enumerated() { l.opened(io(i)) } }
+
+    /// Bytes from the socket: through every layer, bottom up; what comes out on top goes to `deliver`.
+    func inbound(_ bytes: UnsafeRawBufferPointer, _ deliver: (UnsafeRawBufferPointer) -> Void) {
+        inbound(0, bytes, deliver)
+    }
+
+    private func inbound(_ level: Int, _ bytes: UnsafeRawBufferPointer, _ deliver: (UnsafeRawBufferPointer) -> Void) {
+        if level == layers.count { deliver(bytes); return }
+        layers[level].inbound(bytes, io(level)) { up in self.inbound(level + 1, up, deliver) }
+    }
+
+    /// The handler's plaintext: through every layer, top down, then into the send queue.
+    func writeFromHandler(_ bytes: UnsafeRawBufferPointer) throws(WriteError) {
+        try write(below: layers.count, bytes)
+    }
+
+    /// Output of layer `level` (or the handler, at `layers.count`): to the layer below, or at the
+    /// bottom copied into send chunks.
+    func write(below level: Int, _ bytes: UnsafeRawBufferPointer) throws(WriteError) {
+        if level == 0 {
+            let slot = connection.slot
+            let r: Result<Void, WriteError> = connection.withCore { c in
+                Result { () throws(WriteError) in try c.enqueueUnlayered(slot: slot, bytes) }
+            }
+            try r.get()
+        } else {
+            try layers[level - 1].outbound(bytes, io(level - 1))
+        }
+    }
+
+    /// A graceful close starts: each layer, top first, may send its last bytes. Once.
+    func closing() {
+        guard !closingDone else { return }
+        closingDone = true
+        for i in layers.indices.reversed() { layers[i].closing(io(i)) }
+    }
+
+    /// End of input, bottom up; false when a layer dealt with it.
+    func inputEnded() -> Bool {
+        for (i, l) in layers.enumerated() where !l.inputEnded(io(i)) { return false }
+        return true
+    }
+
+    func closed() {
+        guard !isClosed else { return }
+        isClosed = true
+        for (i, l) in layers.enumerated() { l.closed(io(i)) }
+    }
+}
+
+/// Factories of a layer stack, socket side first.
+public struct LayerStackFactory: Sendable {
+    let factories: [any StreamLayerFactory]
+    /// A stack of the layers `factories` make, the first next to the socket.
+    public init(_ factories: [any StreamLayerFactory]) { self.factories = factories }
+}
+
+/// A handler behind a stack of ``StreamLayer``s: what arrives is transformed bottom up before the
+/// wrapped handler sees it, and what the wrapped handler writes (``Connection/write(_:)-(UnsafeRawBufferPointer)``,
+/// ``Connection/send(_:)``) goes through the layers top down. The wrapped handler is opened once every
+/// layer is established (TLS: after the handshake), and never when the connection ends before.
+///
+/// Authentication: a layered handler always requires authentication, so the
+/// ``ServerConfiguration/authenticationTimeout`` deadline runs from the accept and a handshake counts
+/// against it (a client that trickles its ClientHello is closed at the deadline). Once the layers are
+/// established, a wrapped handler that needs no authentication (`requiresAuthentication == false`) is
+/// marked authenticated; one that does keeps the deadline running until it calls
+/// ``Connection/markAuthenticated()`` itself (the handshake authenticates the server, not the client).
+///
+/// Plaintext handed to the wrapped handler is lent as ``ReceivedBytes`` for the call only; a
+/// ``Connection/send(_:)`` of it goes back through the layers (a copy, as any transform is).
+public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
+    public static var requiresAuthentication: Bool { true }
+
+    private var inner: H
+    private let stackFactory: LayerStackFactory
+    private var innerOpened = false
+    // The stack, unretained: `LoopCore.layerStacks[slot]` holds it from `opened` to `closed` (the only
+    // calls this handler gets outside that span are none: the engine calls `opened` first and
+    // `closed` last).
+    private var stack: Unmanaged<LayerStack>? = nil
+
+    public init(_ inner: H, layers: LayerStackFactory) {
+        self.inner = inner; self.stackFactory = layers
+    }
+
+    public mutating func opened(on connection: Connection) {
+        let layers = stackFactory.factories.map { $0.makeLayer() }
+        let s = LayerStack(layers: layers, connection: connection)
+        connection.withCore { c in
+            if c.layerStacks == nil {
+                let p = UnsafeMutablePointer<LayerStack?>.allocate(capacity: c.capacity)
+                p.initialize(repeating: nil, count: c.capacity)
+                c.layerStacks = p
+            }
+            c.layerStacks![Int(connection.slot)] = s
+            c.states[Int(connection.slot)].traits.insert(.layered)
+        }
+        stack = Unmanaged.passUnretained(s)
+        s.opened()
+        openInnerIfEstablished(connection)
+    }
+
+    public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+        guard let stack else { return }
+        stack._withUnsafeGuaranteedRef { s in
+            s.inbound(bytes.bytes) { plain in deliver(plain, connection) }
+        }
+        openInnerIfEstablished(connection)
+    }
+
+    private mutating func deliver(_ plain: UnsafeRawBufferPointer, _ connection: Connection) {
+        if !innerOpened { openInnerIfEstablished(connection) }
+        guard innerOpened, connection.isOpen, plain.count > 0 else { return }
+        inner.received(ReceivedBytes(bytes: plain, chunk: -1, offset: 0), on: connection)
+    }
+
+    private mutating func openInnerIfEstablished(_ connection: Connection) {
+        guard !innerOpened, let stack, connection.isOpen,
+              stack._withUnsafeGuaranteedRef({ $0.isEstablished }) else { return }
+        innerOpened = true
+        if !H.requiresAuthentication { connection.markAuthenticated() }
+        inner.opened(on: connection)
+    }
+
+    public mutating func inputClosed(on connection: Connection) {
+        guard let stack, stack._withUnsafeGuaranteedRef({ $0.inputEnded() }) else { return }
+        if innerOpened { inner.inputClosed(on: connection) } else { connection.close() }
+    }
+
+    public mutating func writable(on connection: Connection) { if innerOpened { inner.writable(on: connection) } }
+
+    public mutating func timerFired(on connection: Connection) { if innerOpened { inner.timerFired(on: connection) } }
+
+    public mutating func closed(reason: CloseReason) {
+        if innerOpened { inner.closed(reason: reason) }
+        guard let stack else { return }
+        self.stack = nil
+        let s = stack.takeUnretainedValue()
+        s.closed()
+        s.connection.withCore { c in c.layerStacks![Int(s.connection.slot)] = nil }
+    }
+}
+
+extension RingsideServer {
+    /// Starts a server whose handlers sit behind `layers` (socket side first): each connection gets
+    /// its own layer objects and a ``LayeredHandler`` around `makeHandler()`'s handler. Otherwise as
+    /// ``start(configuration:logger:handler:)``.
+    public static func start<H: ConnectionHandler>(
+        configuration: ServerConfiguration,
+        logger: Logger = Logger(label: "ringside"),
+        layers: LayerStackFactory,
+        handler makeHandler: @escaping @Sendable () -> H
+    ) throws -> RunningServer {
+        try start(configuration: configuration, logger: logger) { LayeredHandler(makeHandler(), layers: layers) }
+    }
+}
