@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "Ringside", targets: ["Ringside"]),
         .library(name: "RingsideProtocols", targets: ["RingsideProtocols"]),
         .library(name: "RingsideHTTP", targets: ["RingsideHTTP"]),
+        .library(name: "RingsideTLS", targets: ["RingsideTLS"]),
         .library(name: "RingsideService", targets: ["RingsideService"]),
         .executable(name: "ringside", targets: ["ringside"]),
         .executable(name: "ringload", targets: ["ringload"]),
@@ -42,6 +43,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Debian's OpenSSL 3 (libssl-dev), as a system library: only RingsideTLS sees it.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // TLS 1.2/1.3 as a stream layer (OpenSSL behind an internal face, records straight into the
+        // engine's send chunks through a custom BIO).
+        .target(
+            name: "RingsideTLS",
+            dependencies: [
+                "Ringside", "COpenSSL",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // Bundled protocols (echo first).
         .target(name: "RingsideProtocols", dependencies: ["Ringside"]),
         // HTTP/1.1: incremental parser, responses into pooled buffers, routes.
@@ -63,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "ringside",
             dependencies: [
-                "Ringside", "RingsideProtocols", "RingsideHTTP",
+                "Ringside", "RingsideProtocols", "RingsideHTTP", "RingsideTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -104,7 +121,7 @@ let package = Package(
         .testTarget(
             name: "RingsideTests",
             dependencies: [
-                "Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing", "RingsideService",
+                "Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing", "RingsideService", "RingsideTLS",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

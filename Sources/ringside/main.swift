@@ -4,6 +4,7 @@ import Logging
 import Ringside
 import RingsideHTTP
 import RingsideProtocols
+import RingsideTLS
 
 extension BackendKind: ExpressibleByArgument {}
 
@@ -99,11 +100,16 @@ struct Serve: ParsableCommand {
     var shutdownDelay = DurationArgument(seconds: 0)
     @Option(help: "Event loops (threads), each with its own ring or epoll instance, pool and SO_REUSEPORT listener.")
     var threads = 1
+    @Option(help: "Serve TLS (1.2 and 1.3) with this certificate chain (PEM); needs --tls-key. SIGHUP reloads both files.")
+    var tlsCert: String? = nil
+    @Option(help: "The private key (PEM) of --tls-cert.") var tlsKey: String? = nil
     @Flag(help: "Pin loop i to CPU i (or to the --cpus list).") var pin = false
     @Option(help: "Pin loops to these CPUs, comma-separated (loop i on the (i mod count)th); implies --pin.")
     var cpus: String? = nil
 
     func validate() throws {
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        if tlsCert != nil && self.protocol == .asyncEcho { throw ValidationError("--tls-cert: async-echo does not serve TLS yet (echo and http do)") }
         if let cpus, parseCPUs(cpus) == nil {
             throw ValidationError("--cpus takes comma-separated CPU numbers, e.g. 0,1 (got '\(cpus)')")
         }
@@ -201,15 +207,30 @@ struct Serve: ParsableCommand {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGHUP)
         pthread_sigmask(SIG_BLOCK, &set, nil)
+
+        // TLS: every connection behind a TLS layer (one context shared by the loops).
+        let tls: TLSContext?
+        if let tlsCert, let tlsKey {
+            do { tls = try TLSContext(TLSConfiguration(certificateFile: tlsCert, keyFile: tlsKey), logger: logger) } catch {
+                usageError("--tls-cert/--tls-key: \(error)")
+            }
+        } else {
+            tls = nil
+        }
+        func start<H: ConnectionHandler>(_ make: @escaping @Sendable () -> H) throws -> RunningServer {
+            if let tls { return try RingsideServer.start(configuration: config, logger: logger, layers: LayerStackFactory([tls]), handler: make) }
+            return try RingsideServer.start(configuration: config, logger: logger, handler: make)
+        }
 
         let server: RunningServer
         switch self.protocol {
         case .echo:
             if let token = authToken {
-                server = try RingsideServer.start(configuration: config, logger: logger) { AuthenticatedEchoHandler(token: token) }
+                server = try start { AuthenticatedEchoHandler(token: token) }
             } else {
-                server = try RingsideServer.start(configuration: config, logger: logger) { EchoHandler() }
+                server = try start { EchoHandler() }
             }
         case .asyncEcho:
             server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
@@ -219,14 +240,23 @@ struct Serve: ParsableCommand {
         case .http:
             var router = HTTPRouter.benchmarkRoutes
             router.readiness("/ready", readiness)
-            server = try RingsideServer.start(configuration: config, logger: logger,
-                                              handler: HTTPServer.handler(router: router, configuration: http!))
+            server = try start(HTTPServer.handler(router: router, configuration: http!))
         }
-        print("listening on \(host):\(server.port) backend=\(server.backend)\(threads > 1 ? " threads=\(threads)" : "")")
+        print("listening on \(host):\(server.port) backend=\(server.backend)\(threads > 1 ? " threads=\(threads)" : "")\(tls != nil ? " tls" : "")")
         fflush(nil)  // all output streams: the line must reach a pipe at once
 
         var sig: Int32 = 0
-        sigwait(&set, &sig)
+        while true {
+            sigwait(&set, &sig)
+            guard sig == SIGHUP else { break }
+            // SIGHUP: reload the certificate and key (new connections use them; a failure keeps the old).
+            if let tls {
+                do { try tls.reload() } catch { logger.error("SIGHUP: TLS reload failed, keeping the current certificates: \(error)") }
+            } else {
+                logger.info("SIGHUP: nothing to reload (no TLS)")
+            }
+        }
+        sigdelset(&set, SIGHUP)
         readiness.markUnready()
         if delay > .zero {
             // Still serving, unready: the load balancer's health checks take this instance out of rotation.
@@ -244,6 +274,7 @@ struct Serve: ParsableCommand {
             "refused": "\(s.connectionsRefused)", "refusedPerAddress": "\(s.connectionsRefusedPerAddress)",
             "authTimeouts": "\(s.authenticationTimeouts)", "idleTimeouts": "\(s.idleTimeouts)",
             "writeStallTimeouts": "\(s.writeStallTimeouts)", "readTimeouts": "\(s.readTimeouts)",
+            "tls": "handshakes \(s.tlsHandshakes) resumed \(s.tlsResumptions) failed \(s.tlsHandshakeFailures) truncated \(s.tlsHandshakesTruncated) overCap \(s.tlsHandshakesOverCap) errors \(s.layerErrors)",
             "proxyHeaders": "accepted \(s.proxyHeadersAccepted) rejected \(s.proxyHeadersRejected) untrusted \(s.proxyHeadersUntrusted) timeouts \(s.proxyHeaderTimeouts)",
             "acceptedPerLoop": "\(server.loopStats.map { String($0.connectionsAccepted) }.joined(separator: ","))",
         ])
