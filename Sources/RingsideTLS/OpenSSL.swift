@@ -91,8 +91,12 @@ final class OpenSSLSession {
     fileprivate func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard writeFailure == nil, let io else { return false }
         do { try io.send(bytes) } catch { writeFailure = error; return false }
+        bytesWritten += bytes.count
         return true
     }
+
+    /// Bytes OpenSSL has written to the connection so far (records, alerts).
+    private(set) var bytesWritten = 0
 
     /// The outcome of a session call.
     enum Outcome: Equatable {

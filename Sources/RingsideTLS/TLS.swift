@@ -133,6 +133,7 @@ final class TLSLayer: StreamLayer {
         session.feed(bytes, io)
         defer { session.end() }
         if !isEstablished {
+            let written = session.bytesWritten
             switch session.handshake(io) {
             case .done:
                 isEstablished = true
@@ -144,6 +145,9 @@ final class TLSLayer: StreamLayer {
                 fail(io, .handshakeTruncated, "close_notify during the handshake", abort: false)
                 return
             case .failed(let why):
+                // OpenSSL answers a malformed handshake with an alert, but not bytes that are no TLS
+                // record at all (an HTTP request, say): those get a fatal decode_error alert here.
+                if session.bytesWritten == written { Self.sendAlert(50, io) }
                 fail(io, .handshakeFailed, why, abort: false)
                 return
             }
@@ -179,6 +183,15 @@ final class TLSLayer: StreamLayer {
             fail(io, .error, "write: unexpected renegotiation or close", abort: true)
             throw .closed
         }
+    }
+
+    /// A fatal alert record in the clear (before any keys): type 21, version 1.2, length 2, level 2.
+    private static func sendAlert(_ description: UInt8, _ io: LayerIO) {
+        let record: [UInt8] = [21, 3, 3, 0, 2, 2, description]
+        let r: Result<Void, WriteError> = record.withUnsafeBytes { p in Result { () throws(WriteError) in try io.send(p) } }
+        // Refused (pool exhausted, connection closing): the close that follows is the answer then; the
+        // handshake failure is counted and logged by the caller either way.
+        _ = r
     }
 
     func closing(_ io: LayerIO) {
