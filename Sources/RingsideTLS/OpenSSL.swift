@@ -184,6 +184,8 @@ final class OpenSSLSession {
     var inputConsumed: Bool { inputPosition >= input.count }
 
     var resumed: Bool { SSL_session_reused(ssl) == 1 }
+    /// Whether OpenSSL holds input it could not use yet (a record cut short, at end of input).
+    var hasPendingInput: Bool { SSL_has_pending(ssl) == 1 }
     var isInitFinished: Bool { SSL_is_init_finished(ssl) == 1 }
 
     /// The negotiated protocol version ("TLSv1.3") and ALPN protocol, for logs and tests.

@@ -201,7 +201,15 @@ final class TLSLayer: StreamLayer {
     }
 
     func inputEnded(_ io: LayerIO) -> Bool {
-        guard !isEstablished else { return true }
+        if isEstablished {
+            // A record cut short by the end of input: counted and logged; the handler still hears of
+            // the end of input (it decides, as for plain TCP, whether to answer before closing).
+            if let session, !failed, session.hasPendingInput {
+                io.record(.error)
+                warn(io, .error, "the input ended inside a record (truncated record)")
+            }
+            return true
+        }
         if !failed && handshakeCounted {
             fail(io, .handshakeTruncated, "the peer closed before the handshake completed", abort: false)
         }
@@ -214,17 +222,21 @@ final class TLSLayer: StreamLayer {
         if handshakeCounted { handshakeCounted = false; io.endHandshake() }
     }
 
+    /// Logs `why` (the first 10 of a kind per loop, then every 1000th: a flood cannot flood the log).
+    private func warn(_ io: LayerIO, _ event: LayerEvent, _ why: String) {
+        let n = io.count(of: event)
+        guard n <= 10 || n % 1000 == 0 else { return }
+        let peer = io.connection.peerAddress.map { "\($0)" } ?? "?"
+        logger.warning("TLS: connection from \(peer): \(why) (\(event) count \(n) on this loop)")
+    }
+
     /// Counts and logs a failure (the first 10 of a kind per loop, then every 1000th), then closes:
     /// gracefully, so an alert OpenSSL queued leaves first, or at once.
     private func fail(_ io: LayerIO, _ event: LayerEvent, _ why: String, abort: Bool) {
         failed = true
         endHandshake(io)
         io.record(event)
-        let n = io.count(of: event)
-        if n <= 10 || n % 1000 == 0 {
-            let peer = io.connection.peerAddress.map { "\($0)" } ?? "?"
-            logger.warning("TLS: closing the connection from \(peer): \(why) (\(event) count \(n) on this loop)")
-        }
+        warn(io, event, why)
         if abort { io.connection.abort() } else { io.connection.close() }
     }
 }
