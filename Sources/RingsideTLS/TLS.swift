@@ -88,6 +88,7 @@ public final class TLSContext: StreamLayerFactory {
 
     var configuration: TLSConfiguration { state.withLock { $0.0 } }
 
+    /// A server-side TLS layer for one new connection, on the current certificates (loop thread).
     public func makeLayer() -> any StreamLayer {
         let (config, set) = state.withLock { ($0.0.maximumHandshakesPerLoop, $0.1) }
         return TLSLayer(contexts: set, maximumHandshakes: config, logger: logger)

@@ -217,6 +217,17 @@ struct TLSTests {
         }
     }
 
+    /// One TLS context shared by two loops: both serve handshakes and resumptions.
+    @Test func oneContextSharedByTwoLoops() throws {
+        let h2load = try requireTool("h2load")
+        try withHTTPS(.uring, server: { $0.threads = 2 }) { server, _, _ in
+            let h = try runTool(h2load, ["--h1", "-n", "320", "-c", "32", "https://127.0.0.1:\(server.port)/plaintext"])
+            #expect(h.output.contains("320 succeeded, 0 failed, 0 errored"), "\(h.output)")
+            #expect(server.stats.tlsHandshakes == 32)
+            #expect(server.loopStats.allSatisfy { $0.tlsHandshakes > 0 }, "\(server.loopStats.map(\.tlsHandshakes))")
+        }
+    }
+
     @Test func sniChoosesTheCertificate() throws {
         let openssl = try requireTool("openssl")
         try withHTTPS(.epoll) { server, _, f in
