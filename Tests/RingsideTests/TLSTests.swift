@@ -266,6 +266,57 @@ struct TLSTests {
         }
     }
 
+    /// `ringside serve --tls-cert --tls-key`: echo and http over TLS; SIGHUP reloads the files.
+    @Test func cliServesTLSAndReloadsOnSIGHUP() throws {
+        let openssl = try requireTool("openssl")
+        let curl = try requireTool("curl")
+        let f = try TLSFixture.get()
+        let cert = f.dir + "/cli-cert.pem", key = f.dir + "/cli-key.pem"
+        func place(_ c: String, _ k: String) throws {
+            try? FileManager.default.removeItem(atPath: cert); try? FileManager.default.removeItem(atPath: key)
+            try FileManager.default.copyItem(atPath: c, toPath: cert); try FileManager.default.copyItem(atPath: k, toPath: key)
+        }
+        try place(f.cert, f.key)
+        for proto in ["http", "echo"] {
+            let p = Process()
+            p.executableURL = builtBinary("ringside")
+            p.arguments = ["serve", "--protocol", proto, "--backend", "epoll", "--port", "0", "--tls-cert", cert, "--tls-key", key]
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            defer { if p.isRunning { p.interrupt() }; p.waitUntilExit() }
+            var line = ""
+            while !line.hasSuffix("\n") {
+                let d = out.fileHandleForReading.availableData
+                if d.isEmpty { break }
+                line += String(decoding: d, as: UTF8.self)
+            }
+            #expect(line.contains(" tls"), "\(line)")
+            guard let port = line.split(separator: " ").first(where: { $0.contains("127.0.0.1:") })?.split(separator: ":").last.flatMap({ Int($0) }) else {
+                Issue.record("no listening line: \(line)"); continue
+            }
+            if proto == "http" {
+                let r = try runTool(curl, ["-sS", "--cacert", f.cert, "https://localhost:\(port)/plaintext"], timeout: 5)
+                #expect(r.output == "Hello, World!", "\(r.output)")
+                try place(f.otherCert, f.otherKey)
+                kill(p.processIdentifier, SIGHUP)
+                #expect(eventually {
+                    let s = try? runTool(openssl, ["s_client", "-connect", "127.0.0.1:\(port)"], stdin: Data(), timeout: 5)
+                    return s?.output.contains("subject=CN = other.test") == true
+                }, "SIGHUP did not reload the certificate")
+                try place(f.cert, f.key)
+            } else {
+                let r = try runTool(openssl, ["s_client", "-connect", "127.0.0.1:\(port)", "-quiet", "-no_ign_eof", "-CAfile", f.cert],
+                                    stdin: Data("ping over tls\n".utf8), timeout: 5)
+                #expect(r.output.contains("ping over tls"), "\(r.output)")
+            }
+            p.interrupt()
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0)
+        }
+    }
+
     // MARK: bad input
 
     @Test(arguments: allBackends)
