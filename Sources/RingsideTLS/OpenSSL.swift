@@ -34,14 +34,17 @@ enum RingsideBIO {
         BIO_meth_set_write(m) { bio, data, len in
             rs_bio_clear_retry(bio)
             guard let bio, let data, len > 0 else { return 0 }
-            let session = Unmanaged<OpenSSLSession>.fromOpaque(BIO_get_data(bio)!).takeUnretainedValue()
-            return session.bioWrite(UnsafeRawBufferPointer(start: data, count: Int(len))) ? len : -1
+            let ok = Unmanaged<OpenSSLSession>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
+                $0.bioWrite(UnsafeRawBufferPointer(start: data, count: Int(len)))
+            }
+            return ok ? len : -1
         }
         BIO_meth_set_read(m) { bio, data, len in
             rs_bio_clear_retry(bio)
             guard let bio, let data, len > 0 else { return 0 }
-            let session = Unmanaged<OpenSSLSession>.fromOpaque(BIO_get_data(bio)!).takeUnretainedValue()
-            let n = session.bioRead(UnsafeMutableRawPointer(data), Int(len))
+            let n = Unmanaged<OpenSSLSession>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
+                $0.bioRead(UnsafeMutableRawPointer(data), Int(len))
+            }
             if n == 0 { rs_bio_set_retry_read(bio); return -1 }
             return Int32(n)
         }

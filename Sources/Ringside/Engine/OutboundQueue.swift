@@ -70,9 +70,13 @@ extension LoopCore {
     /// A layered connection's write: through its layer stack (Layers/LayerStack.swift), which queues the
     /// transformed bytes with `enqueueUnlayered`. Out of line: not on the unlayered path.
     @inline(never) func enqueueLayered(slot: Int32, _ bytes: UnsafeRawBufferPointer) throws(WriteError) {
-        guard states[Int(slot)].acceptsWrites, let stack = layerStacks?[Int(slot)] else { throw .closed }
+        guard states[Int(slot)].acceptsWrites else { throw .closed }
         guard bytes.count > 0 else { return }
-        try stack.writeFromHandler(bytes)
+        let r: Result<Void, WriteError>? = withLayerStack(slot) { stack in
+            Result { () throws(WriteError) in try stack.writeFromHandler(bytes) }
+        }
+        guard let r else { throw .closed }
+        try r.get()
     }
 
     /// Bytes that can be queued on `slot` right now without exhausting the pool's send chunks (room in

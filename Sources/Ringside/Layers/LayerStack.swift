@@ -115,15 +115,7 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
     public mutating func opened(on connection: Connection) {
         let layers = stackFactory.factories.map { $0.makeLayer() }
         let s = LayerStack(layers: layers, connection: connection)
-        connection.withCore { c in
-            if c.layerStacks == nil {
-                let p = UnsafeMutablePointer<LayerStack?>.allocate(capacity: c.capacity)
-                p.initialize(repeating: nil, count: c.capacity)
-                c.layerStacks = p
-            }
-            c.layerStacks![Int(connection.slot)] = s
-            c.states[Int(connection.slot)].traits.insert(.layered)
-        }
+        connection.withCore { c in c.installLayerStack(s, slot: connection.slot) }
         stack = Unmanaged.passUnretained(s)
         s.opened()
         openInnerIfEstablished(connection)
@@ -166,7 +158,37 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
         self.stack = nil
         let s = stack.takeUnretainedValue()
         s.closed()
-        s.connection.withCore { c in c.layerStacks![Int(s.connection.slot)] = nil }
+        s.connection.withCore { c in c.removeLayerStack(slot: s.connection.slot) }
+    }
+}
+
+extension LoopCore {
+    /// Installs `stack` as `slot`'s layers (one strong reference, held by the table) and marks the
+    /// slot `.layered`. Allocates the table on the first layered connection of the loop.
+    func installLayerStack(_ stack: LayerStack, slot: Int32) {
+        if layerStacks == nil {
+            let p = UnsafeMutablePointer<Unmanaged<LayerStack>?>.allocate(capacity: capacity)
+            p.initialize(repeating: nil, count: capacity)
+            layerStacks = p
+        }
+        removeLayerStack(slot: slot)
+        layerStacks![Int(slot)] = Unmanaged.passRetained(stack)
+        states[Int(slot)].traits.insert(.layered)
+    }
+
+    /// Drops `slot`'s layer stack, if any (its strong reference is released).
+    func removeLayerStack(slot: Int32) {
+        guard let t = layerStacks, let s = t[Int(slot)] else { return }
+        t[Int(slot)] = nil
+        s.release()
+    }
+
+    /// Runs `body` with `slot`'s layer stack borrowed at +0 (nil: no stack). Invariant: the table's
+    /// reference keeps the stack alive for the call; nothing in a layer call removes the stack of the
+    /// connection it is serving (only `LayeredHandler.closed` and `freeSlot` do, outside layer calls).
+    @inline(__always) func withLayerStack<R>(_ slot: Int32, _ body: (LayerStack) -> R) -> R? {
+        guard let t = layerStacks, let s = t[Int(slot)] else { return nil }
+        return s._withUnsafeGuaranteedRef(body)
     }
 }
 
