@@ -100,7 +100,7 @@ struct Serve: ParsableCommand {
     var shutdownDelay = DurationArgument(seconds: 0)
     @Option(help: "Event loops (threads), each with its own ring or epoll instance, pool and SO_REUSEPORT listener.")
     var threads = 1
-    @Option(help: "Serve TLS (1.2 and 1.3) with this certificate chain (PEM); needs --tls-key. SIGHUP reloads both files.")
+    @Option(help: "Serve TLS (1.2 and 1.3) with this certificate chain (PEM); needs --tls-key. SIGHUP reloads both files. Every protocol (echo, async-echo, http).")
     var tlsCert: String? = nil
     @Option(help: "The private key (PEM) of --tls-cert.") var tlsKey: String? = nil
     @Flag(help: "Pin loop i to CPU i (or to the --cpus list).") var pin = false
@@ -109,7 +109,6 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
-        if tlsCert != nil && self.protocol == .asyncEcho { throw ValidationError("--tls-cert: async-echo does not serve TLS yet (echo and http do)") }
         if let cpus, parseCPUs(cpus) == nil {
             throw ValidationError("--cpus takes comma-separated CPU numbers, e.g. 0,1 (got '\(cpus)')")
         }
@@ -233,9 +232,14 @@ struct Serve: ParsableCommand {
                 server = try start { EchoHandler() }
             }
         case .asyncEcho:
-            server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
-                                                   logger: logger) { conn in
+            let echo: @Sendable (AsyncConnection) async throws -> Void = { conn in
                 for try await chunk in conn.inbound { try await conn.write(chunk) }
+            }
+            if let tls {
+                server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
+                                                       layers: LayerStackFactory([tls]), logger: logger, echo)
+            } else {
+                server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false, logger: logger, echo)
             }
         case .http:
             var router = HTTPRouter.benchmarkRoutes

@@ -225,6 +225,27 @@ struct StreamLayerTests {
         }
     }
 
+    /// The async API over two layers: the task reads plaintext and its writes go back through them.
+    @Test(arguments: allBackends)
+    func asyncEchoThroughLayers(_ backend: BackendKind) throws {
+        let layers = LayerStackFactory([XORFactory(key: 0x11), XORFactory(key: 0x22)])
+        try withServer(backend, start: { config in
+            try RingsideServer.startAsync(configuration: config, requiresAuthentication: false, layers: layers) { conn in
+                for try await chunk in conn.inbound { try await conn.write(chunk) }
+            }
+        }) { server in
+            let c = try TestClient(port: server.port)
+            for (i, size) in [1, 5000, 100_000].enumerated() {
+                let payload = randomBytes(size, seed: UInt64(90 + i))
+                try c.send(xor(payload, 0x33))
+                #expect(try xor(c.receive(exactly: size), 0x33) == payload)
+            }
+            c.shutdownWrite()
+            #expect(try c.receiveUntilEOF() == [])
+            #expect(eventually { server.stats.connectionsOpen == 0 })
+        }
+    }
+
     /// The wrapped handler opens only once every layer is established, and never when the layer
     /// refuses; the engine's counters come back to zero.
     @Test(arguments: allBackends)

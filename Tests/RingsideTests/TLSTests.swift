@@ -266,7 +266,7 @@ struct TLSTests {
         }
     }
 
-    /// `ringside serve --tls-cert --tls-key`: echo and http over TLS; SIGHUP reloads the files.
+    /// `ringside serve --tls-cert --tls-key`: http, echo and async-echo over TLS; SIGHUP reloads the files.
     @Test func cliServesTLSAndReloadsOnSIGHUP() throws {
         let openssl = try requireTool("openssl")
         let curl = try requireTool("curl")
@@ -277,7 +277,7 @@ struct TLSTests {
             try FileManager.default.copyItem(atPath: c, toPath: cert); try FileManager.default.copyItem(atPath: k, toPath: key)
         }
         try place(f.cert, f.key)
-        for proto in ["http", "echo"] {
+        for proto in ["http", "echo", "async-echo"] {
             let p = Process()
             p.executableURL = builtBinary("ringside")
             p.arguments = ["serve", "--protocol", proto, "--backend", "epoll", "--port", "0", "--tls-cert", cert, "--tls-key", key]

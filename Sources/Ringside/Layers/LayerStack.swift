@@ -205,3 +205,27 @@ extension RingsideServer {
         try start(configuration: configuration, logger: logger) { LayeredHandler(makeHandler(), layers: layers) }
     }
 }
+
+extension RingsideServer {
+    /// ``startAsync(configuration:requiresAuthentication:inboundBufferLimit:logger:_:)`` behind `layers`
+    /// (socket side first): each connection's task reads the plaintext its layers produce, and its
+    /// writes go through them. The handshake of a layer (TLS) runs before the task starts.
+    public static func startAsync(
+        configuration: ServerConfiguration,
+        requiresAuthentication: Bool = true,
+        inboundBufferLimit: Int = 64 * 1024,
+        layers: LayerStackFactory,
+        logger: Logger = Logger(label: "ringside"),
+        _ body: @escaping @Sendable (AsyncConnection) async throws -> Void
+    ) throws -> RunningServer {
+        precondition(inboundBufferLimit > 0)
+        if requiresAuthentication {
+            return try start(configuration: configuration, logger: logger) {
+                LayeredHandler(AsyncBridge<AuthenticationRequired>(body: body, inboundLimit: inboundBufferLimit, logger: logger), layers: layers)
+            }
+        }
+        return try start(configuration: configuration, logger: logger) {
+            LayeredHandler(AsyncBridge<NoAuthentication>(body: body, inboundLimit: inboundBufferLimit, logger: logger), layers: layers)
+        }
+    }
+}
