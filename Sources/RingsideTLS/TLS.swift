@@ -40,6 +40,11 @@ public struct TLSConfiguration: Sendable {
     /// cryptography (counted in ``ServerStats/tlsHandshakesOverCap``). Handshakes are the expensive
     /// part of TLS: this bounds the CPU a flood of half-open handshakes can take.
     public var maximumHandshakesPerLoop = 512
+    /// How long a handshake may take from the accept, then the connection is closed (counted in
+    /// ``ServerStats/tlsHandshakeTimeouts``). Independent of, and usually shorter than,
+    /// ``ServerConfiguration/authenticationTimeout``, which also runs through the handshake. Nil: only
+    /// the authentication deadline applies.
+    public var handshakeTimeout: Duration? = .seconds(10)
 
     public init(certificates: [TLSCertificate]) { self.certificates = certificates }
 
@@ -90,8 +95,9 @@ public final class TLSContext: StreamLayerFactory {
 
     /// A server-side TLS layer for one new connection, on the current certificates (loop thread).
     public func makeLayer() -> any StreamLayer {
-        let (config, set) = state.withLock { ($0.0.maximumHandshakesPerLoop, $0.1) }
-        return TLSLayer(contexts: set, maximumHandshakes: config, logger: logger)
+        let (config, set) = state.withLock { ($0.0, $0.1) }
+        return TLSLayer(contexts: set, maximumHandshakes: config.maximumHandshakesPerLoop,
+                        handshakeTimeout: config.handshakeTimeout, logger: logger)
     }
 }
 
@@ -105,15 +111,17 @@ public final class TLSContext: StreamLayerFactory {
 final class TLSLayer: StreamLayer {
     private let session: OpenSSLSession?
     private let maximumHandshakes: Int
+    private let handshakeTimeout: Duration?
     private let logger: Logger
     private(set) var isEstablished = false
     private var handshakeCounted = false
     private var failed = false
     private var shutdownSent = false
 
-    init(contexts: OpenSSLContextSet, maximumHandshakes: Int, logger: Logger) {
+    init(contexts: OpenSSLContextSet, maximumHandshakes: Int, handshakeTimeout: Duration?, logger: Logger) {
         session = OpenSSLSession(contexts: contexts)
         self.maximumHandshakes = maximumHandshakes
+        self.handshakeTimeout = handshakeTimeout
         self.logger = logger
     }
 
@@ -127,6 +135,12 @@ final class TLSLayer: StreamLayer {
             return
         }
         handshakeCounted = true
+        if let handshakeTimeout { io.connection.setTimer(after: handshakeTimeout) }
+    }
+
+    func timerFired(_ io: LayerIO) {
+        guard !isEstablished, !failed, let handshakeTimeout else { return }
+        fail(io, .handshakeTimedOut, "the handshake was not complete within \(handshakeTimeout)", abort: false)
     }
 
     func inbound(_ bytes: UnsafeRawBufferPointer, _ io: LayerIO, deliver: (UnsafeRawBufferPointer) -> Void) {
@@ -138,6 +152,7 @@ final class TLSLayer: StreamLayer {
             switch session.handshake(io) {
             case .done:
                 isEstablished = true
+                if handshakeTimeout != nil { io.connection.cancelTimer() }
                 endHandshake(io)
                 io.record(.handshakeCompleted(resumed: session.resumed))
             case .wantRead:

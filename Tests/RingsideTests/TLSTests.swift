@@ -392,7 +392,7 @@ struct TLSTests {
         guard let hello = pythonClientHello else {
             print("SKIP: python3 could not produce a ClientHello"); try Test.cancel("no ClientHello")
         }
-        try withHTTPS(backend, server: { $0.authenticationTimeout = .seconds(1) }) { server, _, _ in
+        try withHTTPS(backend, tls: { $0.handshakeTimeout = nil }, server: { $0.authenticationTimeout = .seconds(1) }) { server, _, _ in
             let c = try TestClient(port: server.port)
             c.setNonBlocking()
             let start = ContinuousClock.now
@@ -411,6 +411,25 @@ struct TLSTests {
             if let t = closedAfter { #expect(t >= .milliseconds(900) && t < .seconds(3), "closed after \(t)") }
             #expect(eventually { server.stats.authenticationTimeouts == 1 })
             #expect(eventually { server.stats.tlsHandshakesInProgress == 0 })
+        }
+    }
+
+    /// The TLS handshake deadline, shorter than the authentication one: a ClientHello that never
+    /// completes is closed at it and counted.
+    @Test(arguments: allBackends)
+    func handshakeTimeoutClosesAStalledHandshake(_ backend: BackendKind) throws {
+        guard let hello = pythonClientHello else {
+            print("SKIP: python3 could not produce a ClientHello"); try Test.cancel("no ClientHello")
+        }
+        try withHTTPS(backend, tls: { $0.handshakeTimeout = .milliseconds(300) }) { server, _, _ in
+            let c = try TestClient(port: server.port, timeoutSeconds: 5)
+            try c.send(Array(hello[0 ..< 10]))
+            let start = ContinuousClock.now
+            #expect(try c.receiveUntilEOF() == [])
+            let t = ContinuousClock.now - start
+            #expect(t >= .milliseconds(250) && t < .seconds(3), "closed after \(t)")
+            #expect(eventually { server.stats.tlsHandshakeTimeouts == 1 })
+            #expect(server.stats.authenticationTimeouts == 0)
         }
     }
 

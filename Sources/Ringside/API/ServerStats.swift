@@ -93,6 +93,8 @@ public struct ServerStats: Sendable, Equatable {
     public var tlsHandshakeFailures = 0
     /// Handshakes cut short: the peer closed (or reset) before the handshake completed.
     public var tlsHandshakesTruncated = 0
+    /// Handshakes not complete within their layer's deadline (TLS: `TLSConfiguration.handshakeTimeout`), closed.
+    public var tlsHandshakeTimeouts = 0
     /// Connections refused because the loop already had its cap of handshakes in progress.
     public var tlsHandshakesOverCap = 0
     /// Handshakes in progress now (a gauge).

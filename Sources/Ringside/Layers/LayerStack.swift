@@ -69,6 +69,8 @@ final class LayerStack {
         return true
     }
 
+    func timerFired() { for (i, l) in layers.enumerated() { l.timerFired(io(i)) } }
+
     func closed() {
         guard !isClosed else { return }
         isClosed = true
@@ -150,7 +152,12 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
 
     public mutating func writable(on connection: Connection) { if innerOpened { inner.writable(on: connection) } }
 
-    public mutating func timerFired(on connection: Connection) { if innerOpened { inner.timerFired(on: connection) } }
+    /// The timer belongs to the layers until the wrapped handler is open (a handshake deadline), then to
+    /// the wrapped handler (its own `setTimer`; the layers cancel theirs once established).
+    public mutating func timerFired(on connection: Connection) {
+        if innerOpened { inner.timerFired(on: connection); return }
+        stack?._withUnsafeGuaranteedRef { $0.timerFired() }
+    }
 
     public mutating func closed(reason: CloseReason) {
         if innerOpened { inner.closed(reason: reason) }

@@ -36,6 +36,10 @@ public protocol StreamLayer: AnyObject {
     /// example by closing: a handshake cut short). Default: true.
     func inputEnded(_ io: LayerIO) -> Bool
 
+    /// The connection's timer (``Connection/setTimer(after:)``) came due while the wrapped handler is
+    /// not open yet: until then the timer is the layers' (a handshake deadline). Default: nothing.
+    func timerFired(_ io: LayerIO)
+
     /// The connection is gone: release what the layer holds. Called exactly once. Default: nothing.
     func closed(_ io: LayerIO)
 }
@@ -45,6 +49,7 @@ extension StreamLayer {
     public func opened(_ io: LayerIO) {}
     public func closing(_ io: LayerIO) {}
     public func inputEnded(_ io: LayerIO) -> Bool { true }
+    public func timerFired(_ io: LayerIO) {}
     public func closed(_ io: LayerIO) {}
 }
 
@@ -61,6 +66,8 @@ public enum LayerEvent: Sendable {
     case handshakeFailed
     /// The peer closed before the handshake completed.
     case handshakeTruncated
+    /// The handshake was not complete within its deadline.
+    case handshakeTimedOut
     /// The loop's cap of handshakes in progress was reached; the connection was refused.
     case handshakeOverCap
     /// An error after the handshake (a bad or truncated record, an alert).
@@ -131,6 +138,7 @@ public struct LayerIO {
                 if resumed { c.counters.tlsResumptions += 1 }
             case .handshakeFailed: c.counters.tlsHandshakeFailures += 1
             case .handshakeTruncated: c.counters.tlsHandshakesTruncated += 1
+            case .handshakeTimedOut: c.counters.tlsHandshakeTimeouts += 1
             case .handshakeOverCap: c.counters.tlsHandshakesOverCap += 1
             case .error: c.counters.layerErrors += 1
             }
@@ -145,6 +153,7 @@ public struct LayerIO {
             case .handshakeCompleted(let resumed): resumed ? c.counters.tlsResumptions : c.counters.tlsHandshakes
             case .handshakeFailed: c.counters.tlsHandshakeFailures
             case .handshakeTruncated: c.counters.tlsHandshakesTruncated
+            case .handshakeTimedOut: c.counters.tlsHandshakeTimeouts
             case .handshakeOverCap: c.counters.tlsHandshakesOverCap
             case .error: c.counters.layerErrors
             }
