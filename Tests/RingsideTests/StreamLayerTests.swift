@@ -80,6 +80,34 @@ struct GateFactory: StreamLayerFactory {
     func makeLayer() -> any StreamLayer { GateLayer() }
 }
 
+/// Passes bytes through, logging the size of every outbound call.
+final class CountingLayer: StreamLayer {
+    let log: LayerLog
+    init(log: LayerLog) { self.log = log }
+    func inbound(_ bytes: UnsafeRawBufferPointer, _ io: LayerIO, deliver: (UnsafeRawBufferPointer) -> Void) { deliver(bytes) }
+    func outbound(_ bytes: UnsafeRawBufferPointer, _ io: LayerIO) throws(WriteError) {
+        log.add("out \(bytes.count)")
+        try io.send(bytes)
+    }
+}
+
+struct CountingFactory: StreamLayerFactory {
+    let log: LayerLog
+    func makeLayer() -> any StreamLayer { CountingLayer(log: log) }
+}
+
+/// Writes each received message back in three pieces.
+struct ThreePieces: ConnectionHandler {
+    static var requiresAuthentication: Bool { false }
+    mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+        do {
+            try connection.write(Array("<".utf8))
+            try connection.send(bytes)
+            try connection.write(Array(">".utf8))
+        } catch { connection.abort() }
+    }
+}
+
 /// Records what the wrapped handler saw.
 final class LayerLog: @unchecked Sendable {
     private let lock = NSLock()
@@ -243,6 +271,26 @@ struct StreamLayerTests {
             c.shutdownWrite()
             #expect(try c.receiveUntilEOF() == [])
             #expect(eventually { server.stats.connectionsOpen == 0 })
+        }
+    }
+
+    /// Writes of one handler call reach the layers as one batch (one TLS record per response, not one
+    /// per write); a write larger than the batch goes through at once, after what was gathered.
+    @Test(arguments: allBackends)
+    func writesOfOneCallAreBatched(_ backend: BackendKind) throws {
+        let log = LayerLog()
+        try withServer(backend, start: { try RingsideServer.start(configuration: $0, layers: LayerStackFactory([CountingFactory(log: log)])) { ThreePieces() } }) { server in
+            let c = try TestClient(port: server.port)
+            try c.send(Array("hello".utf8))
+            #expect(try c.receive(exactly: 7) == Array("<hello>".utf8))
+            #expect(log.events == ["out 7"])
+            // 5000 bytes (one receive on loopback): "<" gathered, flushed before the 5000 that go at
+            // once, then ">" gathered and flushed at the end of the call. Order kept.
+            let big = randomBytes(5000, seed: 5)
+            try c.send(big)
+            let got = try c.receive(exactly: big.count + 2)
+            #expect(got == [UInt8(ascii: "<")] + big + [UInt8(ascii: ">")])
+            #expect(Array(log.events.suffix(3)) == ["out 1", "out 5000", "out 1"])
         }
     }
 

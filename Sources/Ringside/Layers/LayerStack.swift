@@ -11,6 +11,19 @@ final class LayerStack {
     private var closingDone = false
     private(set) var isClosed = false
 
+    /// Write batching: while the wrapped handler runs (`LayeredHandler` brackets its calls with
+    /// `beginBatch`/`endBatch`, nesting counted), small writes gather here and go through the layers
+    /// once when the outermost call ends, so a response written as head + body becomes one TLS record,
+    /// not two. Allocated on the first batched write (`batchCapacity` bytes, freed in `deinit`).
+    private var batchDepth = 0
+    private var pending: UnsafeMutableRawPointer? = nil
+    private var pendingCount = 0
+    static let batchCapacity = 4096
+    /// Room kept per batch for what the layers add (TLS: record header, tag, padding).
+    static let batchOverhead = 256
+
+    deinit { pending?.deallocate() }
+
     init(layers: [any StreamLayer], connection: Connection) {
         self.layers = layers; self.connection = connection
     }
@@ -38,8 +51,44 @@ final class LayerStack {
     }
 
     /// The handler's plaintext: through every layer, top down, then into the send queue.
+    ///
+    /// While batching, a write that fits the batch buffer is copied there, once the send pool is known
+    /// to have room for the whole batch after the layers' transform: the write is then as good as
+    /// queued (all or nothing, as ever), since nothing else runs on the loop before `endBatch`.
     func writeFromHandler(_ bytes: UnsafeRawBufferPointer) throws(WriteError) {
+        if batchDepth > 0 && bytes.count <= Self.batchCapacity {
+            if pendingCount + bytes.count > Self.batchCapacity { try flushBatch() }
+            let room = connection.withCore { c in c.queueableBytes(slot: connection.slot) }
+            guard room >= pendingCount + bytes.count + Self.batchOverhead else { throw .bufferPoolExhausted }
+            if pending == nil { pending = .allocate(byteCount: Self.batchCapacity, alignment: 16) }
+            (pending! + pendingCount).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+            pendingCount += bytes.count
+            return
+        }
+        try flushBatch()
         try write(below: layers.count, bytes)
+    }
+
+    @inline(__always) func beginBatch() { batchDepth += 1 }
+
+    /// Ends a handler call: at the outermost, the gathered writes go through the layers. A failure
+    /// here (the layers refused what was checked to fit, or the connection closed) cannot be reported
+    /// to the handler, which was told its bytes were queued: counted (`layerErrors`) unless the
+    /// connection was closing anyway, and the connection aborted.
+    @inline(__always) func endBatch() {
+        batchDepth -= 1
+        guard batchDepth == 0, pendingCount > 0 else { return }
+        do { try flushBatch() } catch {
+            if error != .closed { LayerIO(connection: connection, stack: Unmanaged.passUnretained(self), level: 0).record(.error) }
+            connection.abort()
+        }
+    }
+
+    private func flushBatch() throws(WriteError) {
+        guard pendingCount > 0, let p = pending else { return }
+        let n = pendingCount
+        pendingCount = 0
+        try write(below: layers.count, UnsafeRawBufferPointer(start: p, count: n))
     }
 
     /// Output of layer `level` (or the handler, at `layers.count`): to the layer below, or at the
@@ -60,6 +109,9 @@ final class LayerStack {
     func closing() {
         guard !closingDone else { return }
         closingDone = true
+        // What the handler wrote before closing leaves before the layers' goodbye (a failure: the
+        // connection is going anyway).
+        do { try flushBatch() } catch { pendingCount = 0 }
         for i in layers.indices.reversed() { layers[i].closing(io(i)) }
     }
 
@@ -114,6 +166,10 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
         self.inner = inner; self.stackFactory = layers
     }
 
+    /// Brackets one call into the wrapped handler: its writes are batched (`LayerStack.writeFromHandler`).
+    @inline(__always) private func beginBatch() { stack?._withUnsafeGuaranteedRef { $0.beginBatch() } }
+    @inline(__always) private func endBatch() { stack?._withUnsafeGuaranteedRef { $0.endBatch() } }
+
     public mutating func opened(on connection: Connection) {
         let layers = stackFactory.factories.map { $0.makeLayer() }
         let s = LayerStack(layers: layers, connection: connection)
@@ -126,7 +182,9 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
     public mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
         guard let stack else { return }
         stack._withUnsafeGuaranteedRef { s in
+            s.beginBatch()
             s.inbound(bytes.bytes) { plain in deliver(plain, connection) }
+            s.endBatch()
         }
         openInnerIfEstablished(connection)
     }
@@ -142,20 +200,25 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
               stack._withUnsafeGuaranteedRef({ $0.isEstablished }) else { return }
         innerOpened = true
         if !H.requiresAuthentication { connection.markAuthenticated() }
+        beginBatch()
         inner.opened(on: connection)
+        endBatch()
     }
 
     public mutating func inputClosed(on connection: Connection) {
         guard let stack, stack._withUnsafeGuaranteedRef({ $0.inputEnded() }) else { return }
-        if innerOpened { inner.inputClosed(on: connection) } else { connection.close() }
+        if innerOpened { beginBatch(); inner.inputClosed(on: connection); endBatch() } else { connection.close() }
     }
 
-    public mutating func writable(on connection: Connection) { if innerOpened { inner.writable(on: connection) } }
+    public mutating func writable(on connection: Connection) {
+        guard innerOpened else { return }
+        beginBatch(); inner.writable(on: connection); endBatch()
+    }
 
     /// The timer belongs to the layers until the wrapped handler is open (a handshake deadline), then to
     /// the wrapped handler (its own `setTimer`; the layers cancel theirs once established).
     public mutating func timerFired(on connection: Connection) {
-        if innerOpened { inner.timerFired(on: connection); return }
+        if innerOpened { beginBatch(); inner.timerFired(on: connection); endBatch(); return }
         stack?._withUnsafeGuaranteedRef { $0.timerFired() }
     }
 
