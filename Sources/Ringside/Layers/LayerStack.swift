@@ -157,9 +157,9 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
     private var inner: H
     private let stackFactory: LayerStackFactory
     private var innerOpened = false
-    // The stack, unretained: `LoopCore.layerStacks[slot]` holds it from `opened` to `closed` (the only
-    // calls this handler gets outside that span are none: the engine calls `opened` first and
-    // `closed` last).
+    // The stack, unretained. Invariant: `LoopCore.layerStacks[slot]` holds its strong reference from
+    // `opened` (which installs it) to `closed` (which removes it), and the engine calls `opened` first
+    // and `closed` last, so every use in between is valid; nil before `opened` and after `closed`.
     private var stack: Unmanaged<LayerStack>? = nil
 
     public init(_ inner: H, layers: LayerStackFactory) {
@@ -192,6 +192,9 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
     private mutating func deliver(_ plain: UnsafeRawBufferPointer, _ connection: Connection) {
         if !innerOpened { openInnerIfEstablished(connection) }
         guard innerOpened, connection.isOpen, plain.count > 0 else { return }
+        // `plain` is the top layer's output, valid for this call only (TLS: a buffer on the loop
+        // thread's stack), not a pool chunk: chunk -1. Its `send` never reaches the chunk path: on a
+        // layered slot `LoopCore.enqueueReceived` goes through the layers before looking at the chunk.
         inner.received(ReceivedBytes(bytes: plain, chunk: -1, offset: 0), on: connection)
     }
 
