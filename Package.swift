@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "Ringside", targets: ["Ringside"]),
         .library(name: "RingsideProtocols", targets: ["RingsideProtocols"]),
         .library(name: "RingsideHTTP", targets: ["RingsideHTTP"]),
+        .library(name: "RingsideTLS", targets: ["RingsideTLS"]),
         .library(name: "RingsideService", targets: ["RingsideService"]),
         .library(name: "RingsideOpenAPI", targets: ["RingsideOpenAPI"]),
         // The OpenAPI example's generated code and handlers (also hosted on Hummingbird by bench/).
@@ -58,6 +59,22 @@ let package = Package(
         // Streaming gzip/deflate/zstd codecs with a cap on decompressed bytes; depends on neither the
         // engine nor HTTP.
         .target(name: "RingsideCompression", dependencies: ["CZlib", "CZstd"], swiftSettings: strict),
+        // Debian's OpenSSL 3 (libssl-dev), as a system library: only RingsideTLS sees it.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // TLS 1.2/1.3 as a stream layer (OpenSSL behind an internal face, records straight into the
+        // engine's send chunks through a custom BIO).
+        .target(
+            name: "RingsideTLS",
+            dependencies: [
+                "Ringside", "COpenSSL",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // Bundled protocols (echo first).
         .target(name: "RingsideProtocols", dependencies: ["Ringside", "RingsideCompression"]),
         // HTTP/1.1: incremental parser, responses into pooled buffers, routes.
@@ -109,7 +126,7 @@ let package = Package(
         .executableTarget(
             name: "ringside",
             dependencies: [
-                "Ringside", "RingsideProtocols", "RingsideHTTP",
+                "Ringside", "RingsideProtocols", "RingsideHTTP", "RingsideTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -150,7 +167,7 @@ let package = Package(
         .testTarget(
             name: "RingsideTests",
             dependencies: [
-                "Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing", "RingsideService", "RingsideCompression",
+                "Ringside", "RingsideProtocols", "RingsideHTTP", "CLiburing", "RingsideService", "RingsideCompression", "RingsideTLS",
                 "RingsideOpenAPI", "OpenAPIItemsService",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "OpenAPIRuntime", package: "swift-openapi-runtime"),

@@ -100,6 +100,7 @@ extension HTTPConnection {
                                         prefix: responseHead.bytes) { r in self.fileSent(r) }
                 out.part = 3
                 fileReadInFlight = true
+                fileHeadInFlight = true
                 return
             } catch {
                 if error == .closed { config.stats.count(.cutOff); return endResponse(connection, cutOff: true) }
@@ -139,6 +140,8 @@ extension HTTPConnection {
     /// A piece of the file body was queued (or not): go on with the next.
     private func fileSent(_ r: Result<Int, SendFileError>) {
         fileReadInFlight = false
+        let headWasInFlight = fileHeadInFlight
+        fileHeadInFlight = false
         if fileToCloseAfterRead >= 0 {  // that response was given up while the read was in flight
             closeFile(fileToCloseAfterRead)
             fileToCloseAfterRead = -1
@@ -158,6 +161,12 @@ extension HTTPConnection {
         case .failure(.closed):
             config.stats.count(.cutOff)
             endResponse(connection, cutOff: true)
+        case .failure(.bufferPoolExhausted):
+            // A layered connection (TLS) had no room: nothing was queued, the same range goes again.
+            if headWasInFlight { out.part = 0; out.offset = 0 }
+            if !out.deferred { out.deferred = true; config.stats.count(.deferred) }
+            connection.setTimer(after: .milliseconds(1))
+            out.retryArmed = true
         }
     }
 

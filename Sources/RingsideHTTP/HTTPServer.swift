@@ -111,6 +111,8 @@ final class HTTPConnection {
     var fileEnd = 0
     var fileReadInFlight = false
     var fileToCloseAfterRead: Int32 = -1
+    /// The read in flight carries the response head as its prefix (`out.part` went to 3 with it).
+    var fileHeadInFlight = false
     /// Cached static files that responses of this connection send (not closed by them: released).
     var heldFiles: [CachedStaticFile] = []
 

@@ -4,6 +4,7 @@ import Logging
 import Ringside
 import RingsideHTTP
 import RingsideProtocols
+import RingsideTLS
 
 extension BackendKind: ExpressibleByArgument {}
 
@@ -107,11 +108,15 @@ struct Serve: ParsableCommand {
     var shutdownDelay = DurationArgument(seconds: 0)
     @Option(help: "Event loops (threads), each with its own ring or epoll instance, pool and SO_REUSEPORT listener.")
     var threads = 1
+    @Option(help: "Serve TLS (1.2 and 1.3) with this certificate chain (PEM); needs --tls-key. SIGHUP reloads both files. Every protocol (echo, async-echo, http).")
+    var tlsCert: String? = nil
+    @Option(help: "The private key (PEM) of --tls-cert.") var tlsKey: String? = nil
     @Flag(help: "Pin loop i to CPU i (or to the --cpus list).") var pin = false
     @Option(help: "Pin loops to these CPUs, comma-separated (loop i on the (i mod count)th); implies --pin.")
     var cpus: String? = nil
 
     func validate() throws {
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
         if let cpus, parseCPUs(cpus) == nil {
             throw ValidationError("--cpus takes comma-separated CPU numbers, e.g. 0,1 (got '\(cpus)')")
         }
@@ -219,20 +224,40 @@ struct Serve: ParsableCommand {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGHUP)
         pthread_sigmask(SIG_BLOCK, &set, nil)
+
+        // TLS: every connection behind a TLS layer (one context shared by the loops).
+        let tls: TLSContext?
+        if let tlsCert, let tlsKey {
+            do { tls = try TLSContext(TLSConfiguration(certificateFile: tlsCert, keyFile: tlsKey), logger: logger) } catch {
+                usageError("--tls-cert/--tls-key: \(error)")
+            }
+        } else {
+            tls = nil
+        }
+        func start<H: ConnectionHandler>(_ make: @escaping @Sendable () -> H) throws -> RunningServer {
+            if let tls { return try RingsideServer.start(configuration: config, logger: logger, layers: LayerStackFactory([tls]), handler: make) }
+            return try RingsideServer.start(configuration: config, logger: logger, handler: make)
+        }
 
         let server: RunningServer
         switch self.protocol {
         case .echo:
             if let token = authToken {
-                server = try RingsideServer.start(configuration: config, logger: logger) { AuthenticatedEchoHandler(token: token) }
+                server = try start { AuthenticatedEchoHandler(token: token) }
             } else {
-                server = try RingsideServer.start(configuration: config, logger: logger) { EchoHandler() }
+                server = try start { EchoHandler() }
             }
         case .asyncEcho:
-            server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
-                                                   logger: logger) { conn in
+            let echo: @Sendable (AsyncConnection) async throws -> Void = { conn in
                 for try await chunk in conn.inbound { try await conn.write(chunk) }
+            }
+            if let tls {
+                server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false,
+                                                       layers: LayerStackFactory([tls]), logger: logger, echo)
+            } else {
+                server = try RingsideServer.startAsync(configuration: config, requiresAuthentication: false, logger: logger, echo)
             }
         case .http:
             var router = HTTPRouter.benchmarkRoutes
@@ -242,14 +267,24 @@ struct Serve: ParsableCommand {
                     throw ConfigurationError(field: "--static", problem: "\(error)")
                 }
             }
-            server = try RingsideServer.start(configuration: config, logger: logger,
-                                              handler: HTTPServer.handler(router: router, configuration: http!))
+            server = try start(HTTPServer.handler(router: router, configuration: http!))
+
         }
-        print("listening on \(host):\(server.port) backend=\(server.backend)\(threads > 1 ? " threads=\(threads)" : "")")
+        print("listening on \(host):\(server.port) backend=\(server.backend)\(threads > 1 ? " threads=\(threads)" : "")\(tls != nil ? " tls" : "")")
         fflush(nil)  // all output streams: the line must reach a pipe at once
 
         var sig: Int32 = 0
-        sigwait(&set, &sig)
+        while true {
+            sigwait(&set, &sig)
+            guard sig == SIGHUP else { break }
+            // SIGHUP: reload the certificate and key (new connections use them; a failure keeps the old).
+            if let tls {
+                do { try tls.reload() } catch { logger.error("SIGHUP: TLS reload failed, keeping the current certificates: \(error)") }
+            } else {
+                logger.info("SIGHUP: nothing to reload (no TLS)")
+            }
+        }
+        sigdelset(&set, SIGHUP)
         readiness.markUnready()
         if delay > .zero {
             // Still serving, unready: the load balancer's health checks take this instance out of rotation.
@@ -267,6 +302,7 @@ struct Serve: ParsableCommand {
             "refused": "\(s.connectionsRefused)", "refusedPerAddress": "\(s.connectionsRefusedPerAddress)",
             "authTimeouts": "\(s.authenticationTimeouts)", "idleTimeouts": "\(s.idleTimeouts)",
             "writeStallTimeouts": "\(s.writeStallTimeouts)", "readTimeouts": "\(s.readTimeouts)",
+            "tls": "handshakes \(s.tlsHandshakes) resumed \(s.tlsResumptions) failed \(s.tlsHandshakeFailures) truncated \(s.tlsHandshakesTruncated) timeouts \(s.tlsHandshakeTimeouts) overCap \(s.tlsHandshakesOverCap) errors \(s.layerErrors)",
             "proxyHeaders": "accepted \(s.proxyHeadersAccepted) rejected \(s.proxyHeadersRejected) untrusted \(s.proxyHeadersUntrusted) timeouts \(s.proxyHeaderTimeouts)",
             "acceptedPerLoop": "\(server.loopStats.map { String($0.connectionsAccepted) }.joined(separator: ","))",
         ])

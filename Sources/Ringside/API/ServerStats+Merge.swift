@@ -10,6 +10,8 @@ extension ServerStats {
         \.connectionsRefusedPerAddress, \.authenticationTimeouts, \.idleTimeouts, \.readTimeouts,
         \.writeStallTimeouts, \.receiveBurstLimitEnds, \.engineErrors, \.teardownsWithSendInFlight,
         \.proxyHeadersAccepted, \.proxyHeadersRejected, \.proxyHeadersUntrusted, \.proxyHeaderTimeouts,
+        \.tlsHandshakes, \.tlsResumptions, \.tlsHandshakeFailures, \.tlsHandshakesTruncated, \.tlsHandshakeTimeouts,
+        \.tlsHandshakesOverCap, \.tlsHandshakesInProgress, \.layerErrors,
     ] }
     /// Peaks and maxima: the merged value is the largest of any loop (each loop has its own pool and
     /// connections, so a sum of peaks would describe no moment that happened).

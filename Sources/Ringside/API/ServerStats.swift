@@ -84,6 +84,24 @@ public struct ServerStats: Sendable, Equatable {
     /// ``ProxyProtocolConfiguration/headerTimeout``.
     public var proxyHeaderTimeouts = 0
 
+    // Stream layers (TLS and others, ``StreamLayer``), counted by the layers through ``LayerIO/record(_:)``.
+    /// Layer handshakes completed (TLS: full and resumed).
+    public var tlsHandshakes = 0
+    /// Of those, handshakes that resumed a session (TLS session ticket or cache).
+    public var tlsResumptions = 0
+    /// Handshakes that failed: not TLS, no shared version or cipher, a bad record (logged).
+    public var tlsHandshakeFailures = 0
+    /// Handshakes cut short: the peer closed (or reset) before the handshake completed.
+    public var tlsHandshakesTruncated = 0
+    /// Handshakes not complete within their layer's deadline (TLS: `TLSConfiguration.handshakeTimeout`), closed.
+    public var tlsHandshakeTimeouts = 0
+    /// Connections refused because the loop already had its cap of handshakes in progress.
+    public var tlsHandshakesOverCap = 0
+    /// Handshakes in progress now (a gauge).
+    public var tlsHandshakesInProgress = 0
+    /// Errors after the handshake: a bad or truncated record, an alert from the peer (logged).
+    public var layerErrors = 0
+
     /// Every connection closed by a deadline (authentication, idle, read, write stall).
     public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }
 

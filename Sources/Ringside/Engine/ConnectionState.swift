@@ -127,6 +127,9 @@ struct ConnectionState {
         static let addressCounted = Traits(rawValue: 1 << 2)
         /// `addressHigh`/`addressLow`/`peerPort` hold the peer's address (`Connection.peerAddress`).
         static let peerKnown = Traits(rawValue: 1 << 3)
+        /// A stream layer stack (TLS, ...) sits between the handler and the socket: the handler's
+        /// writes go through `LoopCore.layerStacks[slot]` (see Layers/LayerStack.swift).
+        static let layered = Traits(rawValue: 1 << 4)
     }
 
     /// What the connection needs next.

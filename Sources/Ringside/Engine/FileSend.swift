@@ -37,10 +37,31 @@ final class FileSendOperation {
     deinit { vector.deallocate() }
 }
 
+/// A file send on a layered connection: the prefix and the file's bytes in one staging buffer.
+/// Invariant: `staging` is owned here, written by one read (after the prefix) and freed in deinit,
+/// after that read completed (the completion closure holds this object).
+final class LayeredFileSend {
+    let staging: UnsafeMutableRawBufferPointer
+    let prefixBytes: Int
+    let count: Int
+
+    init(prefix: UnsafeRawBufferPointer?, count: Int) {
+        prefixBytes = prefix?.count ?? 0
+        self.count = count
+        staging = .allocate(byteCount: prefixBytes + count, alignment: 64)
+        if let prefix, prefixBytes > 0 { staging.baseAddress!.copyMemory(from: prefix.baseAddress!, byteCount: prefixBytes) }
+    }
+
+    deinit { staging.deallocate() }
+}
+
 /// Why a file send did not queue bytes.
 public enum SendFileError: Error, Equatable, Sendable {
     /// The connection closed (or stopped accepting writes) before the bytes could be queued.
     case closed
+    /// A layered connection's layers (TLS) found too few free send chunks for the bytes read: nothing
+    /// was queued; send the same range again later.
+    case bufferPoolExhausted
     /// The read failed (EIO, EBADF, ...; ECANCELED when the loop stopped first).
     case file(FileError)
 }
@@ -57,6 +78,9 @@ extension LoopCore {
         let i = Int(slot)
         guard states[i].acceptsWrites else { throw .closed }
         guard count > 0 else { throw .closed }
+        if _slowPath(states[i].traits.contains(.layered)) {
+            return sendFileLayered(slot: slot, fd: fd, offset: offset, count: count, prefix: prefix, done)
+        }
         let size = pool.sendChunkSize
         let prefixCount = prefix?.count ?? 0
         let prefixNeeded = (prefixCount + size - 1) / size
@@ -117,6 +141,33 @@ extension LoopCore {
                 op.results[0] = outcome
                 op.outstanding = 0
                 me._withUnsafeGuaranteedRef { $0.finishFileSend(op, vectored: true) }
+            }
+        }
+    }
+
+    /// A layered connection (TLS): the bytes must pass through its layers, so they are read into a
+    /// staging buffer (after a copy of the prefix) and written like a handler's write, all or nothing.
+    private func sendFileLayered(slot: Int32, fd: Int32, offset: Int64, count: Int, prefix: UnsafeRawBufferPointer?,
+                                 _ done: @escaping (Result<Int, SendFileError>) -> Void) {
+        let op = LayeredFileSend(prefix: prefix, count: min(count, Self.fileSendChunks * pool.sendChunkSize))
+        let generation = states[Int(slot)].generation
+        let ops = files!.takeUnretainedValue() as! any LoopFileOperations
+        let me = Unmanaged.passUnretained(self)
+        ops.submit(.read(fd: fd, buffer: op.staging.baseAddress! + op.prefixBytes, count: op.count, offset: offset)) { outcome in
+            me._withUnsafeGuaranteedRef { core in
+                guard core.isCurrent(slot, generation), core.states[Int(slot)].acceptsWrites else { return done(.failure(.closed)) }
+                switch outcome {
+                case .value(let n) where n > 0:
+                    do throws(WriteError) {
+                        try core.enqueueCopy(slot: slot, UnsafeRawBufferPointer(rebasing: op.staging[0..<(op.prefixBytes + n)]))
+                        done(.success(n))
+                    } catch {
+                        done(.failure(error == .closed ? .closed : .bufferPoolExhausted))
+                    }
+                case .value: done(.success(0))
+                case .failure(let e): done(.failure(.file(FileError(errno: e))))
+                case .status: done(.failure(.file(FileError(errno: EIO))))
+                }
             }
         }
     }

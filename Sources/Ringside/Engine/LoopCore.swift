@@ -59,6 +59,15 @@ final class LoopCore {
     /// When a graceful stop gives up on draining and aborts what is left.
     var drainDeadline: ContinuousClock.Instant? = nil
 
+    /// Stream layers (Layers/): the layer stack of each slot whose traits contain `.layered`, allocated
+    /// on the first layered connection (`capacity` entries). Each entry holds one strong reference
+    /// (retained on install, released on removal: `LoopCore.installLayerStack`/`removeLayerStack`), so
+    /// the enqueue path borrows it at +0. A stack lives from the layered handler's `opened` to its
+    /// `closed` (`LayeredHandler`); `freeSlot` drops a stack left behind.
+    @exclusivity(unchecked) var layerStacks: UnsafeMutablePointer<Unmanaged<LayerStack>?>? = nil
+    /// Layer handshakes (TLS) in progress on this loop, for the per-loop cap (`LayerIO.beginHandshake`).
+    @exclusivity(unchecked) var handshakesInProgress = 0
+
     /// Deadlines and caps, in milliseconds (0: off).
     struct Limits {
         var authenticationMillis: UInt64 = 0
@@ -118,6 +127,8 @@ final class LoopCore {
         dueTimers.deallocate()
         countersStorage.deinitialize(count: 1)
         countersStorage.deallocate()
+        if layerStacks != nil { for s in 0..<Int32(capacity) { removeLayerStack(slot: s) } }
+        layerStacks?.deallocate()
     }
 
     /// What the connection state machines need from the loop.
@@ -207,6 +218,7 @@ final class LoopCore {
         timers.cancel(s)
         deadlines.cancel(s)
         if states[i].traits.contains(.addressCounted) { addresses.release(states[i].addressHigh, states[i].addressLow) }
+        if states[i].traits.contains(.layered) { removeLayerStack(slot: s) }
         let connected = states[i].phase != .connectFailed && states[i].phase != .connecting
         if connected { counters.connectionsClosed += 1 }
         states[i].generation &+= 1
@@ -252,6 +264,11 @@ final class LoopCore {
     // MARK: requests (from Connection during handler calls, and from the engine)
 
     @usableFromInline func requestClose(slot: Int32, abort: Bool, reason: CloseReason) {
+        // A graceful close of a layered connection lets its layers say goodbye first (TLS close_notify),
+        // while the connection still accepts writes.
+        if !abort && states[Int(slot)].traits.contains(.layered) && states[Int(slot)].acceptsWrites {
+            _ = withLayerStack(slot) { $0.closing() }
+        }
         if states[Int(slot)].requestClose(abort: abort, reason: reason) { markDirty(slot) }
     }
 
@@ -264,6 +281,7 @@ final class LoopCore {
     }
 
     @usableFromInline func requestShutdownWrite(slot: Int32) {
+        if states[Int(slot)].traits.contains(.layered) && states[Int(slot)].acceptsWrites { _ = withLayerStack(slot) { $0.closing() } }
         states[Int(slot)].requestShutdownWrite()
         markDirty(slot)
     }

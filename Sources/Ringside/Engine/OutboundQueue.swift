@@ -6,6 +6,15 @@
 /// never released before that send's final completion, whatever else happens (abort, teardown, stop).
 extension LoopCore {
     @usableFromInline func enqueueCopy(slot: Int32, _ bytes: UnsafeRawBufferPointer) throws(WriteError) {
+        // Stream layers: a layered connection's handler writes plaintext, which its layers transform
+        // (and queue through `enqueueUnlayered`). One bit test on the unlayered path.
+        if _slowPath(states[Int(slot)].traits.contains(.layered)) { try enqueueLayered(slot: slot, bytes); return }
+        try enqueueUnlayered(slot: slot, bytes)
+    }
+
+    /// Copies `bytes` into send chunks at the end of the queue, bypassing any layer: the engine's own
+    /// queueing, and the socket end of a layer stack (`LayerIO.send` at the lowest layer).
+    @inline(__always) func enqueueUnlayered(slot: Int32, _ bytes: UnsafeRawBufferPointer) throws(WriteError) {
         let i = Int(slot)
         guard states[i].acceptsWrites else { throw .closed }
         var remaining = bytes.count
@@ -43,6 +52,9 @@ extension LoopCore {
     /// Queues the received chunk lent to the current handler call for sending without a copy; a second
     /// hand-back of the same chunk copies instead.
     @usableFromInline func enqueueReceived(slot: Int32, _ r: ReceivedBytes) throws(WriteError) {
+        // A layered connection's received bytes are plaintext a layer produced: they go back through the
+        // layers (transformed, so never the chunk itself).
+        if _slowPath(states[Int(slot)].traits.contains(.layered)) { try enqueueLayered(slot: slot, r.bytes); return }
         precondition(r.chunk == lentChunk, "ReceivedBytes used outside the handler call it was passed to")
         guard states[Int(slot)].acceptsWrites else { throw .closed }
         if lentChunkKept || r.count == 0 {
@@ -53,6 +65,26 @@ extension LoopCore {
         pool.setRange(r.chunk, Int(r.offset), Int(r.offset) + r.count)
         append(slot: slot, chunk: r.chunk)
         noteQueued(slot, r.count)
+    }
+
+    /// A layered connection's write: through its layer stack (Layers/LayerStack.swift), which queues the
+    /// transformed bytes with `enqueueUnlayered`. Out of line: not on the unlayered path.
+    @inline(never) func enqueueLayered(slot: Int32, _ bytes: UnsafeRawBufferPointer) throws(WriteError) {
+        guard states[Int(slot)].acceptsWrites else { throw .closed }
+        guard bytes.count > 0 else { return }
+        let r: Result<Void, WriteError>? = withLayerStack(slot) { stack in
+            Result { () throws(WriteError) in try stack.writeFromHandler(bytes) }
+        }
+        guard let r else { throw .closed }
+        try r.get()
+    }
+
+    /// Bytes that can be queued on `slot` right now without exhausting the pool's send chunks (room in
+    /// the tail chunk plus every free send chunk). For layers that must know before they transform.
+    func queueableBytes(slot: Int32) -> Int {
+        let tail = states[Int(slot)].sendTail
+        let room = tail >= 0 ? pool.size(tail) - pool.range(tail).end : 0
+        return room + pool.freeSendCount * pool.sendChunkSize
     }
 
     @inline(__always) func noteQueued(_ slot: Int32, _ n: Int) {
