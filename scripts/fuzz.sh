@@ -2,7 +2,7 @@
 # Runs the libFuzzer targets of Fuzz/ (see Fuzz/Package.swift).
 #
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 600) shared evenly between them
-#   scripts/fuzz.sh --ci            every target for FUZZ_CI_SECONDS (default 20) each
+#   scripts/fuzz.sh --ci            every target for FUZZ_CI_SECONDS (default 15) each
 #   scripts/fuzz.sh --merge         after the run, merge new coverage into the committed seed corpora
 #   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing proxy-protocol connection-state inflate)
 #
@@ -25,7 +25,7 @@ done
 targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol connection-state static-path inflate})
 timeout_s=${FUZZ_TIMEOUT:-10}
 if [ "$mode" = ci ]; then
-    per=${FUZZ_CI_SECONDS:-20}
+    per=${FUZZ_CI_SECONDS:-15}
 else
     per=$(( ${FUZZ_SECONDS:-600} / ${#targets[@]} ))
 fi
