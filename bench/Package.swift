@@ -5,6 +5,7 @@
 //
 //   nio-echo       SwiftNIO echo server, one event loop (baseline for bench/echo-bench.sh)
 //   nio-http       SwiftNIO HTTP/1.1 plaintext server, one event loop (baseline for wrk)
+//   nio-https      the same behind NIOSSL (swift-nio-ssl), one event loop (peer of bench/https-wrk.sh)
 //   hummingbird-http  Hummingbird 2 app serving /plaintext, one event loop (peer of async routes)
 //   openapi-hummingbird  the OpenAPI example service (Examples/OpenAPIService) on Hummingbird through
 //                  swift-openapi-hummingbird, one event loop (peer of ringside-openapi-example)
@@ -23,6 +24,7 @@ let package = Package(
         .package(name: "Ringside", path: ".."),
         .package(url: "https://github.com/apple/swift-nio.git", exact: "2.101.3"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", exact: "2.37.6"),
         // Default traits off: no swift-configuration, no full Foundation (not needed for /plaintext).
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", exact: "2.28.1", traits: []),
         .package(url: "https://github.com/hummingbird-project/swift-openapi-hummingbird.git", exact: "2.1.0"),
@@ -58,6 +60,18 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/nio-http"
+        ),
+        .executableTarget(
+            name: "nio-https",
+            dependencies: [
+                "NIOPeerSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/nio-https"
         ),
         .executableTarget(
             name: "hummingbird-http",

@@ -6,13 +6,16 @@
 # connections included). Then, on the same server, handshakes with `openssl s_time` (one connection at a
 # time, GET /plaintext each): full (-new) and resumed (-reuse), server CPU per handshake. A throwaway
 # P-256 certificate is generated into a temporary directory.
-# Usage: bench/https-wrk.sh [--reps N] [--duration S] [--connections C]
+# The SwiftNIO peer (bench/ nio-https: NIO HTTP/1.1 behind NIOSSL, one event loop) runs too unless
+# --no-nio (its first build compiles BoringSSL: minutes).
+# Usage: bench/https-wrk.sh [--reps N] [--duration S] [--connections C] [--no-nio]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-reps=3; duration=5; conns=50
+reps=3; duration=5; conns=50; nio_peer=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) reps=$2; shift 2;; --duration) duration=$2; shift 2;; --connections) conns=$2; shift 2;;
+        --no-nio) nio_peer=0; shift;;
         *) echo "unknown option $1" >&2; exit 2;;
     esac
 done
@@ -28,6 +31,11 @@ names=(uring epoll nginx)
 cmds=("$bin/ringside serve --protocol http --backend uring --port 0 $tlsargs"
       "$bin/ringside serve --protocol http --backend epoll --port 0 $tlsargs"
       "bash bench/nginx-peer.sh --tls $certdir/cert.pem $certdir/key.pem")
+if ((nio_peer)); then
+    (cd bench && swift build -c release --product nio-https >/dev/null)
+    nio=$(cd bench && swift build -c release --show-bin-path)
+    names+=(swiftnio); cmds+=("$nio/nio-https --port 0 --cert $certdir/cert.pem --key $certdir/key.pem")
+fi
 tck=$(getconf CLK_TCK)
 results=$(mktemp)
 for rep in $(seq "$reps"); do
