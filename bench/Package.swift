@@ -37,7 +37,10 @@ let package = Package(
     targets: [
         .target(
             name: "NIOPeerSupport",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
             path: "Sources/NIOPeerSupport"
         ),
         .executableTarget(

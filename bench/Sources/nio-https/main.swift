@@ -18,63 +18,6 @@ import NIOSSL
 import Glibc
 #endif
 
-final class PlaintextHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private let helloBody: ByteBuffer
-    private let notFoundBody: ByteBuffer
-    private var keepAlive = true
-    private var version = HTTPVersion.http1_1
-    private var found = false
-
-    init() {
-        helloBody = ByteBuffer(string: "Hello, World!")
-        notFoundBody = ByteBuffer(string: "Not Found")
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let request):
-            keepAlive = request.isKeepAlive
-            version = request.version
-            found = request.method == .GET && request.uri == "/plaintext"
-        case .body:
-            break
-        case .end:
-            let body = found ? helloBody : notFoundBody
-            var headers = HTTPHeaders()
-            headers.reserveCapacity(3)
-            headers.add(name: "content-type", value: "text/plain")
-            headers.add(name: "content-length", value: String(body.readableBytes))
-            if version.major == 1 && version.minor == 0 && keepAlive {
-                headers.add(name: "connection", value: "keep-alive")
-            } else if !keepAlive {
-                headers.add(name: "connection", value: "close")
-            }
-            let head = HTTPResponseHead(version: version, status: found ? .ok : .notFound, headers: headers)
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            if keepAlive {
-                context.write(wrapOutboundOut(.end(nil)), promise: nil)
-            } else {
-                let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                    loopBound.value.close(promise: nil)
-                }
-            }
-        }
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        context.flush()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
-    }
-}
-
 @main
 struct NIOHTTPSPlaintext: ParsableCommand {
     static let configuration = CommandConfiguration(
