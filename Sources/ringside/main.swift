@@ -79,6 +79,8 @@ struct Serve: ParsableCommand {
     var spoolDirectory = "/tmp"
     @Option(help: "HTTP: serve the files under this directory at /static/ (GET and HEAD; ETag, ranges; nothing outside it).")
     var `static`: String? = nil
+    @Option(help: "io_uring: file sends of at least this many bytes go from the page cache to the socket by splice through a pipe (0: never; they read into send chunks).")
+    var fileSpliceThreshold = 64 * 1024
     @Flag(help: "Register the buffer slab as fixed buffers (io_uring: file sends read into it with READ_FIXED; costs RLIMIT_MEMLOCK per loop).")
     var registerBuffers = false
     @Flag(help: "HTTP: compress responses (gzip, zstd, deflate, as Accept-Encoding asks) of compressible types from 1 KiB.")
@@ -152,6 +154,8 @@ struct Serve: ParsableCommand {
         config.sendBuffers = sendBuffers
         config.ringEntries = ringEntries
         config.registerBuffers = registerBuffers
+        guard fileSpliceThreshold >= 0 else { throw ConfigurationError(field: "--file-splice-threshold", problem: "\(fileSpliceThreshold) is negative (0: never splice)") }
+        config.fileSpliceThreshold = fileSpliceThreshold > 0 ? fileSpliceThreshold : nil
         config.authenticationTimeout = try seconds(authTimeout, "--auth-timeout")
         config.idleTimeout = try seconds(idleTimeout, "--idle-timeout")
         config.writeStallTimeout = try seconds(writeStallTimeout, "--write-stall-timeout")
@@ -303,6 +307,7 @@ struct Serve: ParsableCommand {
             "authTimeouts": "\(s.authenticationTimeouts)", "idleTimeouts": "\(s.idleTimeouts)",
             "writeStallTimeouts": "\(s.writeStallTimeouts)", "readTimeouts": "\(s.readTimeouts)",
             "tls": "handshakes \(s.tlsHandshakes) resumed \(s.tlsResumptions) failed \(s.tlsHandshakeFailures) truncated \(s.tlsHandshakesTruncated) timeouts \(s.tlsHandshakeTimeouts) overCap \(s.tlsHandshakesOverCap) errors \(s.layerErrors)",
+            "fileSplices": "\(s.fileSplices) bytes \(s.fileSpliceBytes) fallbacks \(s.fileSpliceFallbacks) pipesInUse \(s.splicePipesInUse)",
             "proxyHeaders": "accepted \(s.proxyHeadersAccepted) rejected \(s.proxyHeadersRejected) untrusted \(s.proxyHeadersUntrusted) timeouts \(s.proxyHeaderTimeouts)",
             "acceptedPerLoop": "\(server.loopStats.map { String($0.connectionsAccepted) }.joined(separator: ","))",
         ])

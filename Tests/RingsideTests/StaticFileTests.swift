@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Ringside
 import RingsideHTTP
+import Synchronization
 import Testing
 
 // Static files (`router.files`): every status and header, traversal refused, bytes exact from 0 B to
@@ -310,5 +311,121 @@ private func withStaticServer(_ backend: BackendKind, _ tree: Tree, _ body: (Run
         #expect(n("%c3%a9t%c3%a9.txt") == "été.txt")
         #expect(n("%c0%ae") == nil)
         #expect(n("%4") == nil)
+    }
+}
+
+/// File sends by splice (io_uring, `fileSpliceThreshold`): bytes exact, counted, the fallbacks (mask,
+/// no free pipe), and a splice that cannot finish (a reader that stops, a reset) ended and released.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct SpliceFileSendTests {
+    private func withSpliceServer(_ tree: Tree, _ configure: @escaping (inout ServerConfiguration) -> Void = { _ in },
+                                  _ body: (RunningServer) throws -> Void) throws {
+        var router = HTTPRouter.benchmarkRoutes
+        try router.files("/static", root: tree.root)
+        try withServer(.uring, configure: { $0.sendBuffers = 1024; configure(&$0) },
+                       handler: HTTPServer.handler(router: router), body)
+    }
+
+    @Test func splicedSendsAreByteExactAndCounted() throws {
+        try skipIfUnavailable(.uring)
+        let tree = try Tree()
+        let sizes = [65536, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (3 << 20) + 5]
+        for size in sizes { try writePatternFile(tree.root + "/f\(size).bin", size: size) }
+        try withSpliceServer(tree) { server in
+            let c = try TestClient(port: server.port, timeoutSeconds: 30)
+            for size in sizes {
+                let r = try request(c, "/static/f\(size).bin")
+                #expect(r.status == 200 && r.body == patternBytes(0..<size), "file of \(size) bytes differs")
+            }
+            // A range that starts mid-file, and two large responses pipelined in one send.
+            let r = try request(c, "/static/f\((3 << 20) + 5).bin", headers: ["Range: bytes=100000-2200000"])
+            #expect(r.status == 206 && r.body == patternBytes(100_000..<2_200_001))
+            try c.send(Array("GET /static/f\(1 << 20).bin HTTP/1.1\r\nHost: x\r\n\r\nGET /static/f65536.bin HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            #expect(try readReply(c).body == patternBytes(0..<(1 << 20)))
+            #expect(try readReply(c).body == patternBytes(0..<65536))
+            let s = server.stats
+            #expect(s.fileSplices >= sizes.count + 3, "splices: \(s.fileSplices)")
+            #expect(s.fileSpliceFallbacks == 0)
+            #expect(eventually { server.stats.splicePipesInUse == 0 })
+        }
+    }
+
+    @Test func maskedSpliceReadsInstead() throws {
+        try skipIfUnavailable(.uring)
+        let tree = try Tree()
+        try writePatternFile(tree.root + "/big.bin", size: (2 << 20) + 3)
+        try withSpliceServer(tree, { $0.disabledFeatures.insert(.splice) }) { server in
+            let c = try TestClient(port: server.port, timeoutSeconds: 30)
+            let r = try request(c, "/static/big.bin")
+            #expect(r.status == 200 && r.body == patternBytes(0..<((2 << 20) + 3)))
+            #expect(server.stats.fileSplices == 0)
+        }
+    }
+
+    /// One pipe for four concurrent downloads: the sends that find it taken read into chunks.
+    @Test func aPipeShortageFallsBackToReading() throws {
+        try skipIfUnavailable(.uring)
+        let tree = try Tree()
+        let size = (4 << 20) + 9
+        try writePatternFile(tree.root + "/big.bin", size: size)
+        let expected = patternBytes(0..<size)
+        try withSpliceServer(tree, { $0.splicePipes = 1 }) { server in
+            let ok = Atomic<Int>(0)
+            DispatchQueue.concurrentPerform(iterations: 4) { _ in
+                guard let c = try? TestClient(port: server.port, timeoutSeconds: 30) else { return }
+                for _ in 0..<2 {
+                    guard let r = try? request(c, "/static/big.bin"), r.status == 200, r.body == expected else { return }
+                }
+                ok.add(1, ordering: .relaxed)
+            }
+            #expect(ok.load(ordering: .relaxed) == 4)
+            let s = server.stats
+            #expect(s.fileSplices > 0 && s.fileSpliceFallbacks > 0, "splices \(s.fileSplices) fallbacks \(s.fileSpliceFallbacks)")
+            #expect(eventually { server.stats.splicePipesInUse == 0 })
+        }
+    }
+
+    /// A client that asks for a large file and stops reading: the splice stays blocked in the kernel,
+    /// the write-stall deadline interrupts it (a probe: bytes moved since the last progress count as
+    /// progress) and closes the connection once a probe finds none, or TCP_USER_TIMEOUT (set to the same
+    /// period) ends it first; either way the pipe comes back and another client is served meanwhile.
+    @Test func aStalledReaderIsClosedAndItsPipeReturned() throws {
+        try skipIfUnavailable(.uring)
+        let tree = try Tree()
+        let size = 4 << 20
+        try writePatternFile(tree.root + "/big.bin", size: size)
+        try withSpliceServer(tree, { $0.writeStallTimeout = .milliseconds(400); $0.socketSendBuffer = 32768 }) { server in
+            let stalled = try TestClient(port: server.port, timeoutSeconds: 10, receiveBuffer: 16384)
+            try stalled.send(Array("GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            #expect(eventually { server.stats.splicePipesInUse == 1 })
+            let other = try TestClient(port: server.port, timeoutSeconds: 10)
+            let r = try request(other, "/static/a.txt")
+            #expect(r.status == 200)
+            #expect(eventually(5) { server.stats.connectionsClosed == 1 })
+            let s = server.stats
+            #expect(s.splicePipesInUse == 0 && s.connectionsOpen == 1 && s.engineErrors == 0)
+            // The pipe is usable again: a full download through it.
+            let again = try request(other, "/static/big.bin")
+            #expect(again.status == 200 && again.body == patternBytes(0..<size))
+            #expect(server.stats.fileSplices >= 2)
+        }
+    }
+
+    /// Clients that reset mid-download: every splice ends, every pipe and chunk comes back.
+    @Test func resetsMidSpliceReleaseEverything() throws {
+        try skipIfUnavailable(.uring)
+        let tree = try Tree()
+        try writePatternFile(tree.root + "/big.bin", size: 8 << 20)
+        try withSpliceServer(tree, { $0.socketSendBuffer = 65536 }) { server in
+            for k in 0..<20 {
+                let c = try TestClient(port: server.port, timeoutSeconds: 10, receiveBuffer: 65536)
+                try c.send(Array("GET /static/big.bin HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+                _ = try c.receive(exactly: 1000 + k * 5000)
+                c.setLingerZero()
+            }
+            #expect(eventually { server.stats.connectionsOpen == 0 })
+            let s = server.stats
+            #expect(s.splicePipesInUse == 0 && s.buffersInUse == 0, "pipes \(s.splicePipesInUse) chunks \(s.buffersInUse)")
+            #expect(s.fileSplices >= 20 && s.engineErrors == 0, "splices \(s.fileSplices) engine errors \(s.engineErrors)")
+        }
     }
 }

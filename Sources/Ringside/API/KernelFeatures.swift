@@ -24,6 +24,9 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// Waits that batch completions with a minimum-wait timeout (IORING_FEAT_MIN_TIMEOUT, 6.12):
     /// without it every wait returns at the first completion.
     public static let minWait = KernelFeatures(rawValue: 1 << 7)
+    /// File sends by IORING_OP_SPLICE through a pipe (5.7; always there on the 6.0 the backend needs,
+    /// but a pipe-size limit or this mask falls back to reading into send chunks).
+    public static let splice = KernelFeatures(rawValue: 1 << 9)
 
     /// Every ring set-up flag: with all three masked the ring is set up with no task-run flags.
     public static let ringSetupFlags: KernelFeatures = [.deferTaskrun, .singleIssuer, .coopTaskrun]
@@ -32,7 +35,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     public static let names: [(String, KernelFeatures)] = [
         ("defer-taskrun", .deferTaskrun), ("single-issuer", .singleIssuer), ("coop-taskrun", .coopTaskrun),
         ("recv-limit", .receiveLimit), ("direct-fds", .directDescriptors), ("socket-commands", .socketCommands),
-        ("fixed-buffers", .registeredBuffers), ("min-wait", .minWait),
+        ("fixed-buffers", .registeredBuffers), ("min-wait", .minWait), ("splice", .splice),
     ]
 
     /// Parses a comma-separated list of names (`RINGSIDE_DISABLE`); throws naming an unknown one.

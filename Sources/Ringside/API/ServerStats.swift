@@ -101,6 +101,14 @@ public struct ServerStats: Sendable, Equatable {
     public var tlsHandshakesInProgress = 0
     /// Errors after the handshake: a bad or truncated record, an alert from the peer (logged).
     public var layerErrors = 0
+    /// File sends started by splice through a pipe (io_uring, ``ServerConfiguration/fileSpliceThreshold``).
+    public var fileSplices = 0
+    /// File bytes sent by splice (counted when each splice completes).
+    public var fileSpliceBytes = 0
+    /// File sends that could have spliced but found no free pipe, and read into send chunks instead.
+    public var fileSpliceFallbacks = 0
+    /// Splice pipes holding bytes of a send in flight now (a gauge).
+    public var splicePipesInUse = 0
 
     /// Every connection closed by a deadline (authentication, idle, read, write stall).
     public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }

@@ -76,6 +76,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     @exclusivity(unchecked) var lastReaped: UInt32 = 0
     /// File operations through the ring (set at the end of init; see UringFiles.swift).
     var files: UringFiles!
+    /// File sends by splice (nil: off, masked, or no pipe could be made).
+    var splice: SplicePipes?
+    var spliceNote = ""
     let sendVectors: SendVectors
     let cqeBatch = 256
 
@@ -138,6 +141,19 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         files = UringFiles(backend: self, fixed: registeredBuffers ? (UnsafeRawPointer(pool.sendRegion.base), pool.sendRegion.bytes) : nil,
                            prepare: { [unowned self] ud in self.prepare(ud) })
         core.files = Unmanaged.passUnretained(files)
+        if config.disabledFeatures.contains(.splice) {
+            spliceNote = "off(masked)"
+        } else if let t = config.fileSpliceThreshold, config.splicePipes > 0 {
+            splice = SplicePipes(threshold: t, limit: config.splicePipes, size: config.splicePipeSize)
+            if let splice {
+                spliceNote = "on(\(config.splicePipes)x\(splice.capacity / 1024)KiB from \(t / 1024)KiB\(splice.note.isEmpty ? "" : "; \(splice.note)"))"
+                core.splicer = self
+            } else {
+                spliceNote = "off(no pipe)"
+            }
+        } else {
+            spliceNote = "off"
+        }
     }
 
     private static func providedRing(_ ring: Ring, _ config: ServerConfiguration) throws -> ProvidedBufferRing {
@@ -211,7 +227,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     }
 
     var summary: String {
-        "\(ring.summary) \(pool.summary) completion-batch=\(batchLimit > 1 ? "\(batchLimit)/\(batchWaitMicros)us" : (config.completionBatchLimit > 1 ? "off(no min-wait: kernel before 6.12 or masked)" : "off")) \(probe.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off")"
+        "\(ring.summary) \(pool.summary) completion-batch=\(batchLimit > 1 ? "\(batchLimit)/\(batchWaitMicros)us" : (config.completionBatchLimit > 1 ? "off(no min-wait: kernel before 6.12 or masked)" : "off")) \(probe.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off") splice=\(spliceNote)"
     }
 
     // MARK: the loop

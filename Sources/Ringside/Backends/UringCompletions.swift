@@ -8,6 +8,8 @@ extension UringBackend {
         switch kind {
         case .recv: completeRecv(ud, res: res, flags: flags)
         case .send: completeSend(ud, res: res)
+        case .spliceWrite, .spliceIn, .spliceOut: completeSplice(ud, res: res)
+        case .spliceProbe: core.states[Int(ud.slot)].inflight -= 1  // what it found shows in the splice's own result
         case .close, .cancel, .cancelRecv, .shutdown, .setLinger: completeSlotOp(ud, kind: kind, res: res)
         case .connect: completeConnect(ud, res: res)
         case .accept: completeAccept(ud, res: res, flags: flags)

@@ -16,7 +16,8 @@ extension UringBackend {
     /// In-flight accounting happens here, once, whichever path the operation takes.
     func prepare(_ ud: UserData) {
         switch ud.kind! {
-        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger: core.states[Int(ud.slot)].inflight += 1
+        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger, .spliceWrite, .spliceIn, .spliceOut, .spliceProbe:
+            core.states[Int(ud.slot)].inflight += 1
         case .loopTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
         case .file: break  // counted by `files` (pendingFileOperations), awaited at stop
         case .fileCancel: ringInflight += 1
@@ -52,6 +53,8 @@ extension UringBackend {
             rs_sqe_set_buf_group(s, provided.groupID)
             if receiveLimit > 0 { rs_sqe_set_recv_total_limit(s, UInt32(clamping: receiveLimit)) }
         case .send: fillSend(s, ud.slot)
+        case .spliceWrite, .spliceIn, .spliceOut: fillSplice(s, ud)
+        case .spliceProbe: io_uring_prep_cancel64(s, UserData(.spliceOut, slot: ud.slot, generation: ud.generation).raw, 0)
         case .close:
             if core.states[slot].traits.contains(.direct) {
                 io_uring_prep_close_direct(s, UInt32(core.states[slot].fd))

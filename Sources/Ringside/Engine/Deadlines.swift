@@ -78,7 +78,8 @@ extension LoopCore {
         func consider(_ due: UInt64, _ kind: Deadline) {
             if due != 0 && (best == nil || due < best!.due) { best = (due, kind) }
         }
-        if st.sendHead >= 0 && limits.writeStallMillis > 0 {
+        // (A splice in flight is output in flight with no queued chunk: `sendInFlight`, `sendHead` -1.)
+        if (st.sendHead >= 0 || st.sendInFlight) && limits.writeStallMillis > 0 {
             consider(st.lastSendProgress + limits.writeStallMillis, .writeStall)
         }
         if !st.timedOut {
@@ -114,6 +115,13 @@ extension LoopCore {
         }
         guard let (due, kind) = nextDeadline(s) else { return }
         if due > now { deadlines.arm(s, at: recheck(due)); return }
+        // A splice in flight reports progress only when it completes; interrupt it to learn whether the
+        // peer took anything meanwhile (it then ends the connection itself if not).
+        if kind == .writeStall && states[i].sendHead < 0 && states[i].sendInFlight,
+           let splicer, splicer.probeStalledSplice(slot: s) {
+            deadlines.arm(s, at: now + limits.writeStallMillis)
+            return
+        }
         switch kind {
         case .authentication: counters.authenticationTimeouts += 1
         case .idle: counters.idleTimeouts += 1

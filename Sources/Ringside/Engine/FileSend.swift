@@ -66,6 +66,21 @@ public enum SendFileError: Error, Equatable, Sendable {
     case file(FileError)
 }
 
+/// A backend that can move a file's pages into a connection's socket without reading them into
+/// send chunks (io_uring: IORING_OP_SPLICE through a pipe, `UringSplice.swift`).
+protocol FileSplicer: AnyObject {
+    /// Starts sending `count` bytes (or fewer: at most a pipe's capacity) of `fd` at `offset`, after
+    /// `prefix`, on `slot`, whose queue is empty and has no send in flight; the slot counts it as its send
+    /// in flight until `done` (bytes of the file sent, 0 at end of file). Returns false, having done
+    /// nothing, when the send should read into chunks instead (too small, no free pipe).
+    func spliceFile(slot: Int32, fd: Int32, offset: Int64, count: Int, prefix: UnsafeRawBufferPointer?,
+                    _ done: @escaping (Result<Int, SendFileError>) -> Void) -> Bool
+    /// The write-stall deadline of `slot` passed with its splice in flight: interrupts the splice-out
+    /// (its completion then tells whether bytes moved) and returns true, or false when there is nothing
+    /// to interrupt or it was already interrupted without progress (the caller closes the connection).
+    func probeStalledSplice(slot: Int32) -> Bool
+}
+
 extension LoopCore {
     /// The most chunks one file send reads into.
     static let fileSendChunks = 16
@@ -80,6 +95,12 @@ extension LoopCore {
         guard count > 0 else { throw .closed }
         if _slowPath(states[i].traits.contains(.layered)) {
             return sendFileLayered(slot: slot, fd: fd, offset: offset, count: count, prefix: prefix, done)
+        }
+        // Splice (io_uring, plaintext): only with nothing queued or in flight, so the file's bytes keep
+        // their place after everything written before (later writes wait: the splice is the send in flight).
+        if let splicer, states[i].sendHead < 0, !states[i].sendInFlight,
+           splicer.spliceFile(slot: slot, fd: fd, offset: offset, count: count, prefix: prefix, done) {
+            return
         }
         let size = pool.sendChunkSize
         let prefixCount = prefix?.count ?? 0

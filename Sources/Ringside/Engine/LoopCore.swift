@@ -56,6 +56,8 @@ final class LoopCore {
     @exclusivity(unchecked) var stopping = false
     /// The backend's file operations (unretained: the backend owns them and outlives every call).
     var files: Unmanaged<AnyObject>? = nil
+    /// The backend's splice path for file sends, if it has one (unretained, like `files`).
+    unowned(unsafe) var splicer: (any FileSplicer)? = nil
     /// When a graceful stop gives up on draining and aborts what is left.
     var drainDeadline: ContinuousClock.Instant? = nil
 

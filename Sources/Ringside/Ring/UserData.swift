@@ -5,7 +5,7 @@ struct UserData: Equatable {
     let raw: UInt64
 
     enum Kind: UInt8 {
-        case accept = 1, recv, send, close, cancel, cancelRecv, shutdown, wake, acceptRetryTimer, cancelAccept, closeListener, connect, closeDirect, setLinger, loopTimer, file, fileCancel
+        case accept = 1, recv, send, close, cancel, cancelRecv, shutdown, wake, acceptRetryTimer, cancelAccept, closeListener, connect, closeDirect, setLinger, loopTimer, file, fileCancel, spliceWrite, spliceIn, spliceOut, spliceProbe
     }
 
     init(raw: UInt64) { self.raw = raw }
