@@ -171,6 +171,20 @@ public final class TLSClientContext: StreamLayerFactory, @unchecked Sendable {
         guard SSL_set_fd(ssl, socket) == 1 else { SSL_free(ssl); throw TLSError("SSL_set_fd: \(drainOpenSSLErrors())") }
         return TLSClientSession(ssl: ssl, resumption: configuration.resumption)
     }
+
+    /// A client session over memory: the caller moves the ciphertext itself, feeding what the socket
+    /// received with ``TLSClientSession/feed(_:)`` and sending what ``TLSClientSession/takeOutput(_:)``
+    /// hands out after each call (for I/O that is not a plain socket read or write, such as
+    /// io_uring). Presents `ticket` when resumption is on.
+    /// - Throws: ``TLSError`` when OpenSSL cannot make the session.
+    public func memorySession(resuming ticket: TLSSessionTicket?) throws(TLSError) -> TLSClientSession {
+        let ssl = try newSSL(resuming: ticket)
+        guard let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl); throw TLSError("BIO_new: \(drainOpenSSLErrors())")
+        }
+        SSL_set_bio(ssl, rbio, wbio)  // the SSL owns both from here
+        return TLSClientSession(ssl: ssl, resumption: configuration.resumption, memory: (rbio, wbio))
+    }
 }
 
 /// The resumable session of `ssl`, if it has one (TLS 1.3: once a `NewSessionTicket` was read).
@@ -180,10 +194,12 @@ private func resumableTicket(_ ssl: OpaquePointer) -> TLSSessionTicket? {
     return TLSSessionTicket(owning: s)
 }
 
-/// One client connection's TLS over a plain non-blocking socket (OpenSSL's socket BIO): drive
+/// One client connection's TLS, over a plain non-blocking socket (OpenSSL's socket BIO,
+/// ``TLSClientContext/session(socket:resuming:)``) or over memory
+/// (``TLSClientContext/memorySession(resuming:)``: the caller moves the ciphertext). Drive
 /// ``handshake()`` until it is done, then ``read(into:)`` and ``write(_:)``; each returns
-/// ``TLSClientStep/wantRead`` or ``TLSClientStep/wantWrite`` when the socket would block. Confined to
-/// one thread at a time.
+/// ``TLSClientStep/wantRead`` or ``TLSClientStep/wantWrite`` when the socket would block (memory: when
+/// more input must be fed). Confined to one thread at a time.
 public final class TLSClientSession {
     private let ssl: OpaquePointer
     private let resumption: Bool
@@ -191,8 +207,39 @@ public final class TLSClientSession {
     /// ticket was read, which follows the handshake: read after it). Nil with resumption off.
     public private(set) var ticket: TLSSessionTicket? = nil
 
-    init(ssl: OpaquePointer, resumption: Bool) { self.ssl = ssl; self.resumption = resumption }
+    /// Memory sessions: the input and output BIOs (owned by the SSL).
+    private let memory: (input: OpaquePointer, output: OpaquePointer)?
+
+    init(ssl: OpaquePointer, resumption: Bool, memory: (OpaquePointer, OpaquePointer)? = nil) {
+        self.ssl = ssl; self.resumption = resumption; self.memory = memory
+    }
     deinit { SSL_free(ssl) }
+
+    /// Memory sessions: ciphertext received from the server, for the calls that follow. All of it is
+    /// taken (OpenSSL buffers what it cannot use yet).
+    public func feed(_ ciphertext: UnsafeRawBufferPointer) {
+        guard let memory, let p = ciphertext.baseAddress, ciphertext.count > 0 else { return }
+        _ = BIO_write(memory.input, p, Int32(ciphertext.count))
+    }
+
+    /// Memory sessions: how many ciphertext bytes wait to be sent (see ``takeOutput(_:)``).
+    public var outputPending: Int {
+        guard let memory else { return 0 }
+        return Int(BIO_ctrl_pending(memory.output))
+    }
+
+    /// Memory sessions: hands the ciphertext waiting to be sent to `body`, in pieces of up to 16 KiB
+    /// (each lent for the call), and forgets it.
+    public func takeOutput(_ body: (UnsafeRawBufferPointer) -> Void) {
+        guard let memory else { return }
+        withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 16) { buf in
+            while true {
+                let n = BIO_read(memory.output, buf.baseAddress, Int32(buf.count))
+                guard n > 0 else { return }
+                body(UnsafeRawBufferPointer(rebasing: buf[0..<Int(n)]))
+            }
+        }
+    }
 
     private func step(_ r: Int32, _ what: String) -> TLSClientStep {
         if r > 0 { return .done(Int(r)) }

@@ -175,11 +175,13 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     errors.connectFailures = connectFailures
     errors.backlogged = state.backlogged
     var tls: LoadResult.TLSSummary? = nil
-    if let t = o.tls, let stats {
-        let failures = stats.tlsHandshakeFailures + stats.tlsHandshakesTruncated + stats.layerErrors
+    if let t = o.tls {
+        // The closed loop's layers count in the client loop's stats; the open loop's pacer in `state`.
+        let failures = stats.map { $0.tlsHandshakeFailures + $0.tlsHandshakesTruncated + $0.layerErrors } ?? state.tlsFailures
         errors.tls = failures
-        tls = .init(verified: t.verifiesPeer, resumption: t.resumption, handshakes: stats.tlsHandshakes,
-                    resumed: stats.tlsResumptions, failures: failures)
+        tls = .init(verified: t.verifiesPeer, resumption: t.resumption, handshakes: stats?.tlsHandshakes ?? state.tlsHandshakes,
+                    resumed: stats?.tlsResumptions ?? state.tlsResumed, failures: failures)
+        if let note = state.tlsNote { warnings.append("TLS: \(note)") }
         if !t.verifiesPeer { warnings.append("TLS: the server's certificate was not verified (no --tls-ca)") }
     }
     return LoadResult(
@@ -206,14 +208,17 @@ enum LoadLoop {
     /// Connects every connection (bounded to 10 s for the engine) and starts sending.
     static func start(_ o: LoadOptions, state: LoadState) throws -> LoadLoop {
         if let rate = state.rate {
-            guard o.tls == nil else { throw LoadError("--rate (the open loop) does not speak TLS yet: use the closed loop with --tls") }
+            var context: TLSClientContext? = nil
+            if let t = o.tls {
+                do { context = try TLSClientContext(t, logger: quietLogger) } catch { throw LoadError("TLS: \(error)") }
+            }
             switch o.mode {
             case .echo:
-                let p = try OpenLoop<EchoStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate)
+                let p = try OpenLoop<EchoStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate, tls: context)
                 p.start(realtime: o.realtime)
                 return .echoPacer(p)
             case .http:
-                let p = try OpenLoop<HTTPStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate)
+                let p = try OpenLoop<HTTPStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate, tls: context)
                 p.start(realtime: o.realtime)
                 return .httpPacer(p)
             }

@@ -41,7 +41,7 @@ extension TLSVersion: ExpressibleByArgument {
 
 /// `--tls` and its settings (echo, http; the handshake mode always speaks TLS).
 struct TLSOptions: ParsableArguments {
-    @Flag(help: "Speak TLS: every connection does a TLS 1.2/1.3 client handshake first, then the same load over the encrypted stream (closed loop only).")
+    @Flag(help: "Speak TLS: every connection does a TLS 1.2/1.3 client handshake first, then the same load over the encrypted stream (closed and open loop).")
     var tls = false
     @Option(name: .customLong("tls-ca"), help: ArgumentHelp("Verify the server's certificate against these CA certificates (PEM). Without it nothing is verified, and the output says so.", valueName: "file"))
     var tlsCA: String?
@@ -96,7 +96,6 @@ struct CommonLoadOptions: ParsableArguments {
         o.backend = backend
         o.progress = !json
         o.tls = tls.configuration(host: o.host, alpn: mode == .http ? ["http/1.1"] : [])
-        if o.tls != nil && rate != nil { throw ValidationError("--rate (the open loop) does not speak TLS yet: use the closed loop with --tls") }
         return o
     }
 

@@ -90,6 +90,22 @@ struct RingloadTLSTests {
         }
     }
 
+    /// The open loop (`--rate`) over TLS: memory-BIO sessions under the pacer's own ring.
+    @Test func openLoopOverTLS() throws {
+        try withTLSServer(.epoll, handler: { EchoHandler() }) { server, f in
+            let (status, out) = try ringloadTLS([
+                "echo", "--target", "127.0.0.1:\(server.port)", "--tls", "--tls-ca", f.cert, "--connections", "4",
+                "--size", "2000", "--rate", "1000", "--duration", "1s", "--warmup", "0.2s", "--json"])
+            #expect(status == 0, "\(out)")
+            let r = try object(out)
+            let errors = r["errors"] as? [String: Any] ?? [:]
+            #expect((r["messages"] as? Int ?? 0) > 500, "\(out)")
+            #expect(errors["corrupt"] as? Int == 0 && errors["tls"] as? Int == 0 && errors["resets"] as? Int == 0, "\(out)")
+            #expect((r["tls"] as? [String: Any])?["handshakes"] as? Int == 4, "\(out)")
+            #expect(server.stats.tlsHandshakes == 4)
+        }
+    }
+
     @Test func withoutACATheOutputSaysNothingWasVerified() throws {
         try withTLSServer(.epoll, handler: { EchoHandler() }) { server, _ in
             let (status, out) = try ringloadTLS([
