@@ -36,7 +36,7 @@ struct Handshake: ParsableCommand {
     @Option(help: "Echo message size in bytes.") var size = 64
     @Option(help: "Pin the load generator to this CPU.") var cpu: Int?
     @Flag(help: "Print one JSON result instead of the table.") var json = false
-    @OptionGroup(title: "TLS (--tls is implied)") var tls: TLSOptions
+    @OptionGroup(title: "TLS (always on here: --tls is implied)") var tls: TLSOptions
 
     func run() throws {
         if let cpu, rs_pin_to_cpu(Int32(cpu)) != 0 { printError("ringload: cannot pin to CPU \(cpu)\n") }

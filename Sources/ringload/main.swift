@@ -133,7 +133,7 @@ func report(_ r: LoadResult, json: Bool) throws {
 }
 
 struct Echo: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Echo load: ping-pong or pipelined messages, every byte verified.")
+    static let configuration = CommandConfiguration(abstract: "Echo load: ping-pong or pipelined messages, every byte verified (over TLS with --tls).")
     @OptionGroup var common: CommonLoadOptions
     @Option(help: "Message size in bytes.") var size = 64
 
@@ -146,7 +146,7 @@ struct Echo: ParsableCommand {
 }
 
 struct HTTP: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "HTTP/1.1 keep-alive GET load; status and body length of every response checked.")
+    static let configuration = CommandConfiguration(abstract: "HTTP/1.1 keep-alive GET load; status and body length of every response checked (HTTPS with --tls).")
     @OptionGroup var common: CommonLoadOptions
     @Option(help: "Request path.") var path = "/plaintext"
     @Option(help: "Expected status.") var expectStatus = 200
