@@ -127,6 +127,13 @@ struct RingloadTLSTests {
             #expect(((r["errors"] as? [String: Any])?["handshakeFailures"] as? Int ?? 0) > 0, "\(out)")
             #expect(r["handshakes"] as? Int == 0)
             #expect((r["warnings"] as? [String] ?? []).contains { $0.contains("certificate verify failed") }, "\(out)")
+            // The closed loop: every connection's handshake fails, counted as TLS errors (not resets).
+            let (status2, out2) = try ringloadTLS([
+                "echo", "--target", "127.0.0.1:\(server.port)", "--tls", "--tls-ca", f.cert, "--tls-server-name", "wrong.test",
+                "--connections", "3", "--duration", "0.3s", "--warmup", "0s", "--json"])
+            #expect(status2 == 1, "\(out2)")
+            let errors = try object(out2)["errors"] as? [String: Any] ?? [:]
+            #expect(errors["tls"] as? Int == 3 && errors["resets"] as? Int == 0 && errors["connectFailures"] as? Int == 0, "\(out2)")
         }
     }
 
