@@ -270,8 +270,8 @@ public final class TLSClientSession {
     }
 
     /// Decrypted bytes into `buffer` (also takes in session tickets that arrive after the handshake).
+    /// (The thread's OpenSSL error queue is kept empty: failures drain it, the handshake clears it.)
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> TLSClientStep {
-        ERR_clear_error()
         let r = step(SSL_read(ssl, buffer.baseAddress, Int32(buffer.count)), "read")
         captureTicket()
         return r
@@ -279,7 +279,6 @@ public final class TLSClientSession {
 
     /// Encrypts and sends `bytes`; on ``TLSClientStep/wantWrite`` call again with the same bytes.
     public func write(_ bytes: UnsafeRawBufferPointer) -> TLSClientStep {
-        ERR_clear_error()
         return step(SSL_write(ssl, bytes.baseAddress, Int32(bytes.count)), "write")
     }
 
@@ -348,12 +347,15 @@ final class TLSClientLayer: StreamLayer {
         return true
     }
 
-    private func call(_ io: LayerIO, _ what: String, _ body: (OpaquePointer) -> Int32) -> TLSClientStep {
+    /// One SSL call with `io` as the BIO's destination. The thread's error queue is kept empty rather
+    /// than cleared before every call (as the server does, see `OpenSSLSession.outcome`): failures drain
+    /// it, and the rare calls (handshake, shutdown) clear it first as well.
+    private func call(_ io: LayerIO, _ what: String, clear: Bool = false, _ body: (OpaquePointer) -> Int32) -> TLSClientStep {
         guard let ssl else { return .failed(setupError ?? "no session") }
         let outer = self.io
         self.io = io
         writeFailure = nil
-        ERR_clear_error()
+        if clear { ERR_clear_error() }
         let r = body(ssl)
         self.io = outer
         if r > 0 { return .done(Int(r)) }
@@ -368,7 +370,7 @@ final class TLSClientLayer: StreamLayer {
     }
 
     private func handshake(_ io: LayerIO) {
-        switch call(io, "handshake", { SSL_do_handshake($0) }) {
+        switch call(io, "handshake", clear: true, { SSL_do_handshake($0) }) {
         case .done:
             isEstablished = true
             io.record(.handshakeCompleted(resumed: ssl.map { SSL_session_reused($0) == 1 } ?? false))
@@ -432,7 +434,7 @@ final class TLSClientLayer: StreamLayer {
     func closing(_ io: LayerIO) {
         guard ssl != nil, isEstablished, !failed, !shutdownSent else { return }
         shutdownSent = true
-        _ = call(io, "shutdown", { SSL_shutdown($0) })
+        _ = call(io, "shutdown", clear: true, { SSL_shutdown($0) })
         ERR_clear_error()
     }
 

@@ -296,3 +296,12 @@ struct LoadError: Error, CustomStringConvertible {
     let description: String
     init(_ d: String) { description = d }
 }
+
+extension LoadResult.Errors: CustomStringConvertible {
+    /// "corrupt 0, badStatus 0, ..." (TLS failures only on TLS runs).
+    var description: String {
+        var s = "corrupt \(corrupt), badStatus \(badStatus), resets \(resets), timeouts \(timeouts), connectFailures \(connectFailures), backlogged \(backlogged)"
+        if let tls { s += ", tls \(tls)" }
+        return s
+    }
+}
