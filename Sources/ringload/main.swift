@@ -120,7 +120,9 @@ func report(_ r: LoadResult, json: Bool) throws {
         print(String(decoding: try enc.encode(r), as: UTF8.self))
     } else {
         print(formatTable([r.tableRow(name: "\(r.mode) \(r.target)")]))
-        if let b = r.bytesPerResponse { print(String(format: "bytes per response (on the wire): %.1f", b)) }
+        if let b = r.bytesPerResponse {
+            print(String(format: r.tls == nil ? "bytes per response (on the wire): %.1f" : "bytes per response (decrypted, head included): %.1f", b))
+        }
         if let t = r.tls {
             print("TLS: \(t.handshakes) handshakes (\(t.resumed) resumed, resumption \(t.resumption ? "on" : "off")), \(t.failures) failed; server certificate \(t.verified ? "verified" : "NOT verified")")
         }
