@@ -155,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "ringload",
             dependencies: [
-                "Ringside", "CLiburing",
+                "Ringside", "CLiburing", "RingsideTLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Logging", package: "swift-log"),

@@ -3,24 +3,32 @@
 # and nginx-light (bench/nginx-peer.sh --tls: one worker, the same certificate, ssl_session_cache on).
 # Server on CPU 0, wrk on CPU 1, repetitions interleaved, medians. Server CPU per request comes from
 # the server's utime+stime in /proc sampled right before and after wrk (handshakes of wrk's
-# connections included). Then, on the same server, handshakes with `openssl s_time` (one connection at a
-# time, GET /plaintext each): full (-new) and resumed (-reuse), server CPU per handshake. A throwaway
-# P-256 certificate is generated into a temporary directory.
+# connections included). Then, on the same server, handshakes with `ringload handshake` (--hs-connections
+# connections at once, each connect, handshake, GET /plaintext, close, again; the certificate verified):
+# full (--no-tls-resume) and resumed (each connection presents the ticket of its previous one), server
+# CPU per handshake = the server's CPU over the ringload run / every handshake ringload completed (its
+# totalHandshakes; the first handshake of each connection is a full one in the resumed row). With
+# --s-time, `openssl s_time` (one connection at a time, -new and -reuse) measures them instead, as before.
+# A throwaway P-256 certificate is generated into a temporary directory.
 # The SwiftNIO peer (bench/ nio-https: NIO HTTP/1.1 behind NIOSSL, one event loop) runs too unless
-# --no-nio (its first build compiles BoringSSL: minutes).
-# Usage: bench/https-wrk.sh [--reps N] [--duration S] [--connections C] [--no-nio]
+# --no-nio (its first build compiles BoringSSL: minutes; --nio-bin PATH runs a nio-https built already).
+# Usage: bench/https-wrk.sh [--reps N] [--duration S] [--connections C] [--hs-connections C] [--s-time]
+#                           [--no-nio | --nio-bin PATH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-reps=3; duration=5; conns=50; nio_peer=1
+reps=3; duration=5; conns=50; nio_peer=1; hs_conns=4; s_time=0; nio_bin=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) reps=$2; shift 2;; --duration) duration=$2; shift 2;; --connections) conns=$2; shift 2;;
         --no-nio) nio_peer=0; shift;;
+        --hs-connections) hs_conns=$2; shift 2;; --s-time) s_time=1; shift;;
+        --nio-bin) nio_bin=$(realpath "$2"); shift 2;;
         *) echo "unknown option $1" >&2; exit 2;;
     esac
 done
 bash scripts/setup.sh
 swift build -c release --product ringside >/dev/null
+((s_time)) || swift build -c release --product ringload >/dev/null
 bin=$(swift build -c release --show-bin-path)
 certdir=$(mktemp -d /tmp/https-wrk.XXXXXX)
 trap 'rm -rf "$certdir"' EXIT
@@ -32,10 +40,29 @@ cmds=("$bin/ringside serve --protocol http --backend uring --port 0 $tlsargs"
       "$bin/ringside serve --protocol http --backend epoll --port 0 $tlsargs"
       "bash bench/nginx-peer.sh --tls $certdir/cert.pem $certdir/key.pem")
 if ((nio_peer)); then
-    (cd bench && swift build -c release --product nio-https >/dev/null)
-    nio=$(cd bench && swift build -c release --show-bin-path)
-    names+=(swiftnio); cmds+=("$nio/nio-https --port 0 --cert $certdir/cert.pem --key $certdir/key.pem")
+    if [[ -n $nio_bin ]]; then
+        nio_exe=$nio_bin
+    else
+        (cd bench && swift build -c release --product nio-https >/dev/null)
+        nio_exe="$(cd bench && swift build -c release --show-bin-path)/nio-https"
+    fi
+    names+=(swiftnio); cmds+=("$nio_exe --port 0 --cert $certdir/cert.pem --key $certdir/key.pem")
 fi
+# Handshakes on the server at 127.0.0.1:$1, full ($2 = -new) or resumed (-reuse), for $duration seconds
+# on CPU 1; prints "<handshakes> <resumed> <errors>".
+handshakes() {
+    if ((s_time)); then
+        local n
+        n=$(taskset -c 1 openssl s_time -connect "127.0.0.1:$1" "$2" -time "$duration" -www /plaintext 2>/dev/null | awk '/connections in .* real seconds/ {print $1}')
+        echo "${n:-0} - 0"
+    else
+        local resume=--tls-resume
+        [[ $2 == -new ]] && resume=--no-tls-resume
+        taskset -c 1 "$bin/ringload" handshake --target "127.0.0.1:$1" --tls-ca "$certdir/cert.pem" --tls-server-name localhost \
+            --connections "$hs_conns" --duration "${duration}s" --warmup 0 $resume --json |
+            python3 -c 'import json,sys; r=json.load(sys.stdin); e=r["errors"]; print(r["totalHandshakes"], r["totalResumed"], sum(e.values()))'
+    fi
+}
 tck=$(getconf CLK_TCK)
 results=$(mktemp)
 for rep in $(seq "$reps"); do
@@ -49,15 +76,17 @@ for rep in $(seq "$reps"); do
         rps=$(taskset -c 1 wrk -t1 -c"$conns" -d"${duration}s" "https://127.0.0.1:$port/plaintext" | awk '/Requests\/sec/ {print $2} /Non-2xx|Socket errors/ {print "ERR " $0 > "/dev/stderr"}')
         t1=$(awk '{print $14+$15}' /proc/$sp/stat)
         us=$(awk -v d=$((t1 - t0)) -v t="$tck" -v r="$rps" -v s="$duration" 'BEGIN{printf "%.2f", d/t*1e6/(r*s)}')
-        hs=()
+        hs=(); hsinfo=""
         for mode in -new -reuse; do
             h0=$(awk '{print $14+$15}' /proc/$sp/stat)
-            n=$(taskset -c 1 openssl s_time -connect "127.0.0.1:$port" $mode -time "$duration" -www /plaintext 2>/dev/null | awk '/connections in .* real seconds/ {print $1}')
+            read -r n resumed errs < <(handshakes "$port" "$mode" || echo "0 - 1")
             h1=$(awk '{print $14+$15}' /proc/$sp/stat)
             hs+=("$(awk -v d=$((h1 - h0)) -v t="$tck" -v n="${n:-0}" 'BEGIN{printf "%.1f", (n > 0 ? d/t*1e6/n : -1)}')")
+            hsinfo+=" ${mode#-}: $n handshakes ($resumed resumed, $errs errors)"
+            ((errs == 0)) || echo "ERR ${names[$k]} handshakes $mode: $errs errors" >&2
         done
         kill -INT $sp; wait $sp || echo "warning: ${names[$k]} exit status $?" >&2
-        echo "rep $rep  ${names[$k]}  req/s=$rps  server_cpu_us_per_req=$us  us_per_full_handshake=${hs[0]}  us_per_resumed=${hs[1]}"
+        echo "rep $rep  ${names[$k]}  req/s=$rps  server_cpu_us_per_req=$us  us_per_full_handshake=${hs[0]}  us_per_resumed=${hs[1]} ;$hsinfo"
         echo "${names[$k]} $rps $us ${hs[0]} ${hs[1]}" >>"$results"
     done
 done

@@ -2,6 +2,7 @@ import Glibc
 import Histogram
 import Logging
 import Ringside
+import RingsideTLS
 
 /// The engine's own log, quiet unless something is wrong (the results are the output here).
 let quietLogger: Logger = {
@@ -31,6 +32,8 @@ struct LoadOptions: Sendable {
     /// HTTP: an `Accept-Encoding` header value to send (e.g. "gzip"), nil for none.
     var acceptEncoding: String? = nil
     var progress = false
+    /// Speak TLS on every connection (nil: plain TCP).
+    var tls: TLSClientConfiguration? = nil
 }
 
 /// One run's figures (the JSON form of the result).
@@ -60,12 +63,26 @@ struct LoadResult: Codable, Sendable {
     var clientCPUMicrosPerMessage: Double
     var clientBound: Bool
     var warnings: [String]
+    /// TLS runs: how the connections' handshakes went (nil: plain TCP).
+    var tls: TLSSummary? = nil
+
+    /// The handshakes of a `--tls` run (every connection's, warm-up included).
+    struct TLSSummary: Codable, Sendable {
+        /// Whether the server's certificate was verified (`--tls-ca`); false: any certificate accepted.
+        var verified: Bool
+        var resumption: Bool
+        var handshakes: Int
+        var resumed: Int
+        var failures: Int
+    }
 
     struct Latency: Codable, Sendable { var p50, p90, p99, p999, max, mean: Double }
     struct Lateness: Codable, Sendable { var p50, p99, max: Double }
     struct Errors: Codable, Sendable {
         var corrupt = 0, badStatus = 0, resets = 0, timeouts = 0, connectFailures = 0, backlogged = 0
-        var total: Int { corrupt + badStatus + resets + timeouts + connectFailures }
+        /// TLS: failed or cut-short handshakes and bad records (nil for plain TCP runs).
+        var tls: Int? = nil
+        var total: Int { corrupt + badStatus + resets + timeouts + connectFailures + (tls ?? 0) }
     }
 }
 
@@ -118,7 +135,7 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     let t1 = nowNanos()
     if tty { printError("\r\u{1B}[K") }
     state.stopping.store(true, ordering: .relaxed)
-    let (backend, connectFailures) = try loop.stop()
+    let (backend, connectFailures, stats) = try loop.stop()
 
     let secs = Double(t1 - t0) / 1e9
     let skew = Double(max(t0 > start ? t0 - start : start - t0, t1 > end ? t1 - end : end - t1)) / 1e6
@@ -157,6 +174,16 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
     errors.timeouts = state.timeouts
     errors.connectFailures = connectFailures
     errors.backlogged = state.backlogged
+    var tls: LoadResult.TLSSummary? = nil
+    if let t = o.tls {
+        // The closed loop's layers count in the client loop's stats; the open loop's pacer in `state`.
+        let failures = stats.map { $0.tlsHandshakeFailures + $0.tlsHandshakesTruncated + $0.layerErrors } ?? state.tlsFailures
+        errors.tls = failures
+        tls = .init(verified: t.verifiesPeer, resumption: t.resumption, handshakes: stats?.tlsHandshakes ?? state.tlsHandshakes,
+                    resumed: stats?.tlsResumptions ?? state.tlsResumed, failures: failures)
+        if let note = state.tlsNote { warnings.append("TLS: \(note)") }
+        if !t.verifiesPeer { warnings.append("TLS: the server's certificate was not verified (no --tls-ca)") }
+    }
     return LoadResult(
         mode: o.mode.rawValue, target: "\(o.host):\(o.port)", backend: backend,
         connections: o.connections, size: o.mode == .echo ? o.size : 0, pipeline: o.pipeline, rate: o.rate,
@@ -169,7 +196,7 @@ func runLoad(_ o: LoadOptions, window: (Bool) -> Void = { _ in }) throws -> Load
         sendLatenessMicros: lateness,
         errors: errors, clientCPUPercent: cpuPct,
         clientCPUMicrosPerMessage: msgs > 0 ? (cpu1 - cpu0) * 1e6 / Double(msgs) : 0,
-        clientBound: clientBound, warnings: warnings)
+        clientBound: clientBound, warnings: warnings, tls: tls)
 }
 
 /// The connections of one run: the engine's client loop (closed loop) or the open-loop pacer.
@@ -181,13 +208,17 @@ enum LoadLoop {
     /// Connects every connection (bounded to 10 s for the engine) and starts sending.
     static func start(_ o: LoadOptions, state: LoadState) throws -> LoadLoop {
         if let rate = state.rate {
+            var context: TLSClientContext? = nil
+            if let t = o.tls {
+                do { context = try TLSClientContext(t, logger: quietLogger) } catch { throw LoadError("TLS: \(error)") }
+            }
             switch o.mode {
             case .echo:
-                let p = try OpenLoop<EchoStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate)
+                let p = try OpenLoop<EchoStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate, tls: context)
                 p.start(realtime: o.realtime)
                 return .echoPacer(p)
             case .http:
-                let p = try OpenLoop<HTTPStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate)
+                let p = try OpenLoop<HTTPStream>(state: state, host: o.host, port: o.port, connections: o.connections, rate: rate, tls: context)
                 p.start(realtime: o.realtime)
                 return .httpPacer(p)
             }
@@ -199,32 +230,50 @@ enum LoadLoop {
         config.sendBuffers = max(512, o.connections * max(1, (o.size * o.pipeline + 4095) / 4096) + 64)
         config.drainTimeout = .seconds(1)
         let loop: RunningServer
-        switch o.mode {
-        case .echo: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { EchoLoadHandler(state: state) }
-        case .http: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { HTTPLoadHandler(state: state) }
+        if let t = o.tls {
+            // TLS: a client layer under each handler (the same handlers, over the decrypted stream).
+            // Records add up to ~2% plus a header per write: room for them in the send pool.
+            config.sendBuffers += config.sendBuffers / 8
+            let context: TLSClientContext
+            do { context = try TLSClientContext(t, logger: quietLogger) } catch { throw LoadError("TLS: \(error)") }
+            let layers = LayerStackFactory([context])
+            switch o.mode {
+            case .echo: loop = try RingsideServer.start(configuration: config, logger: quietLogger, layers: layers) { EchoLoadHandler(state: state) }
+            case .http: loop = try RingsideServer.start(configuration: config, logger: quietLogger, layers: layers) { HTTPLoadHandler(state: state) }
+            }
+        } else {
+            switch o.mode {
+            case .echo: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { EchoLoadHandler(state: state) }
+            case .http: loop = try RingsideServer.start(configuration: config, logger: quietLogger) { HTTPLoadHandler(state: state) }
+            }
         }
+        // Every connection connected (and, with TLS, through its handshake) or failed: then the warm-up.
         let connectDeadline = nowNanos() + 10_000_000_000
         while nowNanos() < connectDeadline {
             let s = loop.stats
-            if s.connectionsConnected + s.connectFailures >= o.connections { break }
+            let failed = s.connectFailures + s.tlsHandshakeFailures + s.tlsHandshakesTruncated
+            let up = o.tls == nil ? s.connectionsConnected : s.tlsHandshakes
+            if up + failed >= o.connections { break }
             usleep(2_000)
         }
         return .engine(loop)
     }
 
-    /// Stops (after `state.stopping` was set) and joins; returns the backend name and failed connects.
-    func stop() throws -> (String, Int) {
+    /// Stops (after `state.stopping` was set) and joins; returns the backend name, failed connects and
+    /// the client loop's counters (engine only).
+    func stop() throws -> (String, Int, ServerStats?) {
         switch self {
         case .engine(let loop):
             loop.stop()
             try loop.wait()
-            return (loop.backend.rawValue, loop.stats.connectFailures)
+            let stats = loop.stats
+            return (loop.backend.rawValue, stats.connectFailures, stats)
         case .echoPacer(let p):
             p.wait()
-            return ("uring-pacer", p.connectFailures)
+            return ("uring-pacer", p.connectFailures, nil)
         case .httpPacer(let p):
             p.wait()
-            return ("uring-pacer", p.connectFailures)
+            return ("uring-pacer", p.connectFailures, nil)
         }
     }
 }
@@ -240,4 +289,19 @@ func raiseAboveInheritedRealtimePriority() {
     guard param.sched_priority < top else { return }
     param.sched_priority += 1
     _ = pthread_setschedparam(pthread_self(), policy, &param)
+}
+
+/// A run that cannot start (a bad combination of options, a TLS file that cannot be read).
+struct LoadError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+extension LoadResult.Errors: CustomStringConvertible {
+    /// "corrupt 0, badStatus 0, ..." (TLS failures only on TLS runs).
+    var description: String {
+        var s = "corrupt \(corrupt), badStatus \(badStatus), resets \(resets), timeouts \(timeouts), connectFailures \(connectFailures), backlogged \(backlogged)"
+        if let tls { s += ", tls \(tls)" }
+        return s
+    }
 }

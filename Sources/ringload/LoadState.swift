@@ -49,6 +49,11 @@ final class LoadState: @unchecked Sendable {
     var nextConnectionIndex = 0
     /// Open loop: why the pacer could not get what was asked (e.g. real-time priority refused).
     var pacerNote: String?
+    /// Open loop over TLS: handshakes done, resumed, failed (handshakes or records), the first failure.
+    var tlsHandshakes = 0
+    var tlsResumed = 0
+    var tlsFailures = 0
+    var tlsNote: String?
 
     init(size: Int, pipeline: Int, connections: Int, rate: Double?, timeout: Double,
          request: [UInt8] = [], expectStatus: Int = 200, expectBodyLength: Int? = nil) {

@@ -1,6 +1,7 @@
 import CLiburing
 import Foundation
 import Glibc
+import RingsideTLS
 
 /// The open loop: requests leave at intended times on a fixed schedule (`rate` per second over all
 /// connections, round-robin), and each request's latency is counted from its intended send time, so
@@ -26,6 +27,11 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
     /// Receive buffers: `bufferSize` bytes per connection; one receive per live connection in flight.
     private let buffers: UnsafeMutableRawPointer
     private var pending: [[UInt8]]  // bytes send(2) did not take yet, per connection
+    /// `--tls`: each connection's session (memory BIOs: the ring receives ciphertext, which is fed to
+    /// it; requests are encrypted before `send`). Empty without TLS.
+    private var sessions: [TLSClientSession?] = []
+    /// Decrypted bytes of one receive (TLS only).
+    private let plain: UnsafeMutableRawBufferPointer
     private var pendingConnections = 0
     private var receivesInFlight = 0
     private(set) var connected = 0
@@ -48,7 +54,7 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
     /// Bytes queued for one connection beyond which sends count as backlogged.
     static var pendingLimit: Int { 1 << 20 }
 
-    init(state: LoadState, host: String, port: Int, connections: Int, rate: Double) throws {
+    init(state: LoadState, host: String, port: Int, connections: Int, rate: Double, tls: TLSClientContext? = nil) throws {
         self.state = state
         count = max(1, connections)
         period = 1e9 / rate
@@ -59,13 +65,73 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         windows = .allocate(capacity: count)
         buffers = .allocate(byteCount: count * Self.bufferSize, alignment: 64)
         pending = Array(repeating: [], count: count)
+        plain = .allocate(byteCount: tls == nil ? 1 : 16 * 1024, alignment: 16)
+        if tls != nil { sessions = Array(repeating: nil, count: count) }
         for i in 0..<count {
             streams.advanced(by: i).initialize(to: S(state: state, index: i))
             windows.advanced(by: i).initialize(to: LoadWindow(capacity: Self.windowCapacity))
-            let fd = Self.connect(host: host, port: port)
+            var fd = Self.connect(host: host, port: port)
+            if fd < 0 {
+                connectFailures += 1
+            } else if let tls {
+                // The handshake, blocking, before the pacer starts (each read bounded by --timeout); a
+                // failure is counted in `state.tlsFailures`.
+                if let session = Self.handshake(fd: fd, context: tls, state: state) {
+                    sessions[i] = session
+                } else {
+                    Glibc.close(fd)
+                    fd = -1
+                }
+            }
             fds[i] = fd
             alive[i] = fd >= 0
-            if fd >= 0 { connected += 1 } else { connectFailures += 1 }
+            if fd >= 0 { connected += 1 }
+        }
+    }
+
+    /// A TLS client handshake on the blocking socket `fd`; the session, or nil (counted in
+    /// `state.tlsFailures`, the first reason in `state.tlsNote`).
+    private static func handshake(fd: Int32, context: TLSClientContext, state: LoadState) -> TLSClientSession? {
+        func failed(_ why: String) -> TLSClientSession? {
+            state.tlsFailures += 1
+            if state.tlsNote == nil { state.tlsNote = why }
+            return nil
+        }
+        let session: TLSClientSession
+        do { session = try context.memorySession(resuming: context.configuration.resumption ? context.latestTicket : nil) } catch {
+            return failed("\(error)")
+        }
+        var tv = timeval(tv_sec: Int(state.timeoutNanos / 1_000_000_000), tv_usec: Int(state.timeoutNanos % 1_000_000_000 / 1000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        defer {
+            var zero = timeval()
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &zero, socklen_t(MemoryLayout<timeval>.size))
+        }
+        var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let step = session.handshake()
+            var sent = true
+            session.takeOutput { c in
+                var off = 0
+                while sent && off < c.count {
+                    let n = Glibc.send(fd, c.baseAddress! + off, c.count - off, Int32(MSG_NOSIGNAL))
+                    if n <= 0 { sent = false } else { off += n }
+                }
+            }
+            guard sent else { return failed("handshake: send: \(String(cString: strerror(errno)))") }
+            switch step {
+            case .done:
+                state.tlsHandshakes += 1
+                if session.isResumed { state.tlsResumed += 1 }
+                return session
+            case .wantRead:
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                guard n > 0 else { return failed(n == 0 ? "the server closed during the handshake" : "handshake: recv: \(String(cString: strerror(errno)))") }
+                buffer.withUnsafeBytes { session.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            case .wantWrite: continue
+            case .closed: return failed("the server closed during the handshake")
+            case .failed(let why): return failed(why)
+            }
         }
     }
 
@@ -185,9 +251,28 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         guard !windows[i].isFull, pending[i].count < Self.pendingLimit else { state.backlog(intended: intended); return }
         let bytes = streams[i].request(windows[i].nextIndex)
         let actual = nowNanos()
+        if let session = sessions.isEmpty ? nil : sessions[i] {
+            guard session.write(bytes) == .done(bytes.count) else {
+                state.tlsFailures += 1
+                drop(i, timedOut: false, counted: true)
+                return
+            }
+            var ok = true
+            session.takeOutput { c in if ok { ok = transmit(i, c) } }
+            guard ok else { return }
+        } else {
+            guard transmit(i, bytes) else { return }
+        }
+        windows[i].didSend(stamp: intended)
+        state.sent(intended: intended, actual: actual)
+    }
+
+    /// Sends `bytes` on connection `i` (what send(2) does not take now waits in `pending`); false when
+    /// the connection failed (dropped).
+    private func transmit(_ i: Int, _ bytes: UnsafeRawBufferPointer) -> Bool {
         if pending[i].isEmpty {
             let n = Glibc.send(fds[i], bytes.baseAddress, bytes.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-            if n < 0 && errno != EAGAIN && errno != EINTR { drop(i, timedOut: false); return }
+            if n < 0 && errno != EAGAIN && errno != EINTR { drop(i, timedOut: false); return false }
             let took = max(0, n)
             if took < bytes.count {
                 pending[i].append(contentsOf: bytes[took...])
@@ -196,8 +281,7 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         } else {
             pending[i].append(contentsOf: bytes)
         }
-        windows[i].didSend(stamp: intended)
-        state.sent(intended: intended, actual: actual)
+        return true
     }
 
     private func flushPending() {
@@ -219,9 +303,34 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         guard alive[i] else { return }
         if res > 0 {
             let bytes = UnsafeRawBufferPointer(start: buffers + i * Self.bufferSize, count: Int(res))
-            guard streams[i].consume(bytes, window: &windows[i], state: state, now: nowNanos()) != nil else {
-                drop(i, timedOut: false, counted: true)
-                return
+            if let session = sessions.isEmpty ? nil : sessions[i] {
+                session.feed(bytes)
+                decrypt: while true {
+                    switch session.read(into: plain) {
+                    case .done(let n):
+                        guard streams[i].consume(UnsafeRawBufferPointer(rebasing: plain[0..<n]), window: &windows[i], state: state, now: nowNanos()) != nil else {
+                            drop(i, timedOut: false, counted: true)
+                            return
+                        }
+                    case .wantRead, .wantWrite: break decrypt
+                    case .closed: drop(i, timedOut: false); return
+                    case .failed(let why):
+                        state.tlsFailures += 1
+                        if state.tlsNote == nil { state.tlsNote = why }
+                        drop(i, timedOut: false, counted: true)
+                        return
+                    }
+                }
+                if session.outputPending > 0 {
+                    var ok = true
+                    session.takeOutput { c in if ok { ok = transmit(i, c) } }
+                    guard ok else { return }
+                }
+            } else {
+                guard streams[i].consume(bytes, window: &windows[i], state: state, now: nowNanos()) != nil else {
+                    drop(i, timedOut: false, counted: true)
+                    return
+                }
             }
             armReceive(i)
         } else if res == -EINTR || res == -EAGAIN {
@@ -267,6 +376,8 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         streams.deinitialize(count: count); streams.deallocate()
         windows.deinitialize(count: count); windows.deallocate()
         fds.deallocate(); alive.deallocate()
+        sessions = []
+        plain.deallocate()
         if receivesInFlight == 0 { buffers.deallocate() }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CLiburing
 import Foundation
 import Ringside
+import RingsideTLS
 
 extension BackendKind: ExpressibleByArgument {}
 
@@ -27,6 +28,41 @@ struct Seconds: ExpressibleByArgument, CustomStringConvertible {
     }
 }
 
+extension TLSVersion: ExpressibleByArgument {
+    /// "1.2" or "1.3" (or "TLSv1.2", "TLSv1.3").
+    public init?(argument: String) {
+        switch argument.lowercased() {
+        case "1.2", "tlsv1.2": self = .tls12
+        case "1.3", "tlsv1.3": self = .tls13
+        default: return nil
+        }
+    }
+}
+
+/// `--tls` and its settings (echo, http; the handshake mode always speaks TLS).
+struct TLSOptions: ParsableArguments {
+    @Flag(help: "Speak TLS: every connection does a TLS 1.2/1.3 client handshake first, then the same load over the encrypted stream (closed and open loop).")
+    var tls = false
+    @Option(name: .customLong("tls-ca"), help: ArgumentHelp("Verify the server's certificate against these CA certificates (PEM). Without it nothing is verified, and the output says so.", valueName: "file"))
+    var tlsCA: String?
+    @Option(help: ArgumentHelp("Send this server name (SNI); with --tls-ca the certificate must match it (otherwise the target's IP address must).", valueName: "name"))
+    var tlsServerName: String?
+    @Option(help: ArgumentHelp("Pin the TLS version: 1.2 or 1.3 (default: either, as the server prefers).", valueName: "1.2|1.3"))
+    var tlsVersion: TLSVersion?
+    @Flag(inversion: .prefixedNo, help: "Resume sessions: a new connection presents the session ticket of an earlier one.")
+    var tlsResume = true
+
+    /// The client configuration for `host` (nil unless `force` or `--tls`).
+    func configuration(host: String, alpn: [String], force: Bool = false) -> TLSClientConfiguration? {
+        guard tls || force else { return nil }
+        var c = TLSClientConfiguration(caFile: tlsCA, serverName: tlsServerName, host: host)
+        c.version = tlsVersion
+        c.resumption = tlsResume
+        c.alpn = alpn
+        return c
+    }
+}
+
 /// Options every load mode shares.
 struct CommonLoadOptions: ParsableArguments {
     @Option(help: "Target HOST:PORT (loopback only in this project's tests).") var target: String
@@ -41,6 +77,7 @@ struct CommonLoadOptions: ParsableArguments {
     @Flag(help: "Open loop: run the pacer thread at real-time priority (SCHED_FIFO; needs CAP_SYS_NICE), so other work on its CPU cannot delay sends.")
     var realtime = false
     @Flag(help: "Print one JSON result instead of the table.") var json = false
+    @OptionGroup(title: "TLS") var tls: TLSOptions
 
     func options(_ mode: LoadOptions.Mode) throws -> LoadOptions {
         let parts = target.split(separator: ":")
@@ -58,6 +95,7 @@ struct CommonLoadOptions: ParsableArguments {
         o.timeout = timeout.value
         o.backend = backend
         o.progress = !json
+        o.tls = tls.configuration(host: o.host, alpn: mode == .http ? ["http/1.1"] : [])
         return o
     }
 
@@ -69,8 +107,8 @@ struct CommonLoadOptions: ParsableArguments {
 struct RingLoad: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ringload",
-        abstract: "Ringside's load generator: echo and HTTP/1.1 load through the engine's io_uring client path.",
-        subcommands: [Echo.self, HTTP.self, Compare.self, Attack.self]
+        abstract: "Ringside's load generator: echo and HTTP/1.1 load (plain or TLS) through the engine's io_uring client path, and TLS handshake rates.",
+        subcommands: [Echo.self, HTTP.self, Handshake.self, Compare.self, Attack.self]
     )
 }
 
@@ -82,7 +120,12 @@ func report(_ r: LoadResult, json: Bool) throws {
         print(String(decoding: try enc.encode(r), as: UTF8.self))
     } else {
         print(formatTable([r.tableRow(name: "\(r.mode) \(r.target)")]))
-        if let b = r.bytesPerResponse { print(String(format: "bytes per response (on the wire): %.1f", b)) }
+        if let b = r.bytesPerResponse {
+            print(String(format: r.tls == nil ? "bytes per response (on the wire): %.1f" : "bytes per response (decrypted, head included): %.1f", b))
+        }
+        if let t = r.tls {
+            print("TLS: \(t.handshakes) handshakes (\(t.resumed) resumed, resumption \(t.resumption ? "on" : "off")), \(t.failures) failed; server certificate \(t.verified ? "verified" : "NOT verified")")
+        }
         for w in r.warnings { print("warning: \(w)") }
     }
     if r.errors.total > 0 {
@@ -92,7 +135,7 @@ func report(_ r: LoadResult, json: Bool) throws {
 }
 
 struct Echo: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Echo load: ping-pong or pipelined messages, every byte verified.")
+    static let configuration = CommandConfiguration(abstract: "Echo load: ping-pong or pipelined messages, every byte verified (over TLS with --tls).")
     @OptionGroup var common: CommonLoadOptions
     @Option(help: "Message size in bytes.") var size = 64
 
@@ -105,7 +148,7 @@ struct Echo: ParsableCommand {
 }
 
 struct HTTP: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "HTTP/1.1 keep-alive GET load; status and body length of every response checked.")
+    static let configuration = CommandConfiguration(abstract: "HTTP/1.1 keep-alive GET load; status and body length of every response checked (HTTPS with --tls).")
     @OptionGroup var common: CommonLoadOptions
     @Option(help: "Request path.") var path = "/plaintext"
     @Option(help: "Expected status.") var expectStatus = 200
