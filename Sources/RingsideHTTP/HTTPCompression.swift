@@ -164,7 +164,7 @@ extension HTTPConnection {
     func encodeResponse(_ res: inout HTTPResponse, _ meta: RequestMeta) {
         let cfg = config.compression
         let s = res.status
-        guard !meta.isHead, s >= 200, s != 204, s != 206, s != 304, res.bodyFile == nil,
+        guard !meta.isHead, s >= 200, s != 204, s != 206, s != 304, res.bodyFile == nil, res.compressible,
               responseBody.count >= cfg.minimumSize else { return }
         guard qualifies(userHeaders.bytes) else { return }
         userHeaders.append("Vary: Accept-Encoding\r\n")

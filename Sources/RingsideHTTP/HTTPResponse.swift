@@ -17,6 +17,9 @@ public struct HTTPResponse {
     /// Send the body with `Transfer-Encoding: chunked` instead of `Content-Length` (HTTP/1.1 only;
     /// ignored with `bodyFile`).
     public var chunked = false
+    /// Whether response compression may encode this body (off for bodies that are a file's bytes:
+    /// their ETag names the file, not an encoding of it).
+    var compressible = true
 
     init(headers: ByteBuffer, body: ByteBuffer) {
         self.headers = headers

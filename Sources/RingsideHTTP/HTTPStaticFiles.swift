@@ -15,6 +15,10 @@ public final class StaticFileRoot: Sendable {
     private let cache = PthreadMutex([String: CachedStaticFile]())
     static let cacheValidity: UInt64 = 1000  // ms
     static let cacheEntries = 1024
+    /// Files up to this size are cached with their bytes (read once per validity period through the
+    /// loop's file operations), so a hit is answered from memory like any written body: no file
+    /// operation and no second trip round the loop per request. At most `cacheEntries` x this.
+    static let contentCacheLimit = 16 * 1024
 
     init(path: String) throws(StaticFilesError) {
         let fd = Glibc.open(path, 0o10000000 /* O_PATH */ | O_DIRECTORY | O_CLOEXEC)
@@ -57,13 +61,16 @@ final class CachedStaticFile: Sendable {
     let validators: StaticValidators
     let contentType: String
     let validUntil: UInt64
+    /// The file's bytes, for files up to `contentCacheLimit` (read when the entry was made).
+    let contents: [UInt8]?
 
-    init(fd: Int32, status: FileStatus, name: String, validUntil: UInt64) {
+    init(fd: Int32, status: FileStatus, name: String, validUntil: UInt64, contents: [UInt8]? = nil) {
         self.fd = fd
         size = status.size
         validators = StaticValidators(status)
         contentType = HTTPStaticPath.contentType(for: name)
         self.validUntil = validUntil
+        self.contents = contents
     }
 
     deinit { _ = Glibc.close(fd) }
@@ -340,6 +347,9 @@ extension HTTPConnection {
                         if !relative.isEmpty && !relative.hasSuffix("/") { return self.redirectStatic(connection) }
                         self.openStatic(root, relative + "index.html", relative, index: true, connection)
                     case .success(let status) where status.isRegularFile:
+                        if status.size > 0 && status.size <= StaticFileRoot.contentCacheLimit {
+                            return self.readSmallStatic(root, fd, status, path, relative, connection)
+                        }
                         let now = self.staticClock()
                         let file = CachedStaticFile(fd: fd, status: status, name: path, validUntil: now + StaticFileRoot.cacheValidity)
                         root.store(relative, file, now: now)
@@ -349,6 +359,31 @@ extension HTTPConnection {
                         self.answerStatic(403, "not a regular file", connection)
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads a small file whole (one file operation) and caches it with its bytes; a short read (the
+    /// file changed under us) caches it without them, so it is sent from the descriptor as usual.
+    private func readSmallStatic(_ root: StaticFileRoot, _ fd: Int32, _ status: FileStatus, _ path: String,
+                                 _ relative: String, _ connection: Connection) {
+        let files = connection.files
+        // Invariant: `buffer` lives until the read's completion (which always runs, ECANCELED at a stop).
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: status.size, alignment: 16)
+        files.read(fd, into: buffer, at: 0) { r in
+            defer { buffer.deallocate() }
+            guard self.deferred, !self.closing, let connection = self.connection else { files.close(fd); return }
+            switch r {
+            case .failure(let e):
+                files.close(fd)
+                self.answerStatic(500, "cannot read the file: \(e)", connection)
+            case .success(let n):
+                let now = self.staticClock()
+                let contents = n == status.size ? [UInt8](UnsafeRawBufferPointer(buffer)) : nil
+                let file = CachedStaticFile(fd: fd, status: status, name: path,
+                                            validUntil: now + StaticFileRoot.cacheValidity, contents: contents)
+                root.store(relative, file, now: now)
+                self.sendStatic(file, connection)
             }
         }
     }
@@ -385,13 +420,21 @@ extension HTTPConnection {
         case .part(let a, let b):
             res.status = 206
             res.setHeader("Content-Range", "bytes \(a)-\(b - 1)/\(file.size)")
-            res.bodyFile = (file.fd, b - a)
-            res.bodyFileOffset = a
+            if let bytes = file.contents {
+                bytes.withUnsafeBytes { res.write(UnsafeRawBufferPointer(rebasing: $0[a..<b])) }
+            } else {
+                res.bodyFile = (file.fd, b - a)
+                res.bodyFileOffset = a
+            }
         case .whole:
-            res.bodyFile = (file.fd, file.size)
+            if let bytes = file.contents { res.write(bytes) } else { res.bodyFile = (file.fd, file.size) }
         }
         res.setHeader("Content-Type", file.contentType)
-        heldFiles.append(file)  // `closeFile` lets go of it instead of closing the descriptor
+        if file.contents != nil {
+            res.compressible = false  // the bytes of the file the ETag names
+        } else {
+            heldFiles.append(file)  // `closeFile` lets go of it instead of closing the descriptor
+        }
         finishStatic(&res, connection)
     }
 

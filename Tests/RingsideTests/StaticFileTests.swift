@@ -235,7 +235,7 @@ private func withStaticServer(_ backend: BackendKind, _ tree: Tree, _ body: (Run
 
     @Test(arguments: allBackends) func bytesExactAcrossSizes(_ backend: BackendKind) throws {
         let tree = try Tree()
-        let sizes = [0, 1, 4095, 4096, 4097, 65535, 65536, 65537, (1 << 20) + 7, (16 << 20) + 3]
+        let sizes = [0, 1, 4095, 4096, 4097, 16384, 16385, 65535, 65536, 65537, (1 << 20) + 7, (16 << 20) + 3]
         for size in sizes { try writePatternFile(tree.root + "/f\(size).bin", size: size) }
         try withStaticServer(backend, tree) { server in
             let c = try TestClient(port: server.port, timeoutSeconds: 30)
