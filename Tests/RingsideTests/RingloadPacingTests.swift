@@ -129,20 +129,11 @@ private final class DelayEchoServer: @unchecked Sendable {
 /// Runs the ringload binary built next to the tests on CPU 1 (at real-time priority when `chrt` may
 /// set it, so other work on this 2-core machine cannot delay the generator); returns its JSON result.
 private func ringloadJSON(_ args: [String]) throws -> [String: Any] {
-    let exe = builtBinary("ringload")
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
-    var prefix = ["-c", "1"]
+    var prefix = ["/usr/bin/taskset", "-c", "1"]
     if getuid() == 0 && FileManager.default.fileExists(atPath: "/usr/bin/chrt") { prefix += ["/usr/bin/chrt", "-f", "30"] }
-    p.arguments = prefix + [exe.path] + args + ["--json"]
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw ClientError("ringload \(args) exited \(p.terminationStatus): \(String(decoding: data, as: UTF8.self))") }
-    return try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+    let (status, out) = try runBuilt("ringload", args + ["--json"], prefix: prefix)
+    guard status == 0 else { throw ClientError("ringload \(args) exited \(status): \(out)") }
+    return try jsonObject(out)
 }
 
 private struct Measured {

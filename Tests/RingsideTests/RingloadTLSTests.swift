@@ -13,24 +13,10 @@ import Testing
 
 /// Runs the ringload binary built next to the tests (bounded to 60 s); its exit status and stdout.
 private func ringloadTLS(_ args: [String]) throws -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-    p.arguments = ["60", builtBinary("ringload").path] + args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    try runBuilt("ringload", args, prefix: ["/usr/bin/timeout", "60"])
 }
 
-private func object(_ s: String) throws -> [String: Any] {
-    guard let o = try JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] else {
-        throw ClientError("not a JSON object: \(s)")
-    }
-    return o
-}
+private func object(_ s: String) throws -> [String: Any] { try jsonObject(s) }
 
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct RingloadTLSTests {

@@ -16,23 +16,9 @@ private struct CorruptingEcho: ConnectionHandler {
 }
 
 /// Runs the ringload binary built next to the tests; returns its exit status and stdout.
-private func ringload(_ args: [String]) throws -> (Int32, String) {
-    let exe = builtBinary("ringload")
-    let p = Process()
-    p.executableURL = exe
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = FileHandle.nullDevice
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-}
+private func ringload(_ args: [String]) throws -> (Int32, String) { try runBuilt("ringload", args) }
 
-private func json(_ s: String) throws -> [String: Any] {
-    try JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] ?? [:]
-}
+private func json(_ s: String) throws -> [String: Any] { try jsonObject(s) }
 
 @Suite(.serialized) struct RingloadTests {
     @Test(arguments: allBackends) func verifiesEveryEchoedByte(_ backend: BackendKind) throws {

@@ -223,3 +223,27 @@ func builtBinary(_ name: String) -> URL {
     let exe = dir.appendingPathComponent(name)
     return FileManager.default.fileExists(atPath: exe.path) ? exe : dir.deletingLastPathComponent().appendingPathComponent(name)
 }
+
+/// Runs a binary built next to the tests (`builtBinary`), optionally behind `prefix` (`timeout 60`,
+/// `taskset -c 1`); returns its exit status and stdout (stderr is dropped).
+func runBuilt(_ name: String, _ args: [String], prefix: [String] = []) throws -> (status: Int32, output: String) {
+    let exe = builtBinary(name)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: prefix.first ?? exe.path)
+    p.arguments = prefix.isEmpty ? args : Array(prefix.dropFirst()) + [exe.path] + args
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// A JSON object (ringload's `--json` output).
+func jsonObject(_ s: String) throws -> [String: Any] {
+    guard let o = try JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any] else {
+        throw ClientError("not a JSON object: \(s)")
+    }
+    return o
+}
