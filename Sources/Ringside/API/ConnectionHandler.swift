@@ -24,6 +24,10 @@ public protocol ConnectionHandler: SendableMetatype {
     static var requiresAuthentication: Bool { get }
 
     /// The connection was accepted and is ready. Default: nothing.
+    ///
+    /// Take per-connection resources here rather than when the factory makes the value: a handler
+    /// behind stream layers (``LayeredHandler``, TLS) is opened only once the layers are established,
+    /// and a connection that ends before (a failed handshake) neither opens nor closes it.
     mutating func opened(on connection: Connection)
 
     /// Bytes arrived. `bytes` is valid only during this call.
@@ -40,8 +44,8 @@ public protocol ConnectionHandler: SendableMetatype {
     /// The timer armed with ``Connection/setTimer(after:)`` came due. Default: nothing.
     mutating func timerFired(on connection: Connection)
 
-    /// The connection is gone (descriptor closed, every operation completed). Called exactly once.
-    /// Default: nothing.
+    /// The connection is gone (descriptor closed, every operation completed). Called exactly once for
+    /// a handler that was opened. Default: nothing.
     mutating func closed(reason: CloseReason)
 }
 
