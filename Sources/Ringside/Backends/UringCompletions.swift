@@ -128,11 +128,13 @@ extension UringBackend {
         case .setLinger where res < 0:
             // The probe found socket commands supported: a failure is the engine's (the close follows anyway).
             _ = EngineErrors.reason(-res, op: "setsockopt(SO_LINGER)", slot: ud.slot, counters: &core.counters, logger: logger)
-        case .shutdown where res < 0 && res != -ENOTCONN && core.states[i].phase != .tearingDown:
-            // (Once the close is under way the FIN no longer matters: a shutdown that ran after the close
-            // of a direct descriptor finds it gone.)
-            core.requestClose(slot: ud.slot, abort: true, reason: EngineErrors.reason(
-                -res, op: "shutdown", slot: ud.slot, counters: &core.counters, logger: logger))
+        case .shutdown:
+            // The close waited for this (`socketWorkerOps`): the descriptor cannot have been reused.
+            if res < 0 && res != -ENOTCONN && core.states[i].phase != .tearingDown {
+                core.requestClose(slot: ud.slot, abort: true, reason: EngineErrors.reason(
+                    -res, op: "shutdown", slot: ud.slot, counters: &core.counters, logger: logger))
+            }
+            socketWorkerOpEnded(ud.slot)
         default: break  // cancel: -ENOENT / -EALREADY mean the operation already finished
         }
         core.markDirty(ud.slot)
@@ -189,6 +191,7 @@ extension UringBackend: ConnectionIO {
     }
 
     func shutdownWrite(_ slot: Int32) {
+        core.states[Int(slot)].socketWorkerOps += 1  // IORING_OP_SHUTDOWN always runs on an io-wq worker
         prepare(UserData(.shutdown, slot: slot, generation: core.states[Int(slot)].generation))
     }
 
@@ -199,6 +202,30 @@ extension UringBackend: ConnectionIO {
         case .armed, .cancelling: prepare(UserData(.cancel, slot: slot, generation: gen))
         default: if core.states[i].sendInFlight { prepare(UserData(.cancel, slot: slot, generation: gen)) }
         }
+        // A splice-out still queued for a worker has no descriptor yet: the cancel above cannot match it.
+        if let op = splice?.operations[slot], op.outIssued, op.pending > 0 {
+            prepare(UserData(.spliceProbe, slot: slot, generation: gen))
+        }
+        guard core.states[i].socketWorkerOps == 0 else {
+            core.states[i].deferredClose = abort ? 2 : 1  // `socketWorkerOpEnded` closes
+            return
+        }
+        issueClose(slot, abort: abort)
+    }
+
+    /// An io-wq operation on the socket of `slot` ended: a close that waited for it goes now.
+    func socketWorkerOpEnded(_ slot: Int32) {
+        let i = Int(slot)
+        core.states[i].socketWorkerOps -= 1
+        guard core.states[i].socketWorkerOps == 0, core.states[i].deferredClose != 0 else { return }
+        let abort = core.states[i].deferredClose == 2
+        core.states[i].deferredClose = 0
+        issueClose(slot, abort: abort)
+    }
+
+    private func issueClose(_ slot: Int32, abort: Bool) {
+        let i = Int(slot)
+        let gen = core.states[i].generation
         // An abort resets the connection (RST) rather than leaving unsent data to a peer that may never
         // take it. The setsockopt completes inline at submission, ahead of the close (hard-linked so the
         // close runs even if it fails; kept in order by the FIFO if the SQ is full).

@@ -166,6 +166,7 @@ extension UringBackend: FileSplicer {
         }
         op.pending = prefixCount > 0 ? 2 : 1
         splice.operations[slot] = op
+        core.states[Int(slot)].socketWorkerOps += 1  // its splice-out runs on a worker (see `close`)
         core.counters.fileSplices += 1
         core.counters.splicePipesInUse += 1
         let i = Int(slot)
@@ -299,6 +300,7 @@ extension UringBackend: FileSplicer {
         splice!.give(op.pipe, clean: clean)
         core.counters.splicePipesInUse -= 1
         core.states[i].sendEnded()
+        socketWorkerOpEnded(slot)
         if let reason { core.requestClose(slot: slot, abort: true, reason: reason) }
         if core.states[i].phase == .tearingDown { core.discardQueue(slot: slot) }
         core.markDirty(slot)

@@ -30,6 +30,13 @@ struct ConnectionState {
     var inflight: Int32 = 0
     /// The descriptor is closed (the close completed).
     var fdClosed = false
+    /// io_uring: operations on the socket that run on an io-wq worker (shutdown, a splice). The kernel
+    /// looks their descriptor up only when the worker starts them, and a cancel by descriptor cannot
+    /// see them before that; so the socket's close waits for them (`deferredClose`): closed earlier,
+    /// its (direct) descriptor could be reused by the next accept and the operation hit that connection.
+    var socketWorkerOps: UInt8 = 0
+    /// io_uring: a close held back until `socketWorkerOps` is 0 (1: graceful, 2: abort).
+    var deferredClose: UInt8 = 0
     /// A receive was armed before (re-arm counting).
     var armedOnce = false
     /// Closed by a deadline: only the write stall still applies.
