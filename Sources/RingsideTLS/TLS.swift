@@ -42,7 +42,7 @@ public struct TLSConfiguration: Sendable {
     /// longest, if that one has been idle for at least ``handshakeEvictionGrace`` (its connection is
     /// aborted, counted in ``ServerStats/tlsHandshakesEvicted``); otherwise the new connection is
     /// closed before any cryptography (counted in ``ServerStats/tlsHandshakesOverCap``). Handshakes
-    /// are the expensive part of TLS: the cap bounds the CPU and memory (OpenSSL's state, about 40 KiB
+    /// are the expensive part of TLS: the cap bounds the CPU and memory (OpenSSL's state: tens of KiB
     /// per handshake waiting for the rest of a ClientHello) that handshakes take at any moment, and the
     /// eviction keeps a flood of idle half-open handshakes from locking good clients out.
     public var maximumHandshakesPerLoop = 512
