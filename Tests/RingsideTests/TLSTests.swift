@@ -568,8 +568,7 @@ struct TLSTests {
     }
 
     /// Issue 13's bad-input case: 5,000 half-open connections (2,500 that connected and sent nothing,
-    /// 2,500 that sent half a ClientHello and stopped; 1,200 in all under ThreadSanitizer, whose
-    /// build is 5-15x slower per request; AddressSanitizer runs the 5,000) on one loop with
+    /// 2,500 that sent half a ClientHello and stopped) on one loop with
     /// the default cap (512) and grace (500 ms), while a good client (Python's ssl, a full handshake
     /// per request) makes 50 requests: every one is served, its latency is printed with and without
     /// the flood. Silent connections hold no TLS state and do not count against the cap; once the
@@ -581,8 +580,7 @@ struct TLSTests {
         guard let hello = pythonClientHello else {
             print("SKIP: python3 could not produce a ClientHello"); try Test.cancel("no ClientHello")
         }
-        let total = runningUnderThreadSanitizer ? 1_200 : 5_000
-        if runningUnderThreadSanitizer { print("under ThreadSanitizer: a flood of \(total), not 5,000") }
+        let total = 5_000  // also under ASan and TSan (measured: 3.3 s and 3.9 s for both backends)
         // Both ends of every connection are in this process.
         var limit = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
@@ -689,9 +687,6 @@ struct TLSTests {
         }
     }
 }
-
-/// Whether this process runs under ThreadSanitizer (its runtime is linked in).
-let runningUnderThreadSanitizer: Bool = dlsym(UnsafeMutableRawPointer(bitPattern: 0) /* RTLD_DEFAULT */, "__tsan_init") != nil
 
 /// A client stuck mid-handshake: it sent `bytes` (part of a ClientHello) and waits.
 func stuckClient(_ port: Int, _ bytes: [UInt8]) throws -> TestClient {
