@@ -36,10 +36,27 @@ public struct TLSConfiguration: Sendable {
     /// Session tickets (stateless resumption, TLS 1.2 and 1.3). On by default. Tickets are bound to the
     /// context: after ``TLSContext/reload()`` older tickets give a full handshake.
     public var sessionTickets = true
-    /// Handshakes in progress allowed per event loop; a connection beyond it is closed before any
-    /// cryptography (counted in ``ServerStats/tlsHandshakesOverCap``). Handshakes are the expensive
-    /// part of TLS: this bounds the CPU a flood of half-open handshakes can take.
+    /// Handshakes in progress allowed per event loop. A handshake counts from the connection's first
+    /// byte (before it, a connection holds no TLS state and costs no CPU) to its completion or the
+    /// connection's end. At the cap, a new handshake evicts the one that has made no progress for
+    /// longest, if that one has been idle for at least ``handshakeEvictionGrace`` (its connection is
+    /// aborted, counted in ``ServerStats/tlsHandshakesEvicted``); otherwise the new connection is
+    /// closed before any cryptography (counted in ``ServerStats/tlsHandshakesOverCap``). Handshakes
+    /// are the expensive part of TLS: the cap bounds the CPU and memory (OpenSSL's state: tens of KiB
+    /// per handshake waiting for the rest of a ClientHello) that handshakes take at any moment, and the
+    /// eviction keeps a flood of idle half-open handshakes from locking good clients out.
     public var maximumHandshakesPerLoop = 512
+    /// How long a handshake must have made no progress before a new one may evict it at the cap (see
+    /// ``maximumHandshakesPerLoop``). Progress: the server answered a flight of the client's, or the
+    /// first bytes arrived; bytes that do not complete a handshake message do not count, so a client
+    /// that trickles its ClientHello is as idle as one that sent half of it and stopped.
+    ///
+    /// A legitimate handshake is idle for about one round trip (the client's answer to the server's
+    /// flight), so it is never evicted when its round trip is shorter than the grace; and an attack
+    /// must open more than `maximumHandshakesPerLoop / grace` handshakes a second per loop (1,024 with
+    /// the defaults) to keep every one too young to evict, and so newcomers refused. 500 ms by
+    /// default; nil: never evict (a connection beyond the cap is always refused).
+    public var handshakeEvictionGrace: Duration? = .milliseconds(500)
     /// How long a handshake may take from the accept, then the connection is closed (counted in
     /// ``ServerStats/tlsHandshakeTimeouts``). Independent of, and usually shorter than,
     /// ``ServerConfiguration/authenticationTimeout``, which also runs through the handshake. Nil: only
@@ -78,7 +95,8 @@ public final class TLSContext: StreamLayerFactory {
         let set = try OpenSSLContextSet(configuration)
         state = Mutex((configuration, set))
         self.logger = logger
-        logger.info("TLS ready: \(set.summary) handshakesPerLoop=\(configuration.maximumHandshakesPerLoop) \(KernelTLS.status.description)")
+        let grace = configuration.handshakeEvictionGrace.map { "\($0)" } ?? "off"
+        logger.info("TLS ready: \(set.summary) handshakesPerLoop=\(configuration.maximumHandshakesPerLoop) evictAfter=\(grace) \(KernelTLS.status.description)")
     }
 
     /// Re-reads the certificate and key files (for example after a renewal); connections accepted
@@ -97,20 +115,25 @@ public final class TLSContext: StreamLayerFactory {
     public func makeLayer() -> any StreamLayer {
         let (config, set) = state.withLock { ($0.0, $0.1) }
         return TLSLayer(contexts: set, maximumHandshakes: config.maximumHandshakesPerLoop,
-                        handshakeTimeout: config.handshakeTimeout, logger: logger)
+                        evictionGrace: config.handshakeEvictionGrace, handshakeTimeout: config.handshakeTimeout, logger: logger)
     }
 }
 
 /// TLS for one connection, server side.
 ///
-/// Handshake: counted against the loop's cap from the first byte to completion; the connection's
-/// authentication deadline (``ServerConfiguration/authenticationTimeout``) runs through it (see
+/// Handshake: counted against the loop's cap from the first byte to completion (evicting the loop's
+/// longest-idle handshake at the cap, see ``TLSConfiguration/maximumHandshakesPerLoop``); the `SSL`
+/// is made at the first byte too, so a connection that has sent nothing holds no OpenSSL state. The
+/// connection's authentication deadline (``ServerConfiguration/authenticationTimeout``) runs through it (see
 /// ``LayeredHandler``). A failed handshake (garbage instead of a ClientHello, no shared version)
 /// queues OpenSSL's alert, then closes gracefully so the alert leaves; a peer that closes mid-handshake
 /// is closed. Each failure is logged (rate-limited) and counted in ``ServerStats``.
 final class TLSLayer: StreamLayer {
-    private let session: OpenSSLSession?
+    private let contexts: OpenSSLContextSet
+    /// Made at the first byte (`startHandshake`).
+    private var session: OpenSSLSession? = nil
     private let maximumHandshakes: Int
+    private let evictionGrace: Duration?
     private let handshakeTimeout: Duration?
     private let logger: Logger
     private(set) var isEstablished = false
@@ -118,24 +141,37 @@ final class TLSLayer: StreamLayer {
     private var failed = false
     private var shutdownSent = false
 
-    init(contexts: OpenSSLContextSet, maximumHandshakes: Int, handshakeTimeout: Duration?, logger: Logger) {
-        session = OpenSSLSession(contexts: contexts)
+    init(contexts: OpenSSLContextSet, maximumHandshakes: Int, evictionGrace: Duration?, handshakeTimeout: Duration?, logger: Logger) {
+        self.contexts = contexts
         self.maximumHandshakes = maximumHandshakes
+        self.evictionGrace = evictionGrace
         self.handshakeTimeout = handshakeTimeout
         self.logger = logger
     }
 
     func opened(_ io: LayerIO) {
-        guard session != nil else {
-            fail(io, .handshakeFailed, "SSL_new failed: \(drainOpenSSLErrors())", abort: true)
-            return
-        }
-        guard io.beginHandshake(limit: maximumHandshakes) else {
-            fail(io, .handshakeOverCap, "\(maximumHandshakes) handshakes already in progress on this loop", abort: true)
-            return
+        if let handshakeTimeout { io.connection.setTimer(after: handshakeTimeout) }
+    }
+
+    /// The first bytes: the handshake counts against the loop's cap (evicting an idle one, or refused),
+    /// then gets its `SSL`. False when the connection is closing instead.
+    private func startHandshake(_ io: LayerIO) -> Bool {
+        switch io.beginHandshake(limit: maximumHandshakes, evictingIdleFor: evictionGrace) {
+        case .admitted: break
+        case .evicted(let peer, let idle):
+            warn(io, .handshakeEvicted, "admitted at the cap of \(maximumHandshakes) handshakes in progress by evicting the one from \(peer.map { "\($0)" } ?? "?") (no progress for \(idle))")
+        case .refused:
+            let grace = evictionGrace.map { "none idle for \($0) yet" } ?? "eviction off"
+            fail(io, .handshakeOverCap, "\(maximumHandshakes) handshakes already in progress on this loop (\(grace))", abort: true)
+            return false
         }
         handshakeCounted = true
-        if let handshakeTimeout { io.connection.setTimer(after: handshakeTimeout) }
+        guard let s = OpenSSLSession(contexts: contexts) else {
+            fail(io, .handshakeFailed, "SSL_new failed: \(drainOpenSSLErrors())", abort: true)
+            return false
+        }
+        session = s
+        return true
     }
 
     func timerFired(_ io: LayerIO) {
@@ -144,7 +180,9 @@ final class TLSLayer: StreamLayer {
     }
 
     func inbound(_ bytes: UnsafeRawBufferPointer, _ io: LayerIO, deliver: (UnsafeRawBufferPointer) -> Void) {
-        guard let session, !failed else { return }
+        guard !failed, bytes.count > 0 else { return }
+        if session == nil && !startHandshake(io) { return }
+        guard let session else { return }
         session.feed(bytes, io)
         defer { session.end() }
         if !isEstablished {
@@ -156,7 +194,10 @@ final class TLSLayer: StreamLayer {
                 endHandshake(io)
                 io.record(.handshakeCompleted(resumed: session.resumed))
             case .wantRead:
-                return  // every byte is with OpenSSL's record layer now
+                // Every byte is with OpenSSL's record layer now. A flight answered is progress (the
+                // handshake becomes the loop's last to evict); a partial message is not.
+                if session.bytesWritten != written { io.handshakeProgressed() }
+                return
             case .closed:
                 fail(io, .handshakeTruncated, "close_notify during the handshake", abort: false)
                 return
@@ -228,6 +269,9 @@ final class TLSLayer: StreamLayer {
         }
         if !failed && handshakeCounted {
             fail(io, .handshakeTruncated, "the peer closed before the handshake completed", abort: false)
+        } else if !failed {
+            // Not a byte before the end (a port probe, a health check): nothing began, nothing to count.
+            io.connection.close()
         }
         return false
     }

@@ -11,7 +11,7 @@ extension ServerStats {
         \.writeStallTimeouts, \.receiveBurstLimitEnds, \.engineErrors, \.teardownsWithSendInFlight,
         \.proxyHeadersAccepted, \.proxyHeadersRejected, \.proxyHeadersUntrusted, \.proxyHeaderTimeouts,
         \.tlsHandshakes, \.tlsResumptions, \.tlsHandshakeFailures, \.tlsHandshakesTruncated, \.tlsHandshakeTimeouts,
-        \.tlsHandshakesOverCap, \.tlsHandshakesInProgress, \.layerErrors,
+        \.tlsHandshakesOverCap, \.tlsHandshakesEvicted, \.tlsHandshakesInProgress, \.layerErrors,
         \.fileSplices, \.fileSpliceBytes, \.fileSpliceFallbacks, \.splicePipesInUse,
     ] }
     /// Peaks and maxima: the merged value is the largest of any loop (each loop has its own pool and

@@ -97,6 +97,9 @@ public struct ServerStats: Sendable, Equatable {
     public var tlsHandshakeTimeouts = 0
     /// Connections refused because the loop already had its cap of handshakes in progress.
     public var tlsHandshakesOverCap = 0
+    /// Handshakes closed to admit a new one at the cap: the one that had made no progress for longest,
+    /// once idle for at least the layer's grace (TLS: `TLSConfiguration.handshakeEvictionGrace`).
+    public var tlsHandshakesEvicted = 0
     /// Handshakes in progress now (a gauge).
     public var tlsHandshakesInProgress = 0
     /// Errors after the handshake: a bad or truncated record, an alert from the peer (logged).

@@ -67,8 +67,9 @@ final class LoopCore {
     /// the enqueue path borrows it at +0. A stack lives from the layered handler's `opened` to its
     /// `closed` (`LayeredHandler`); `freeSlot` drops a stack left behind.
     @exclusivity(unchecked) var layerStacks: UnsafeMutablePointer<Unmanaged<LayerStack>?>? = nil
-    /// Layer handshakes (TLS) in progress on this loop, for the per-loop cap (`LayerIO.beginHandshake`).
-    @exclusivity(unchecked) var handshakesInProgress = 0
+    /// Layer handshakes (TLS) in progress on this loop, least recent progress first, for the per-loop
+    /// cap and its eviction (`LayerIO.beginHandshake`, Layers/LayerStack.swift).
+    @exclusivity(unchecked) var handshakes = HandshakeList()
 
     /// Deadlines and caps, in milliseconds (0: off).
     struct Limits {

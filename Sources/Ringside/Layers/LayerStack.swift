@@ -22,6 +22,14 @@ final class LayerStack {
     /// Room kept per batch for what the layers add (TLS: record header, tag, padding).
     static let batchOverhead = 256
 
+    /// The loop's list of handshakes in progress (`LoopCore.handshakes`): whether this connection is in
+    /// it, its neighbours (slots, -1 at the ends) and when its handshake last made progress (the loop's
+    /// clock, ms). Loop-thread confined, like the list.
+    var handshakeLinked = false
+    var handshakePrevious: Int32 = -1
+    var handshakeNext: Int32 = -1
+    var handshakeProgressAt: UInt64 = 0
+
     deinit { pending?.deallocate() }
 
     init(layers: [any StreamLayer], connection: Connection) {
@@ -235,6 +243,15 @@ public struct LayeredHandler<H: ConnectionHandler>: ConnectionHandler {
     }
 }
 
+/// The loop's layer handshakes in progress (`LoopCore.handshakes`): a doubly linked list of slots
+/// through their `LayerStack`s, least recent progress first (head), so the cap's eviction candidate
+/// and every update are O(1) and allocate nothing. Loop-thread confined.
+struct HandshakeList {
+    var count = 0
+    var head: Int32 = -1
+    var tail: Int32 = -1
+}
+
 extension LoopCore {
     /// Installs `stack` as `slot`'s layers (one strong reference, held by the table) and marks the
     /// slot `.layered`. Allocates the table on the first layered connection of the loop.
@@ -249,11 +266,45 @@ extension LoopCore {
         states[Int(slot)].traits.insert(.layered)
     }
 
-    /// Drops `slot`'s layer stack, if any (its strong reference is released).
+    /// Drops `slot`'s layer stack, if any (its strong reference is released), and its handshake from
+    /// the loop's list if it is still there.
     func removeLayerStack(slot: Int32) {
         guard let t = layerStacks, let s = t[Int(slot)] else { return }
+        s._withUnsafeGuaranteedRef { if $0.handshakeLinked { unlinkHandshake(slot, $0) } }
         t[Int(slot)] = nil
         s.release()
+    }
+
+    /// `slot`'s layer stack (a strong reference; off the per-message path), or nil.
+    func layerStackObject(_ slot: Int32) -> LayerStack? {
+        guard slot >= 0, let t = layerStacks, let s = t[Int(slot)] else { return nil }
+        return s.takeUnretainedValue()
+    }
+
+    /// Appends `slot` (whose stack is `s`) to the loop's handshakes as the most recent, progress now.
+    func linkHandshake(_ slot: Int32, _ s: LayerStack) {
+        precondition(!s.handshakeLinked, "handshake linked twice")
+        s.handshakeLinked = true
+        s.handshakeProgressAt = now
+        s.handshakePrevious = handshakes.tail
+        s.handshakeNext = -1
+        if handshakes.tail >= 0 { layerStackObject(handshakes.tail)!.handshakeNext = slot } else { handshakes.head = slot }
+        handshakes.tail = slot
+        handshakes.count += 1
+        counters.tlsHandshakesInProgress = handshakes.count
+    }
+
+    /// Takes `slot` (whose stack is `s`) out of the loop's handshakes.
+    func unlinkHandshake(_ slot: Int32, _ s: LayerStack) {
+        precondition(s.handshakeLinked, "unlinking a handshake that is not linked")
+        // Every linked slot has its stack in the table (a stack unlinks before it leaves it).
+        if s.handshakePrevious >= 0 { layerStackObject(s.handshakePrevious)!.handshakeNext = s.handshakeNext } else { handshakes.head = s.handshakeNext }
+        if s.handshakeNext >= 0 { layerStackObject(s.handshakeNext)!.handshakePrevious = s.handshakePrevious } else { handshakes.tail = s.handshakePrevious }
+        s.handshakeLinked = false
+        s.handshakePrevious = -1
+        s.handshakeNext = -1
+        handshakes.count -= 1
+        counters.tlsHandshakesInProgress = handshakes.count
     }
 
     /// Runs `body` with `slot`'s layer stack borrowed at +0 (nil: no stack). Invariant: the table's

@@ -68,10 +68,25 @@ public enum LayerEvent: Sendable {
     case handshakeTruncated
     /// The handshake was not complete within its deadline.
     case handshakeTimedOut
-    /// The loop's cap of handshakes in progress was reached; the connection was refused.
+    /// The loop's cap of handshakes in progress was reached and no handshake could be evicted; the
+    /// connection was refused.
     case handshakeOverCap
+    /// At the cap, a handshake idle for longest was closed to admit a new one (counted by
+    /// ``LayerIO/beginHandshake(limit:evictingIdleFor:)`` itself; for rate-limited logging).
+    case handshakeEvicted
     /// An error after the handshake (a bad or truncated record, an alert).
     case error
+}
+
+/// The answer of ``LayerIO/beginHandshake(limit:evictingIdleFor:)``.
+public enum HandshakeAdmission: Sendable, Equatable {
+    /// Counted; there was room under the cap.
+    case admitted
+    /// Counted in place of the handshake that had made no progress for longest (`idle`), whose
+    /// connection (from `peer`, when known) was aborted.
+    case evicted(peer: PeerAddress?, idle: Duration)
+    /// Not counted: the cap is reached and no handshake has been idle long enough to evict.
+    case refused
 }
 
 /// A layer's view of its connection during one call: where its output goes (the layers below it,
@@ -112,20 +127,66 @@ public struct LayerIO {
 
     /// Counts a handshake in progress against the loop's cap; false (nothing counted) when `limit`
     /// handshakes are already in progress on this loop. Pair a true result with ``endHandshake()``.
+    /// (``beginHandshake(limit:evictingIdleFor:)`` without eviction.)
     public func beginHandshake(limit: Int) -> Bool {
-        connection.withCore { c in
-            guard c.handshakesInProgress < limit else { return false }
-            c.handshakesInProgress += 1
-            c.counters.tlsHandshakesInProgress = c.handshakesInProgress
-            return true
+        beginHandshake(limit: limit, evictingIdleFor: nil) != .refused
+    }
+
+    /// Counts this connection's handshake as in progress, against the loop's cap of `limit`.
+    ///
+    /// At the cap, the loop's handshake that has made no progress for longest (see
+    /// ``handshakeProgressed()``) is evicted, its connection aborted and counted in
+    /// ``ServerStats/tlsHandshakesEvicted``, when it has been idle for at least `grace`; otherwise
+    /// (or with a nil `grace`) nothing is counted and the answer is ``HandshakeAdmission/refused``.
+    /// So a flood of idle half-open handshakes cannot lock newcomers out for longer than `grace`, while
+    /// the cap still bounds the handshakes (their CPU and memory) in progress at any moment.
+    /// O(1) (the loop keeps its handshakes in a list, least recent progress first). Pair an admission
+    /// with ``endHandshake()``; a handshake already counted is admitted again as it is.
+    public func beginHandshake(limit: Int, evictingIdleFor grace: Duration?) -> HandshakeAdmission {
+        let slot = connection.slot
+        return stack._withUnsafeGuaranteedRef { s in
+            connection.withCore { c in
+                if s.handshakeLinked { return .admitted }
+                var answer = HandshakeAdmission.admitted
+                while c.handshakes.count >= limit {
+                    let victim = c.handshakes.head
+                    guard let grace, victim >= 0, let v = c.layerStackObject(victim) else { return .refused }
+                    let idle = c.now &- v.handshakeProgressAt
+                    guard c.now >= v.handshakeProgressAt, idle >= UInt64(max(0, grace.wholeMilliseconds)) else { return .refused }
+                    c.unlinkHandshake(victim, v)
+                    c.counters.tlsHandshakesEvicted += 1
+                    answer = .evicted(peer: v.connection.peerAddress, idle: .milliseconds(Int64(idle)))
+                    // The victim's layers hear of it in their `closed` (their `endHandshake` is a no-op now).
+                    v.connection.abort()
+                }
+                c.linkHandshake(slot, s)
+                return answer
+            }
         }
     }
 
-    /// Ends a handshake counted by ``beginHandshake(limit:)``.
+    /// The handshake moved (TLS: the layer answered a flight): it becomes the loop's most recent, the
+    /// last to be evicted. Bytes that do not complete a handshake message should not count, or a
+    /// client trickling its ClientHello would never be idle. O(1); nothing when not counted.
+    public func handshakeProgressed() {
+        let slot = connection.slot
+        stack._withUnsafeGuaranteedRef { s in
+            connection.withCore { c in
+                guard s.handshakeLinked else { return }
+                c.unlinkHandshake(slot, s)
+                c.linkHandshake(slot, s)
+            }
+        }
+    }
+
+    /// Ends a handshake counted by ``beginHandshake(limit:evictingIdleFor:)`` (nothing when it was
+    /// evicted meanwhile, or never counted).
     public func endHandshake() {
-        connection.withCore { c in
-            c.handshakesInProgress -= 1
-            c.counters.tlsHandshakesInProgress = c.handshakesInProgress
+        let slot = connection.slot
+        stack._withUnsafeGuaranteedRef { s in
+            connection.withCore { c in
+                if s.handshakeLinked { c.unlinkHandshake(slot, s) }
+            }
         }
     }
 
@@ -140,6 +201,7 @@ public struct LayerIO {
             case .handshakeTruncated: c.counters.tlsHandshakesTruncated += 1
             case .handshakeTimedOut: c.counters.tlsHandshakeTimeouts += 1
             case .handshakeOverCap: c.counters.tlsHandshakesOverCap += 1
+            case .handshakeEvicted: c.counters.tlsHandshakesEvicted += 1
             case .error: c.counters.layerErrors += 1
             }
         }
@@ -155,6 +217,7 @@ public struct LayerIO {
             case .handshakeTruncated: c.counters.tlsHandshakesTruncated
             case .handshakeTimedOut: c.counters.tlsHandshakeTimeouts
             case .handshakeOverCap: c.counters.tlsHandshakesOverCap
+            case .handshakeEvicted: c.counters.tlsHandshakesEvicted
             case .error: c.counters.layerErrors
             }
         }
