@@ -12,6 +12,7 @@ extension ServerStats {
         \.proxyHeadersAccepted, \.proxyHeadersRejected, \.proxyHeadersUntrusted, \.proxyHeaderTimeouts,
         \.tlsHandshakes, \.tlsResumptions, \.tlsHandshakeFailures, \.tlsHandshakesTruncated, \.tlsHandshakeTimeouts,
         \.tlsHandshakesOverCap, \.tlsHandshakesInProgress, \.layerErrors,
+        \.zeroCopySends, \.zeroCopySendsCompleted, \.zeroCopySendsCopied,
     ] }
     /// Peaks and maxima: the merged value is the largest of any loop (each loop has its own pool and
     /// connections, so a sum of peaks would describe no moment that happened).

@@ -102,6 +102,16 @@ public struct ServerStats: Sendable, Equatable {
     /// Errors after the handshake: a bad or truncated record, an alert from the peer (logged).
     public var layerErrors = 0
 
+    // Zero-copy sends (``ServerConfiguration/zeroCopySendThreshold``, io_uring).
+    /// Sends submitted as IORING_OP_SEND_ZC from the registered send chunks.
+    public var zeroCopySends = 0
+    /// Their notifications (IORING_CQE_F_NOTIF: the kernel is done with the chunks, which only then
+    /// return to the pool) that report the bytes went out without a copy.
+    public var zeroCopySendsCompleted = 0
+    /// Notifications that report the kernel copied the bytes after all (IORING_NOTIF_USAGE_ZC_COPIED):
+    /// always the case over loopback, where the receiver is local.
+    public var zeroCopySendsCopied = 0
+
     /// Every connection closed by a deadline (authentication, idle, read, write stall).
     public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }
 

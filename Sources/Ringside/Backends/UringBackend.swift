@@ -77,6 +77,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     /// File operations through the ring (set at the end of init; see UringFiles.swift).
     var files: UringFiles!
     let sendVectors: SendVectors
+    /// Zero-copy sends in flight (threshold 0: off; see UringZeroCopy.swift).
+    let zeroCopy: UringZeroCopySends
     let cqeBatch = 256
 
     let port: Int
@@ -99,7 +101,13 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
         try UringProbe.requireMinimum(ring: ring, provided: provided, pool: pool)
-        probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config, fileTable: fileTable)
+        probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config, fileTable: fileTable,
+                           registeredBuffers: registeredBuffers)
+        if let t = config.zeroCopySendThreshold, !probe.zeroCopySend {
+            logger.notice("zero-copy sends (threshold \(t) B) off: \(probe.zeroCopySendNote); sending with plain SEND")
+        }
+        zeroCopy = UringZeroCopySends(threshold: probe.zeroCopySend ? (config.zeroCopySendThreshold ?? 0) : 0,
+                                      sendChunks: config.sendBuffers)
         directFiles = probe.directDescriptors
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)

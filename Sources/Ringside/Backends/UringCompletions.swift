@@ -8,6 +8,7 @@ extension UringBackend {
         switch kind {
         case .recv: completeRecv(ud, res: res, flags: flags)
         case .send: completeSend(ud, res: res)
+        case .sendZC: completeZeroCopySend(ud, res: res, flags: flags)
         case .close, .cancel, .cancelRecv, .shutdown, .setLinger: completeSlotOp(ud, kind: kind, res: res)
         case .connect: completeConnect(ud, res: res)
         case .accept: completeAccept(ud, res: res, flags: flags)
@@ -94,7 +95,7 @@ extension UringBackend {
         }
     }
 
-    private func completeSend(_ ud: UserData, res: Int32) {
+    func completeSend(_ ud: UserData, res: Int32) {
         guard current(ud) else { return }
         let slot = ud.slot
         let i = Int(slot)
@@ -162,6 +163,7 @@ extension UringBackend: ConnectionIO {
 
     func startSend(_ slot: Int32) {
         let i = Int(slot)
+        if _slowPath(zeroCopy.threshold > 0) && startZeroCopySend(slot) { return }
         let h = core.states[i].sendHead
         if pool.next(h) < 0 {
             let (a, b) = pool.range(h)

@@ -20,6 +20,10 @@ extension UringBackend {
         case .loopTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
         case .file: break  // counted by `files` (pendingFileOperations), awaited at stop
         case .fileCancel: ringInflight += 1
+        case .sendZC:
+            // The connection awaits the result; the loop awaits the notification (a stop waits for it).
+            core.states[Int(zeroCopy[ud.slot].slot)].inflight += 1
+            ringInflight += 1
         default: ringInflight += 1
         }
         if !deferred.isEmpty || !fill(ud) {
@@ -52,6 +56,7 @@ extension UringBackend {
             rs_sqe_set_buf_group(s, provided.groupID)
             if receiveLimit > 0 { rs_sqe_set_recv_total_limit(s, UInt32(clamping: receiveLimit)) }
         case .send: fillSend(s, ud.slot)
+        case .sendZC: fillZeroCopySend(s, ud.slot)
         case .close:
             if core.states[slot].traits.contains(.direct) {
                 io_uring_prep_close_direct(s, UInt32(core.states[slot].fd))

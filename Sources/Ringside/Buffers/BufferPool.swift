@@ -18,7 +18,9 @@ import Glibc
 ///   connection's outbound queue, or borrowed by a handler call that is in progress;
 /// - a receive chunk is never handed back to the kernel before its CQE was reaped and its bytes consumed
 ///   (or sent, when retained for a zero-copy send);
-/// - `start <= end <= chunkSize` for a chunk in an outbound queue.
+/// - `start <= end <= chunkSize` for a chunk in an outbound queue;
+/// - a *pinned* send chunk (read by a zero-copy send whose notification has not arrived) is never back in
+///   the send free list: releasing it only marks it, and the last `unpin` returns it.
 final class BufferPool {
     let base: UnsafeMutableRawPointer
     let slabBytes: Int
@@ -31,6 +33,10 @@ final class BufferPool {
     private let next: UnsafeMutablePointer<Int32>
     private let start: UnsafeMutablePointer<Int32>
     private let end: UnsafeMutablePointer<Int32>
+    /// Per chunk: zero-copy sends still reading it (low bits) and whether it was released meanwhile
+    /// (`releasedWhilePinned`). Zero for every chunk unless zero-copy sends are on.
+    private let pins: UnsafeMutablePointer<UInt32>
+    private static let releasedWhilePinned: UInt32 = 1 << 31
     private let freeSend: UnsafeMutablePointer<Int32>
     @exclusivity(unchecked) private(set) var freeSendCount: Int
     private let freeRecv: UnsafeMutablePointer<Int32>
@@ -73,9 +79,11 @@ final class BufferPool {
         next = .allocate(capacity: chunkCount); next.initialize(repeating: -1, count: chunkCount)
         start = .allocate(capacity: chunkCount); start.initialize(repeating: 0, count: chunkCount)
         end = .allocate(capacity: chunkCount); end.initialize(repeating: 0, count: chunkCount)
+        pins = .allocate(capacity: chunkCount); pins.initialize(repeating: 0, count: chunkCount)
         let sendCount = chunkCount - receiveChunkCount
         freeSend = .allocate(capacity: sendCount)
-        for i in 0..<sendCount { freeSend[i] = Int32(chunkCount - 1 - i) }
+        // Ascending, so a block taken from the top (`takeSendChunks`) is slab neighbours in order.
+        for i in 0..<sendCount { freeSend[i] = Int32(receiveChunkCount + i) }
         freeSendCount = sendCount
         freeRecv = .allocate(capacity: receiveChunkCount)
         for i in 0..<receiveChunkCount { freeRecv[i] = Int32(receiveChunkCount - 1 - i) }
@@ -95,7 +103,7 @@ final class BufferPool {
 
     deinit {
         munmap(base, slabBytes)
-        next.deallocate(); start.deallocate(); end.deallocate(); freeSend.deallocate(); freeRecv.deallocate()
+        next.deallocate(); start.deallocate(); end.deallocate(); pins.deallocate(); freeSend.deallocate(); freeRecv.deallocate()
     }
 
     @inline(__always) func pointer(_ chunk: Int32) -> UnsafeMutableRawPointer {
@@ -133,6 +141,21 @@ final class BufferPool {
         return c
     }
 
+    /// Takes `n` free send chunks at once (the caller checked `freeSendCount >= n`) and returns where they
+    /// are: `takenSendChunk(at: first + j)` for j in 0..<n, valid until the next release. They come in the
+    /// order they were released, so chunks a queue sent and released in order (neighbours in the slab)
+    /// are taken again as neighbours in order: what lets a large write be one zero-copy send.
+    @inline(__always) func takeSendChunks(_ n: Int) -> Int {
+        freeSendCount -= n
+        noteOut(n)
+        return freeSendCount
+    }
+    @inline(__always) func takenSendChunk(at k: Int) -> Int32 {
+        let c = freeSend[k]
+        next[Int(c)] = -1
+        return c
+    }
+
     /// A free receive chunk for epoll reads, or nil when all are in use.
     @inline(__always) func takeReceiveChunk() -> Int32? {
         guard freeRecvCount > 0 else { return nil }
@@ -147,6 +170,7 @@ final class BufferPool {
     /// Returns a chunk to its home: the provided ring (io_uring receive chunks), the receive free list
     /// (epoll), or the send free list.
     @inline(__always) func release(_ c: Int32) {
+        if _slowPath(pins[Int(c)] != 0) { pins[Int(c)] |= Self.releasedWhilePinned; return }
         chunksOut -= 1
         if poison { memset(pointer(c), Int32(ServerConfiguration.poisonByte), size(c)) }
         if isReceiveChunk(c) {
@@ -159,6 +183,29 @@ final class BufferPool {
             freeSend[freeSendCount] = c; freeSendCount += 1
         }
     }
+
+    // MARK: zero-copy sends
+
+    /// A zero-copy send reads send chunk `c` until its notification: `release` must not return it before.
+    @inline(__always) func pin(_ c: Int32) {
+        assert(!isReceiveChunk(c))
+        pins[Int(c)] += 1
+    }
+
+    /// A zero-copy send's notification arrived: the kernel no longer reads `c`. Returns it to the pool if
+    /// it was released meanwhile and no other zero-copy send reads it.
+    @inline(__always) func unpin(_ c: Int32) {
+        let p = pins[Int(c)]
+        precondition(p & ~Self.releasedWhilePinned > 0, "unpinning chunk \(c), which no zero-copy send reads")
+        pins[Int(c)] = p - 1
+        if p - 1 == Self.releasedWhilePinned {
+            pins[Int(c)] = 0
+            release(c)
+        }
+    }
+
+    /// Whether `c` is read by a zero-copy send in flight.
+    func isPinned(_ c: Int32) -> Bool { pins[Int(c)] & ~Self.releasedWhilePinned > 0 }
 
     @inline(__always) private func noteOut(_ n: Int) {
         chunksOut += n
