@@ -28,11 +28,16 @@ final class UringZeroCopySends {
         var bytes: UInt32 = 0
         var awaitingResult = false
         var awaitingNotification = false
+        /// Bytes the send took that stay counted in the connection's `queuedBytes` until the notification
+        /// (so its watermarks see memory the kernel still holds).
+        var accounted: Int32 = 0
     }
 
     /// Sends of at least this many bytes go zero-copy (0: off).
     let threshold: Int
     let capacity: Int
+    /// The most send chunks zero-copy sends may hold at once (half of them); above, sends are plain.
+    let pinLimit: Int
     private let records: UnsafeMutablePointer<Record>
     private let free: UnsafeMutablePointer<Int32>
     private var freeCount: Int
@@ -40,6 +45,7 @@ final class UringZeroCopySends {
     init(threshold: Int, sendChunks: Int) {
         self.threshold = threshold
         capacity = threshold > 0 ? max(16, 2 * sendChunks) : 0
+        pinLimit = sendChunks / 2
         records = .allocate(capacity: max(1, capacity))
         records.initialize(repeating: Record(), count: max(1, capacity))
         free = .allocate(capacity: max(1, capacity))
@@ -72,7 +78,7 @@ final class UringZeroCopySends {
         freeCount += 1
     }
 
-    /// Records in use (for tests and the stop check).
+    /// Records in use.
     var inUse: Int { capacity - freeCount }
 }
 
@@ -109,7 +115,11 @@ extension UringBackend {
         let i = Int(slot)
         let h = core.states[i].sendHead
         let run = sendRun(from: h)
-        if !pool.isReceiveChunk(h) && run.bytes >= zeroCopy.threshold, let k = zeroCopy.take() {
+        // At most half the send chunks pinned: the kernel holds a zero-copy send's chunks for as long as
+        // its bytes sit in the socket's send buffer (until acknowledged), long after the queue moved on,
+        // so without a cap a few slow readers could pin the whole pool and refuse every write.
+        if !pool.isReceiveChunk(h) && run.bytes >= zeroCopy.threshold && pool.pinnedChunks + run.chunks <= zeroCopy.pinLimit,
+           let k = zeroCopy.take() {
             let (s, _) = pool.range(h)
             zeroCopy[k] = .init(slot: slot, generation: core.states[i].generation, first: h, chunks: Int32(run.chunks),
                                 address: UnsafeRawPointer(pool.pointer(h) + s), bytes: UInt32(run.bytes),
@@ -120,7 +130,7 @@ extension UringBackend {
             prepare(UserData(.sendZC, slot: k))
             return true
         }
-        guard run.bytes < zeroCopy.threshold, run.after >= 0, !pool.isReceiveChunk(run.after),
+        guard run.bytes < zeroCopy.threshold, run.after >= 0, pool.pinnedChunks < zeroCopy.pinLimit, !pool.isReceiveChunk(run.after),
               sendRun(from: run.after).bytes >= zeroCopy.threshold else { return false }
         if run.chunks == 1 {
             core.states[i].sendStarted(bytes: run.bytes, chunks: 1)
@@ -161,7 +171,15 @@ extension UringBackend {
         // No notification announced (the send failed or was cancelled before the kernel took the pages):
         // the kernel no longer reads the chunks.
         if flags & IORING_CQE_F_MORE == 0 { zeroCopyNotified(k) }
-        completeSend(UserData(.send, slot: r.slot, generation: r.generation), res: res)
+        let conn = UserData(.send, slot: r.slot, generation: r.generation)
+        completeSend(conn, res: res)
+        // The bytes sent left the queue but their chunks stay pinned until the notification: they still
+        // count against the connection's watermarks, so a peer that reads slowly pauses its own input
+        // rather than pinning the pool (the kernel holds them while they sit in the socket buffer).
+        if res > 0 && zeroCopy[k].awaitingNotification && core.isCurrent(r.slot, r.generation) {
+            core.states[Int(r.slot)].queuedBytes += Int(res)
+            zeroCopy[k].accounted = res
+        }
         zeroCopy.releaseIfDone(k)
     }
 
@@ -169,6 +187,11 @@ extension UringBackend {
         let r = zeroCopy[k]
         zeroCopy[k].awaitingNotification = false
         ringInflight -= 1
+        if r.accounted > 0 && core.isCurrent(r.slot, r.generation) {
+            let i = Int(r.slot)
+            core.states[i].queuedBytes = max(0, core.states[i].queuedBytes - Int(r.accounted))
+            core.markDirty(r.slot)  // may resume reading or owe `writable`
+        }
         // In slab order: the chunks return to the free list as neighbours, ready to form a run again.
         for c in r.first..<(r.first + r.chunks) { pool.unpin(c) }
     }

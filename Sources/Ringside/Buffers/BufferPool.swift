@@ -189,8 +189,12 @@ final class BufferPool {
     /// A zero-copy send reads send chunk `c` until its notification: `release` must not return it before.
     @inline(__always) func pin(_ c: Int32) {
         assert(!isReceiveChunk(c))
+        if pins[Int(c)] & ~Self.releasedWhilePinned == 0 { pinnedChunks += 1 }
         pins[Int(c)] += 1
     }
+
+    /// Send chunks read by at least one zero-copy send in flight.
+    @exclusivity(unchecked) private(set) var pinnedChunks = 0
 
     /// A zero-copy send's notification arrived: the kernel no longer reads `c`. Returns it to the pool if
     /// it was released meanwhile and no other zero-copy send reads it.
@@ -198,6 +202,7 @@ final class BufferPool {
         let p = pins[Int(c)]
         precondition(p & ~Self.releasedWhilePinned > 0, "unpinning chunk \(c), which no zero-copy send reads")
         pins[Int(c)] = p - 1
+        if (p - 1) & ~Self.releasedWhilePinned == 0 { pinnedChunks -= 1 }
         if p - 1 == Self.releasedWhilePinned {
             pins[Int(c)] = 0
             release(c)
