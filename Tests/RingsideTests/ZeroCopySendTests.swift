@@ -68,6 +68,18 @@ struct CopyingEchoHandler: ConnectionHandler {
         #expect(s.zeroCopySendsCopied > 0, "loopback must report copies")
     }
 
+    /// The threshold is 1 byte or more (nil: off).
+    @Test func thresholdIsValidated() throws {
+        var c = ServerConfiguration()
+        c.zeroCopySendThreshold = 0
+        #expect(throws: ConfigurationError.self) { try c.validate() }
+        c.zeroCopySendThreshold = -5
+        #expect(throws: ConfigurationError.self) { try c.validate() }
+        c.zeroCopySendThreshold = 16384
+        try c.validate()
+        #expect(try KernelFeatures(parsing: "send-zc") == .zeroCopySend)
+    }
+
     /// Zero-copy asked for without registered buffers: plain sends, bytes exact.
     @Test func withoutRegisteredBuffersSendsPlainly() throws {
         try withServer(.uring, configure: { Self.zeroCopy(&$0); $0.registerBuffers = false }, handler: { CopyingEchoHandler() }) { server in
