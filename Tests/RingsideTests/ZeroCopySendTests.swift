@@ -68,6 +68,60 @@ struct CopyingEchoHandler: ConnectionHandler {
         #expect(s.zeroCopySendsCopied > 0, "loopback must report copies")
     }
 
+    /// Send chunks at least as large as the threshold go zero-copy one by one, whatever their order.
+    @Test func largeChunksGoZeroCopyOneByOne() throws {
+        var stopped: RunningServer? = nil
+        try withServer(.uring, configure: {
+            Self.zeroCopy(&$0)
+            $0.zeroCopySendThreshold = 16 * 1024
+            $0.sendBufferSize = 64 * 1024
+            $0.sendBuffers = 96
+            $0.highWatermark = 128 * 1024
+            $0.lowWatermark = 32 * 1024
+            $0.receiveBurstLimit = 64 * 1024
+        }, handler: { CopyingEchoHandler() }) { server in
+            let payloads = (0..<8).map { randomBytes((1 << 20) + $0 * 7_919, seed: UInt64($0) + 21) }
+            let report = try MultiClient(port: server.port, payloads: payloads).run()
+            #expect(report.connections == 8)
+            #expect(server.stats.writesRefused == 0)
+            stopped = server
+        }
+        let s = stopped!.stats
+        print("64 KiB chunks: zero-copy sends \(s.zeroCopySends), copied \(s.zeroCopySendsCopied), bytes out \(s.bytesOut)")
+        try Self.skipUnlessZeroCopy(s, "largeChunksGoZeroCopyOneByOne")
+        #expect(s.zeroCopySendsCompleted + s.zeroCopySendsCopied == s.zeroCopySends)
+    }
+
+    /// The pool's side: a pinned chunk released by its queue stays out of the free list until its last
+    /// pin goes, then returns exactly once; a pinned chunk never released stays with its owner.
+    @Test func pinnedChunksReturnOnlyAtTheirLastUnpin() throws {
+        let pool = try BufferPool(receiveChunkSize: 1024, receiveChunks: 2, sendChunkSize: 512, sendChunks: 4)
+        let free = pool.freeSendCount
+        let block = pool.takeSendChunks(3)
+        let c = (0..<3).map { pool.takenSendChunk(at: block + $0) }
+        #expect(c[1] == c[0] + 1 && c[2] == c[1] + 1, "a fresh block is slab neighbours in order: \(c)")
+        for x in c { pool.pin(x) }
+        pool.pin(c[0])  // a second zero-copy send (the rest of a short one) reads c[0] too
+        #expect(pool.pinnedChunks == 3)
+        for x in c.prefix(2) { pool.release(x) }  // sent: the queue lets go
+        #expect(pool.freeSendCount == free - 3 && pool.chunksOut == 3)
+        for x in c { pool.unpin(x) }  // the first notification
+        #expect(pool.freeSendCount == free - 2, "c[1] returns; c[0] is still read; c[2] is still queued")
+        pool.unpin(c[0])  // the second notification
+        #expect(pool.freeSendCount == free - 1 && pool.pinnedChunks == 0)
+        pool.release(c[2])
+        #expect(pool.freeSendCount == free && pool.chunksOut == 0)
+        // Released in slab order (as a queue releases what it sent), they come back as neighbours in order.
+        let all = pool.takeSendChunks(4)
+        let a = (0..<4).map { pool.takenSendChunk(at: all + $0) }
+        for x in a.sorted() { pool.release(x) }
+        let again = pool.takeSendChunks(3)
+        let d = (0..<3).map { pool.takenSendChunk(at: again + $0) }
+        #expect(d[1] == d[0] + 1 && d[2] == d[1] + 1, "\(d)")
+        for x in d { pool.release(x) }
+        #expect(pool.chunksOut == 0)
+    }
+
     /// The threshold is 1 byte or more (nil: off).
     @Test func thresholdIsValidated() throws {
         var c = ServerConfiguration()
