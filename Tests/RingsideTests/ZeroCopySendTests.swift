@@ -122,6 +122,42 @@ struct CopyingEchoHandler: ConnectionHandler {
         #expect(pool.chunksOut == 0)
     }
 
+    /// Contiguous allocation (zero-copy sends on): a block take finds slab neighbours whatever order the
+    /// chunks came back in, and falls back to any free chunks when no run is long enough.
+    @Test func contiguousAllocationFindsNeighbours() throws {
+        let pool = try BufferPool(receiveChunkSize: 1024, receiveChunks: 2, sendChunkSize: 512, sendChunks: 130)
+        pool.useContiguousAllocation()
+        let all = pool.takeSendChunks(130)
+        var chunks = (0..<130).map { pool.takenSendChunk(at: all + $0) }
+        #expect(chunks == (0..<130).map { Int32(2 + $0) })
+        #expect(pool.takeSendChunk() == nil)
+        var g = SplitMix(seed: 3)
+        chunks.shuffle(using: &g)
+        for c in chunks.prefix(100) { pool.release(c) }  // back in a scrambled order
+        let free = Set(chunks.prefix(100))
+        for n in [16, 16, 5, 1] {
+            let b = pool.takeSendChunks(n)
+            let got = (0..<n).map { pool.takenSendChunk(at: b + $0) }
+            #expect(got.allSatisfy { free.contains($0) })
+            let neighbours = zip(got, got.dropFirst()).allSatisfy { $1 == $0 + 1 }
+            let possible = (0...(130 - n)).contains { s in (s..<(s + n)).allSatisfy { free.contains(Int32(2 + $0)) } }
+            if possible { #expect(neighbours, "a run of \(n) was free but \(got) was taken") }
+            for c in got { pool.release(c) }
+        }
+        for c in chunks.suffix(30) { pool.release(c) }
+        #expect(pool.freeSendCount == 130 && pool.chunksOut == 0)
+        // Fragmented: every other chunk out, no run of 2; a block of 4 still gets 4 free chunks.
+        let again = pool.takeSendChunks(130)
+        let every = (0..<130).map { pool.takenSendChunk(at: again + $0) }
+        for c in every where c % 2 == 0 { pool.release(c) }
+        let b = pool.takeSendChunks(4)
+        let four = (0..<4).map { pool.takenSendChunk(at: b + $0) }
+        #expect(Set(four).count == 4 && four.allSatisfy { $0 % 2 == 0 })
+        for c in four { pool.release(c) }
+        for c in every where c % 2 == 1 { pool.release(c) }
+        #expect(pool.freeSendCount == 130 && pool.chunksOut == 0)
+    }
+
     /// The threshold is 1 byte or more (nil: off).
     @Test func thresholdIsValidated() throws {
         var c = ServerConfiguration()

@@ -108,6 +108,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         }
         zeroCopy = UringZeroCopySends(threshold: probe.zeroCopySend ? (config.zeroCopySendThreshold ?? 0) : 0,
                                       sendChunks: config.sendBuffers)
+        // Blocks of slab neighbours for large writes and file pieces, so runs above the threshold form.
+        if zeroCopy.threshold > 0 && config.zeroCopySendThreshold! > pool.sendChunkSize { pool.useContiguousAllocation() }
         directFiles = probe.directDescriptors
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
