@@ -81,7 +81,7 @@ struct Serve: ParsableCommand {
     var `static`: String? = nil
     @Flag(help: "Register the buffer slab as fixed buffers (io_uring: file sends read into it with READ_FIXED; costs RLIMIT_MEMLOCK per loop).")
     var registerBuffers = false
-    @Option(help: "io_uring with --register-buffers: send runs of at least BYTES from the registered send chunks with zero-copy SEND_ZC (Linux 6.2+; off by default: over loopback the kernel copies anyway).")
+    @Option(help: ArgumentHelp("io_uring with --register-buffers: send runs of at least BYTES from the registered send chunks with zero-copy SEND_ZC (Linux 6.2+; off by default: over loopback the kernel copies anyway).", valueName: "bytes"))
     var zeroCopySends: Int? = nil
     @Flag(help: "HTTP: compress responses (gzip, zstd, deflate, as Accept-Encoding asks) of compressible types from 1 KiB.")
     var compression = false

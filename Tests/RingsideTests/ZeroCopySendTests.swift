@@ -158,6 +158,61 @@ struct CopyingEchoHandler: ConnectionHandler {
         #expect(pool.freeSendCount == 130 && pool.chunksOut == 0)
     }
 
+    /// `ringside serve --register-buffers --zero-copy-sends BYTES`: the start line says `send-zc=on`, a
+    /// static file arrives byte-exact, and the stop line counts the zero-copy sends and their usage.
+    @Test func cliFlagServesZeroCopy() throws {
+        try skipIfUnavailable(.uring)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ringside-zc-cli-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let body = randomBytes(1 << 20, seed: 31)
+        try Data(body).write(to: URL(fileURLWithPath: dir + "/m.bin"))
+        let p = Process()
+        p.executableURL = builtBinary("ringside")
+        p.arguments = ["serve", "--protocol", "http", "--backend", "uring", "--port", "0", "--static", dir,
+                       "--register-buffers", "--zero-copy-sends", "16384"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        var line = ""
+        while !line.hasSuffix("\n") {
+            let d = out.fileHandleForReading.availableData
+            if d.isEmpty { break }
+            line += String(decoding: d, as: UTF8.self)
+        }
+        guard let portText = line.split(separator: " ").first(where: { $0.contains("127.0.0.1:") })?.split(separator: ":").last,
+              let port = Int(portText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            p.terminate()
+            Issue.record("no listening line: \(line)")
+            return
+        }
+        let c = try TestClient(port: port, timeoutSeconds: 30)
+        for _ in 0..<4 {
+            try c.send(Array("GET /static/m.bin HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            let (status, got) = try Self.readResponse(c)
+            #expect(status == 200 && got == body)
+        }
+        kill(p.processIdentifier, SIGINT)
+        let rest = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            + String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let all = line + rest
+        guard all.contains("send-zc=on") else {
+            let reason = all.components(separatedBy: " ").first { $0.hasPrefix("send-zc=") } ?? "no send-zc verdict"
+            print("SKIP: cliFlagServesZeroCopy: \(reason)")
+            try Test.cancel(Comment(rawValue: reason))
+        }
+        // e.g. zeroCopySends=sent 64 zeroCopy 0 copied 64
+        let counts = all.components(separatedBy: "zeroCopySends=sent ").dropFirst().first?.split(separator: " ") ?? []
+        #expect(counts.count >= 5, "no zero-copy counters in the stop line: \(all.suffix(600))")
+        if counts.count >= 5, let sent = Int(counts[0]), let zc = Int(counts[2]), let copied = Int(counts[4]) {
+            print("cli: zero-copy sends \(sent), zero-copy \(zc), copied \(copied)")
+            #expect(sent > 0 && zc + copied == sent)
+        }
+    }
+
     /// The threshold is 1 byte or more (nil: off).
     @Test func thresholdIsValidated() throws {
         var c = ServerConfiguration()

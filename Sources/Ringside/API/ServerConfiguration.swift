@@ -259,7 +259,7 @@ extension ServerConfiguration {
             for c in cpus { try check(c >= 0, "cpuAffinity", "CPU \(c) is negative") }
         }
         if let z = zeroCopySendThreshold {
-            try check((1...Int(UInt32.max)).contains(z), "zeroCopySendThreshold", "\(z) is outside 1...\(UInt32.max) (nil: off)")
+            try check((1...Int(UInt32.max)).contains(z), "zeroCopySendThreshold", "\(z) is outside 1...\(UInt32.max) (unset: off)")
         }
         if let b = socketSendBuffer {
             try check((1...Int(Int32.max)).contains(b), "socketSendBuffer", "\(b) is outside 1...\(Int32.max)")
