@@ -88,7 +88,8 @@ extension UringBackend {
     /// it starts at 0. A receive chunk (not registered) is a run of its own that cannot go zero-copy.
     @inline(__always) func sendRun(from c0: Int32) -> (bytes: Int, chunks: Int, after: Int32) {
         var c = c0
-        var (s, e) = pool.range(c)
+        let (s, e0) = pool.range(c)
+        var e = e0
         var bytes = e - s
         var n = 1
         if pool.isReceiveChunk(c) { return (bytes, 1, pool.next(c)) }
@@ -103,7 +104,6 @@ extension UringBackend {
             bytes += e2
             n += 1
         }
-        _ = s
         return (bytes, n, pool.next(c))
     }
 
@@ -176,7 +176,8 @@ extension UringBackend {
         // The bytes sent left the queue but their chunks stay pinned until the notification: they still
         // count against the connection's watermarks, so a peer that reads slowly pauses its own input
         // rather than pinning the pool (the kernel holds them while they sit in the socket buffer).
-        if res > 0 && zeroCopy[k].awaitingNotification && core.isCurrent(r.slot, r.generation) {
+        if res > 0 && zeroCopy[k].awaitingNotification && core.isCurrent(r.slot, r.generation)
+            && core.states[Int(r.slot)].phase != .tearingDown {
             core.states[Int(r.slot)].queuedBytes += Int(res)
             zeroCopy[k].accounted = res
         }
