@@ -113,6 +113,18 @@ void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd) {
     sqe->addr3 = (uint64_t)(uintptr_t)&rs_linger_zero;                /* optval */
 }
 
+void rs_prep_send_zc_fixed(struct io_uring_sqe *sqe, int fd, const void *buf, unsigned len, int msg_flags,
+                           uint16_t buf_index) {
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_SEND_ZC;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)buf;
+    sqe->len = len;
+    sqe->msg_flags = (uint32_t)msg_flags;
+    sqe->ioprio = IORING_RECVSEND_FIXED_BUF | RS_IORING_SEND_ZC_REPORT_USAGE;
+    sqe->buf_index = buf_index;
+}
+
 // liburing 2.3's internal flag for a registered ring fd (src/int_flags.h: INT_FLAG_REG_RING = 1).
 #define RS_INT_FLAG_REG_RING 1
 

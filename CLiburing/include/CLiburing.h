@@ -38,6 +38,23 @@ enum {
     RS_IORING_FEAT_MIN_TIMEOUT = (1U << 15),
 };
 
+// ---- Zero-copy sends (IORING_OP_SEND_ZC, 6.0; usage reporting 6.2). Probe before use. ----
+enum {
+    /// sqe->ioprio flag (6.2): the notification CQE's res reports whether the kernel copied after all.
+    RS_IORING_SEND_ZC_REPORT_USAGE = (1U << 3),
+};
+/// Set in a SEND_ZC notification's res (with REPORT_USAGE) when the data was copied, at least partly.
+#define RS_IORING_NOTIF_USAGE_ZC_COPIED 0x80000000u
+
+/// Prepares IORING_OP_SEND_ZC of `len` bytes at `buf`, which must lie in registered buffer `buf_index`
+/// (IORING_RECVSEND_FIXED_BUF), with IORING_SEND_ZC_REPORT_USAGE. Filled by hand so it does not depend on
+/// the liburing headers' helpers (2.3 lacks the usage flag): opcode, fd, addr, len, msg_flags, ioprio
+/// (zc flags) and buf_index. The first CQE carries the result (IORING_CQE_F_MORE set when a
+/// notification follows); the notification (IORING_CQE_F_NOTIF, same user_data) says the kernel no
+/// longer reads the buffer.
+void rs_prep_send_zc_fixed(struct io_uring_sqe *sqe, int fd, const void *buf, unsigned len, int msg_flags,
+                           uint16_t buf_index);
+
 // ---- sqe flags (liburing defines them from enum bit positions, which Swift cannot import). ----
 enum {
     RS_IOSQE_FIXED_FILE = IOSQE_FIXED_FILE,

@@ -83,6 +83,8 @@ struct Serve: ParsableCommand {
     var fileSpliceThreshold = 64 * 1024
     @Flag(help: "Register the buffer slab as fixed buffers (io_uring: file sends read into it with READ_FIXED; costs RLIMIT_MEMLOCK per loop).")
     var registerBuffers = false
+    @Option(help: ArgumentHelp("io_uring with --register-buffers: send runs of at least BYTES from the registered send chunks with zero-copy SEND_ZC (Linux 6.2+; off by default: over loopback the kernel copies anyway).", valueName: "bytes"))
+    var zeroCopySends: Int? = nil
     @Flag(help: "HTTP: compress responses (gzip, zstd, deflate, as Accept-Encoding asks) of compressible types from 1 KiB.")
     var compression = false
     @Option(help: "HTTP: with --compression, the gzip/deflate level (1 fastest ... 9 smallest).") var compressionLevel = 1
@@ -156,6 +158,7 @@ struct Serve: ParsableCommand {
         config.registerBuffers = registerBuffers
         guard fileSpliceThreshold >= 0 else { throw ConfigurationError(field: "--file-splice-threshold", problem: "\(fileSpliceThreshold) is negative (0: never splice)") }
         config.fileSpliceThreshold = fileSpliceThreshold > 0 ? fileSpliceThreshold : nil
+        config.zeroCopySendThreshold = zeroCopySends
         config.authenticationTimeout = try seconds(authTimeout, "--auth-timeout")
         config.idleTimeout = try seconds(idleTimeout, "--idle-timeout")
         config.writeStallTimeout = try seconds(writeStallTimeout, "--write-stall-timeout")
@@ -206,7 +209,7 @@ struct Serve: ParsableCommand {
         let flags = ["host": "--host", "port": "--port", "maxConnections": "--max-connections",
                      "bufferSize": "--buffer-size", "receiveBuffers": "--receive-buffers",
                      "sendBufferSize": "--send-buffer-size", "sendBuffers": "--send-buffers",
-                     "ringEntries": "--ring-entries", "maxConnectionsPerAddress": "--max-per-address",
+                     "ringEntries": "--ring-entries", "zeroCopySendThreshold": "--zero-copy-sends", "maxConnectionsPerAddress": "--max-per-address",
                      "threads": "--threads", "cpuAffinity": "--cpus", "spoolThreshold": "--spool-threshold",
                      "spoolDirectory": "--spool-directory", "headerTimeout": "--header-timeout",
                      "proxyProtocol.headerTimeout": "--proxy-header-timeout"]
@@ -309,6 +312,7 @@ struct Serve: ParsableCommand {
             "tls": "handshakes \(s.tlsHandshakes) resumed \(s.tlsResumptions) failed \(s.tlsHandshakeFailures) truncated \(s.tlsHandshakesTruncated) timeouts \(s.tlsHandshakeTimeouts) overCap \(s.tlsHandshakesOverCap) errors \(s.layerErrors)",
             "fileSplices": "\(s.fileSplices) bytes \(s.fileSpliceBytes) fallbacks \(s.fileSpliceFallbacks) pipesInUse \(s.splicePipesInUse)",
             "proxyHeaders": "accepted \(s.proxyHeadersAccepted) rejected \(s.proxyHeadersRejected) untrusted \(s.proxyHeadersUntrusted) timeouts \(s.proxyHeaderTimeouts)",
+            "zeroCopySends": "sent \(s.zeroCopySends) zeroCopy \(s.zeroCopySendsCompleted) copied \(s.zeroCopySendsCopied)",
             "acceptedPerLoop": "\(server.loopStats.map { String($0.connectionsAccepted) }.joined(separator: ","))",
         ])
         if let h = http?.stats {

@@ -24,6 +24,10 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// Waits that batch completions with a minimum-wait timeout (IORING_FEAT_MIN_TIMEOUT, 6.12):
     /// without it every wait returns at the first completion.
     public static let minWait = KernelFeatures(rawValue: 1 << 7)
+    /// Zero-copy sends from the registered send chunks: IORING_OP_SEND_ZC (6.0) with
+    /// IORING_RECVSEND_FIXED_BUF and IORING_SEND_ZC_REPORT_USAGE (6.2). Without it (or masked) sends
+    /// are plain SENDs whatever ``ServerConfiguration/zeroCopySendThreshold`` says.
+    public static let zeroCopySend = KernelFeatures(rawValue: 1 << 8)
     /// File sends by IORING_OP_SPLICE through a pipe (5.7; always there on the 6.0 the backend needs,
     /// but a pipe-size limit or this mask falls back to reading into send chunks).
     public static let splice = KernelFeatures(rawValue: 1 << 9)
@@ -36,6 +40,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         ("defer-taskrun", .deferTaskrun), ("single-issuer", .singleIssuer), ("coop-taskrun", .coopTaskrun),
         ("recv-limit", .receiveLimit), ("direct-fds", .directDescriptors), ("socket-commands", .socketCommands),
         ("fixed-buffers", .registeredBuffers), ("min-wait", .minWait), ("splice", .splice),
+        ("send-zc", .zeroCopySend),
     ]
 
     /// Parses a comma-separated list of names (`RINGSIDE_DISABLE`); throws naming an unknown one.

@@ -52,6 +52,14 @@ public struct ServerConfiguration: Sendable {
     /// default: with 4 KiB send chunks the 16 READ_FIXED per piece measured 1.30x the server CPU of one
     /// READV per piece (1 MiB static files, bench/http-wrk.sh), and registration costs locked memory.
     public var registerBuffers: Bool = false
+    /// io_uring: sends of at least this many bytes that lie in one stretch of the registered send chunks
+    /// (one chunk, or neighbouring chunks queued in order) go as IORING_OP_SEND_ZC from the fixed buffer
+    /// (zero-copy: the NIC reads the chunk; it returns to the pool only once the kernel's notification
+    /// says it is done with it). nil: off (the default). Needs ``registerBuffers`` and Linux 6.2+
+    /// (SEND_ZC with fixed buffers and IORING_SEND_ZC_REPORT_USAGE); otherwise the start log says why and
+    /// plain sends are used. Off by default: over loopback the kernel copies anyway (a local receiver),
+    /// so the gain can only be measured on a real NIC; see ``ServerStats/zeroCopySendsCopied``.
+    public var zeroCopySendThreshold: Int? = nil
     /// Disable TCP Nagle on accepted sockets (request/response latency).
     public var noDelay: Bool = true
     /// How long a graceful stop waits for queued output to drain before aborting connections.
@@ -264,6 +272,9 @@ extension ServerConfiguration {
             try check(!cpus.isEmpty, "cpuAffinity", "is empty (nil: no pinning)")
             // CPUs that do not exist are refused by sched_setaffinity when the loop starts (an error, not a trap).
             for c in cpus { try check(c >= 0, "cpuAffinity", "CPU \(c) is negative") }
+        }
+        if let z = zeroCopySendThreshold {
+            try check((1...Int(UInt32.max)).contains(z), "zeroCopySendThreshold", "\(z) is outside 1...\(UInt32.max) (unset: off)")
         }
         if let b = socketSendBuffer {
             try check((1...Int(Int32.max)).contains(b), "socketSendBuffer", "\(b) is outside 1...\(Int32.max)")

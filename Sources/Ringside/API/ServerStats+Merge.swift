@@ -13,6 +13,7 @@ extension ServerStats {
         \.tlsHandshakes, \.tlsResumptions, \.tlsHandshakeFailures, \.tlsHandshakesTruncated, \.tlsHandshakeTimeouts,
         \.tlsHandshakesOverCap, \.tlsHandshakesEvicted, \.tlsHandshakesInProgress, \.layerErrors,
         \.fileSplices, \.fileSpliceBytes, \.fileSpliceFallbacks, \.splicePipesInUse,
+        \.zeroCopySends, \.zeroCopySendsCompleted, \.zeroCopySendsCopied,
     ] }
     /// Peaks and maxima: the merged value is the largest of any loop (each loop has its own pool and
     /// connections, so a sum of peaks would describe no moment that happened).

@@ -113,6 +113,16 @@ public struct ServerStats: Sendable, Equatable {
     /// Splice pipes holding bytes of a send in flight now (a gauge).
     public var splicePipesInUse = 0
 
+    // Zero-copy sends (``ServerConfiguration/zeroCopySendThreshold``, io_uring).
+    /// Sends submitted as IORING_OP_SEND_ZC from the registered send chunks.
+    public var zeroCopySends = 0
+    /// Their notifications (IORING_CQE_F_NOTIF: the kernel is done with the chunks, which only then
+    /// return to the pool) that report the bytes went out without a copy.
+    public var zeroCopySendsCompleted = 0
+    /// Notifications that report the kernel copied the bytes after all (IORING_NOTIF_USAGE_ZC_COPIED):
+    /// always the case over loopback, where the receiver is local.
+    public var zeroCopySendsCopied = 0
+
     /// Every connection closed by a deadline (authentication, idle, read, write stall).
     public var deadlineClosures: Int { authenticationTimeouts + idleTimeouts + readTimeouts + writeStallTimeouts }
 

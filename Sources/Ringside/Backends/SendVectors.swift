@@ -31,17 +31,18 @@ final class SendVectors {
         (base + Int(slot) * stride).assumingMemoryBound(to: msghdr.self)
     }
 
-    /// Fills slot `slot`'s block with up to `maxChunks` queued chunks starting at `head` and returns
+    /// Fills slot `slot`'s block with up to `limit` (at most `maxChunks`) queued chunks starting at `head` and returns
     /// the bytes and the number of chunks it covers.
     @inline(__always)
-    func prepare(slot: Int32, head: Int32, pool: BufferPool) -> (bytes: Int, chunks: Int) {
+    func prepare(slot: Int32, head: Int32, pool: BufferPool, limit: Int = maxChunks) -> (bytes: Int, chunks: Int) {
         let block = base + Int(slot) * stride
         let msg = block.bindMemory(to: msghdr.self, capacity: 1)
         let iov = (block + MemoryLayout<msghdr>.stride).bindMemory(to: iovec.self, capacity: Self.maxChunks)
         var c = head
         var n = 0
         var total = 0
-        while c >= 0 && n < Self.maxChunks {
+        let most = min(limit, Self.maxChunks)
+        while c >= 0 && n < most {
             let (s, e) = pool.range(c)
             iov[n] = iovec(iov_base: pool.pointer(c) + s, iov_len: e - s)
             total += e - s

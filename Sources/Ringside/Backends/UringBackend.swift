@@ -80,6 +80,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     var splice: SplicePipes?
     var spliceNote = ""
     let sendVectors: SendVectors
+    /// Zero-copy sends in flight (threshold 0: off; see UringZeroCopy.swift).
+    let zeroCopy: UringZeroCopySends
     let cqeBatch = 256
 
     let port: Int
@@ -102,7 +104,15 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         for c in 0..<Int32(config.receiveBuffers) { provided.give(chunk: c, address: pool.pointer(c), length: pool.receiveChunkSize) }
         provided.publish()
         try UringProbe.requireMinimum(ring: ring, provided: provided, pool: pool)
-        probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config, fileTable: fileTable)
+        probe = UringProbe(ring: ring, provided: provided, pool: pool, config: config, fileTable: fileTable,
+                           registeredBuffers: registeredBuffers)
+        if let t = config.zeroCopySendThreshold, !probe.zeroCopySend {
+            logger.notice("zero-copy sends (threshold \(t) B) off: \(probe.zeroCopySendNote); sending with plain SEND")
+        }
+        zeroCopy = UringZeroCopySends(threshold: probe.zeroCopySend ? (config.zeroCopySendThreshold ?? 0) : 0,
+                                      sendChunks: config.sendBuffers)
+        // Blocks of slab neighbours for large writes and file pieces, so runs above the threshold form.
+        if zeroCopy.threshold > 0 && config.zeroCopySendThreshold! > pool.sendChunkSize { pool.useContiguousAllocation() }
         directFiles = probe.directDescriptors
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)

@@ -10,6 +10,7 @@ extension UringBackend {
         case .send: completeSend(ud, res: res)
         case .spliceWrite, .spliceIn, .spliceOut: completeSplice(ud, res: res)
         case .spliceProbe: core.states[Int(ud.slot)].inflight -= 1  // what it found shows in the splice's own result
+        case .sendZC: completeZeroCopySend(ud, res: res, flags: flags)
         case .close, .cancel, .cancelRecv, .shutdown, .setLinger: completeSlotOp(ud, kind: kind, res: res)
         case .connect: completeConnect(ud, res: res)
         case .accept: completeAccept(ud, res: res, flags: flags)
@@ -96,7 +97,7 @@ extension UringBackend {
         }
     }
 
-    private func completeSend(_ ud: UserData, res: Int32) {
+    func completeSend(_ ud: UserData, res: Int32) {
         guard current(ud) else { return }
         let slot = ud.slot
         let i = Int(slot)
@@ -166,6 +167,7 @@ extension UringBackend: ConnectionIO {
 
     func startSend(_ slot: Int32) {
         let i = Int(slot)
+        if _slowPath(zeroCopy.threshold > 0) && startZeroCopySend(slot) { return }
         let h = core.states[i].sendHead
         if pool.next(h) < 0 {
             let (a, b) = pool.range(h)

@@ -17,6 +17,11 @@ struct UringProbe {
     var directDescriptors: Bool = false
     var directDescriptorsNote = ""
 
+    /// Zero-copy sends from the registered send chunks (SEND_ZC with a fixed buffer and usage reports,
+    /// 6.2), when asked for (`zeroCopySendThreshold`), and if not, why.
+    var zeroCopySend: Bool = false
+    var zeroCopySendNote = ""
+
     private static let probeData: UInt64 = 0xFFFF_FFFF_FFFF_FF00
 
     /// What the io_uring backend cannot run without, probed on the loop's own ring before traffic:
@@ -37,7 +42,8 @@ struct UringProbe {
 
     /// Runs the probes the configuration needs. `provided` must already hold buffers (group 0);
     /// `fileTable` says whether a direct-descriptor table was registered.
-    init(ring: Ring, provided: ProvidedBufferRing, pool: BufferPool, config: ServerConfiguration, fileTable: Bool) {
+    init(ring: Ring, provided: ProvidedBufferRing, pool: BufferPool, config: ServerConfiguration, fileTable: Bool,
+         registeredBuffers: Bool) {
         if !fileTable {
             directDescriptorsNote = config.disabledFeatures.contains(.directDescriptors) ? "masked" : "no table"
         } else {
@@ -59,11 +65,22 @@ struct UringProbe {
         } else {
             (socketCommands, socketCommandsNote) = Self.probeSocketCommands(ring: ring)
         }
+        if config.zeroCopySendThreshold == nil {
+            zeroCopySendNote = "not asked for"
+        } else if config.disabledFeatures.contains(.zeroCopySend) {
+            zeroCopySendNote = "masked"
+        } else if !registeredBuffers {
+            zeroCopySendNote = "needs registered send buffers (--register-buffers; off, refused or masked)"
+        } else if !ring.supports(IORING_OP_SEND_ZC) {
+            zeroCopySendNote = "IORING_OP_SEND_ZC unsupported: kernel before 6.0"
+        } else {
+            (zeroCopySend, zeroCopySendNote) = Self.probeZeroCopySend(ring: ring, pool: pool)
+        }
     }
 
     /// One line for the start log.
     var summary: String {
-        "multishot-recv=on multishot-accept=on direct-fds=\(directDescriptors ? "on" : "off(\(directDescriptorsNote))") recv-limit=\(receiveLimit ? "on" : "off(\(receiveLimitNote))") socket-commands=\(socketCommands ? "on" : "off(\(socketCommandsNote))") bundles=unused"
+        "multishot-recv=on multishot-accept=on direct-fds=\(directDescriptors ? "on" : "off(\(directDescriptorsNote))") send-zc=\(zeroCopySend ? "on" : "off(\(zeroCopySendNote))") recv-limit=\(receiveLimit ? "on" : "off(\(receiveLimitNote))") socket-commands=\(socketCommands ? "on" : "off(\(socketCommandsNote))") bundles=unused"
     }
 
     /// A multishot receive into the provided buffers on a socketpair holding one byte, then EOF. Without
@@ -186,6 +203,47 @@ struct UringProbe {
         guard let (res, _) = waitProbe(ring) else { return (false, "no completion within 1 s") }
         if res == 0 { return (true, "") }
         return (false, "\(Errno(rawValue: -res)): kernel before 6.7")
+    }
+
+    /// One byte sent with SEND_ZC from the registered send chunks (fixed buffer 0) with usage reports, over
+    /// a scratch loopback TCP connection: a kernel with all of it completes the byte with a notification
+    /// to follow, then posts the notification; 6.0 and 6.1 reject the usage flag with EINVAL.
+    private static func probeZeroCopySend(ring: Ring, pool: BufferPool) -> (Bool, String) {
+        let lfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard lfd >= 0 else { return (false, "socket: \(Errno.current)") }
+        defer { Glibc.close(lfd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                bind(lfd, sa, len) == 0 && listen(lfd, 4) == 0 && getsockname(lfd, sa, &len) == 0
+            }
+        }
+        guard bound else { return (false, "listen: \(Errno.current)") }
+        let cfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard cfd >= 0 else { return (false, "socket: \(Errno.current)") }
+        defer { Glibc.close(cfd) }
+        let connected = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in connect(cfd, sa, len) == 0 }
+        }
+        guard connected else { return (false, "connect: \(Errno.current)") }
+        let afd = rs_accept4(lfd, Int32(SOCK_CLOEXEC.rawValue))  // in the backlog already: no wait
+        guard afd >= 0 else { return (false, "accept: \(Errno.current)") }
+        defer { Glibc.close(afd) }
+        guard let s = ring.getSQE() else { return (false, "no SQE") }
+        rs_prep_send_zc_fixed(s, afd, pool.sendRegion.base, 1, Int32(MSG_NOSIGNAL), 0)
+        io_uring_sqe_set_data64(s, probeData)
+        guard let (res, flags) = waitProbe(ring) else { return (false, "no completion within 1 s") }
+        if res < 0 {
+            let e = Errno(rawValue: -res)
+            return (false, res == -EINVAL ? "EINVAL: fixed-buffer SEND_ZC with usage reports needs Linux 6.2+" : "\(e)")
+        }
+        guard flags & IORING_CQE_F_MORE != 0 else { return (false, "no notification announced") }
+        guard let (_, nflags) = waitProbe(ring) else { return (false, "no notification within 1 s") }
+        guard nflags & IORING_CQE_F_NOTIF != 0 else { return (false, "second completion is not a notification") }
+        return res == 1 ? (true, "") : (false, "sent \(res) of 1 byte")
     }
 
     /// Submits and waits (1 s at most) for the probe's next completion.

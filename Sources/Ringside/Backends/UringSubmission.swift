@@ -21,6 +21,10 @@ extension UringBackend {
         case .loopTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
         case .file: break  // counted by `files` (pendingFileOperations), awaited at stop
         case .fileCancel: ringInflight += 1
+        case .sendZC:
+            // The connection awaits the result; the loop awaits the notification (a stop waits for it).
+            core.states[Int(zeroCopy[ud.slot].slot)].inflight += 1
+            ringInflight += 1
         default: ringInflight += 1
         }
         if !deferred.isEmpty || !fill(ud) {
@@ -55,6 +59,7 @@ extension UringBackend {
         case .send: fillSend(s, ud.slot)
         case .spliceWrite, .spliceIn, .spliceOut: fillSplice(s, ud)
         case .spliceProbe: io_uring_prep_cancel64(s, UserData(.spliceOut, slot: ud.slot, generation: ud.generation).raw, 0)
+        case .sendZC: fillZeroCopySend(s, ud.slot)
         case .close:
             if core.states[slot].traits.contains(.direct) {
                 io_uring_prep_close_direct(s, UInt32(core.states[slot].fd))

@@ -139,8 +139,11 @@ extension LoopCore {
         var lengths: [Int] = []
         chunks.reserveCapacity(k); lengths.reserveCapacity(k)
         var left = count
-        for _ in 0..<k {
-            chunks.append(pool.takeSendChunk()!)  // counted above
+        // One block (counted above): chunks released in order come back as slab neighbours in order, so
+        // a zero-copy send (`zeroCopySendThreshold`) can cover the piece with one fixed-buffer range.
+        let block = pool.takeSendChunks(k)
+        for j in 0..<k {
+            chunks.append(pool.takenSendChunk(at: block + j))
             lengths.append(min(size, left))
             left -= min(size, left)
         }

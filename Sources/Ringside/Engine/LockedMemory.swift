@@ -8,8 +8,10 @@ import Logging
 ///
 /// What counts, per loop: the ring's own memory (SQEs, the CQ and SQ rings: an unprivileged user's
 /// io_uring_setup fails with ENOMEM when they do not fit), the provided-buffer ring (its pages are
-/// pinned) and, when registered, the fixed buffers (the send chunks: what file sends read into; pages
-/// covering them, plus one for an unaligned start).
+/// pinned) and, when registered, the fixed buffers (the send chunks: what file sends read into and
+/// zero-copy sends send from; pages covering them, plus one for an unaligned start). A zero-copy send
+/// (`zeroCopySendThreshold`) reads only those registered pages, already pinned and charged here, so it
+/// adds nothing; it is never used without registration.
 struct LockedMemoryPlan {
     let needed: UInt64
     let limit: UInt64

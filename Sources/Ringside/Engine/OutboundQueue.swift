@@ -38,8 +38,12 @@ extension LoopCore {
             pool.setRange(tail, s, e + n)
             src += n; remaining -= n
         }
+        // Taken as one block (capacity checked above): chunks released in order come back as slab
+        // neighbours in order, which a zero-copy send can cover with one fixed-buffer range.
+        var k = needed > 0 ? pool.takeSendChunks(needed) : 0
         while remaining > 0 {
-            let c = pool.takeSendChunk()!  // capacity checked above
+            let c = pool.takenSendChunk(at: k)
+            k += 1
             let n = min(chunkSize, remaining)
             pool.pointer(c).copyMemory(from: src, byteCount: n)
             pool.setRange(c, 0, n)

@@ -6,6 +6,8 @@ struct UserData: Equatable {
 
     enum Kind: UInt8 {
         case accept = 1, recv, send, close, cancel, cancelRecv, shutdown, wake, acceptRetryTimer, cancelAccept, closeListener, connect, closeDirect, setLinger, loopTimer, file, fileCancel, spliceWrite, spliceIn, spliceOut, spliceProbe
+        /// A zero-copy send: `slot` is its record in `UringZeroCopySends` (which names the connection).
+        case sendZC
     }
 
     init(raw: UInt64) { self.raw = raw }
