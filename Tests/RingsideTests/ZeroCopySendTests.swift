@@ -24,6 +24,7 @@ struct CopyingEchoHandler: ConnectionHandler {
         c.zeroCopySendThreshold = 8 * 1024
         c.sendBuffers = 1536  // 6 MiB registered: fits the 8 MiB RLIMIT_MEMLOCK
         c.disabledFeatures = mask
+        c.fileSpliceThreshold = nil  // file bodies through the send chunks (large ones would splice)
     }
 
     /// Skips (printing why) when the kernel refuses fixed-buffer SEND_ZC with usage reports: the probe's
@@ -170,7 +171,7 @@ struct CopyingEchoHandler: ConnectionHandler {
         let p = Process()
         p.executableURL = builtBinary("ringside")
         p.arguments = ["serve", "--protocol", "http", "--backend", "uring", "--port", "0", "--static", dir,
-                       "--register-buffers", "--zero-copy-sends", "16384"]
+                       "--register-buffers", "--zero-copy-sends", "16384", "--file-splice-threshold", "0"]
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
