@@ -54,7 +54,7 @@ for rep in $(seq "$reps"); do
         t1=$(awk '{print $14+$15}' /proc/$sp/stat)
         kill -INT $sp; wait $sp || echo "warning: ${names[$k]} exit status $?" >&2
         us=$(awk -v d=$((t1 - t0)) -v t="$tck" -v r="$rps" -v s="$duration" 'BEGIN{printf "%.2f", d/t*1e6/(r*s)}')
-        gb=$(awk -v u="$us" -v b="$bytes_per_req" 'BEGIN{printf "%.3f", b > 0 ? u / b * 1e3 : 0}')
+        gb=$(awk -v u="$us" -v b="$bytes_per_req" 'BEGIN{printf "%.3f", (b > 0 ? u / b * 1e3 : 0)}')
         echo "rep $rep  ${names[$k]}  req/s=$rps  server_cpu_us_per_req=$us$( ((bytes_per_req)) && echo "  server_cpu_s_per_GB=$gb")"
         echo "${names[$k]} $rps $us" >>"$results"
     done
