@@ -128,27 +128,10 @@ struct UringProbe {
     /// listener, one connection made to it, then the accept cancelled: a kernel with it completes the
     /// connection with more to come.
     private static func probeAccept(ring: Ring, direct: Bool) -> (Bool, String) {
-        let lfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard lfd >= 0 else { return (false, "socket: \(Errno.current)") }
-        defer { Glibc.close(lfd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                bind(lfd, sa, len) == 0 && listen(lfd, 4) == 0 && getsockname(lfd, sa, &len) == 0
-            }
-        }
-        guard bound else { return (false, "listen: \(Errno.current)") }
-        let cfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard cfd >= 0 else { return (false, "socket: \(Errno.current)") }
-        defer { Glibc.close(cfd) }
-        // Loopback connect completes at once into the backlog (blocking socket, no accept needed).
-        let connected = withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in connect(cfd, sa, len) == 0 }
-        }
-        guard connected else { return (false, "connect: \(Errno.current)") }
+        let pair: ScratchPair
+        do { pair = try ScratchPair() } catch { return (false, error.note) }
+        defer { pair.close() }
+        let lfd = pair.listener
         guard let s = ring.getSQE() else { return (false, "no SQE") }
         if direct {
             io_uring_prep_multishot_accept_direct(s, lfd, nil, nil, 0)
@@ -209,27 +192,10 @@ struct UringProbe {
     /// a scratch loopback TCP connection: a kernel with all of it completes the byte with a notification
     /// to follow, then posts the notification; 6.0 and 6.1 reject the usage flag with EINVAL.
     private static func probeZeroCopySend(ring: Ring, pool: BufferPool) -> (Bool, String) {
-        let lfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard lfd >= 0 else { return (false, "socket: \(Errno.current)") }
-        defer { Glibc.close(lfd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                bind(lfd, sa, len) == 0 && listen(lfd, 4) == 0 && getsockname(lfd, sa, &len) == 0
-            }
-        }
-        guard bound else { return (false, "listen: \(Errno.current)") }
-        let cfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard cfd >= 0 else { return (false, "socket: \(Errno.current)") }
-        defer { Glibc.close(cfd) }
-        let connected = withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in connect(cfd, sa, len) == 0 }
-        }
-        guard connected else { return (false, "connect: \(Errno.current)") }
-        let afd = rs_accept4(lfd, Int32(SOCK_CLOEXEC.rawValue))  // in the backlog already: no wait
+        let pair: ScratchPair
+        do { pair = try ScratchPair() } catch { return (false, error.note) }
+        defer { pair.close() }
+        let afd = rs_accept4(pair.listener, Int32(SOCK_CLOEXEC.rawValue))  // in the backlog already: no wait
         guard afd >= 0 else { return (false, "accept: \(Errno.current)") }
         defer { Glibc.close(afd) }
         guard let s = ring.getSQE() else { return (false, "no SQE") }
@@ -244,6 +210,56 @@ struct UringProbe {
         guard let (_, nflags) = waitProbe(ring) else { return (false, "no notification within 1 s") }
         guard nflags & IORING_CQE_F_NOTIF != 0 else { return (false, "second completion is not a notification") }
         return res == 1 ? (true, "") : (false, "sent \(res) of 1 byte")
+    }
+
+    struct ScratchFailure: Error { let note: String }
+
+    /// A scratch loopback listener with one client connected to it: loopback connects complete at
+    /// once into the backlog (blocking sockets, no accept needed). `close()` closes both.
+    struct ScratchPair {
+        let listener: Int32
+        let client: Int32
+
+        init() throws(ScratchFailure) {
+            let lfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            guard lfd >= 0 else { throw ScratchFailure(note: "socket: \(Errno.current)") }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &addr) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                    bind(lfd, sa, len) == 0 && listen(lfd, 4) == 0 && getsockname(lfd, sa, &len) == 0
+                }
+            }
+            guard bound else {
+                let note = "listen: \(Errno.current)"
+                Glibc.close(lfd)
+                throw ScratchFailure(note: note)
+            }
+            let cfd = socket(AF_INET, Int32(SOCK_STREAM.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            guard cfd >= 0 else {
+                let note = "socket: \(Errno.current)"
+                Glibc.close(lfd)
+                throw ScratchFailure(note: note)
+            }
+            let connected = withUnsafePointer(to: &addr) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in connect(cfd, sa, len) == 0 }
+            }
+            guard connected else {
+                let note = "connect: \(Errno.current)"
+                Glibc.close(cfd)
+                Glibc.close(lfd)
+                throw ScratchFailure(note: note)
+            }
+            listener = lfd
+            client = cfd
+        }
+
+        func close() {
+            Glibc.close(client)
+            Glibc.close(listener)
+        }
     }
 
     /// Submits and waits (1 s at most) for the probe's next completion.
