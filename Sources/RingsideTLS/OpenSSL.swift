@@ -20,21 +20,33 @@ func drainOpenSSLErrors(_ fallback: String = "no OpenSSL error recorded") -> Str
     return parts.isEmpty ? fallback : parts.joined(separator: "; ")
 }
 
-/// The custom BIO: OpenSSL reads ciphertext straight from the receive chunk the engine lent the layer
-/// (`OpenSSLSession.input`), and writes records straight into the connection's send chunks
-/// (`LayerIO.send`, a copy into pooled chunks; no BIO pair, no intermediate buffer).
+/// What a `RingsideBIO` reads ciphertext from and writes records to: the server's `OpenSSLSession`
+/// and the client's `TLSClientLayer`. A class rather than a protocol: OpenSSL's C callbacks get only a
+/// raw pointer, which `Unmanaged` turns back into this class, and the subclass is reached through its
+/// vtable.
+class BIOEndpoint {
+    init() {}
+    /// Copies up to `max` bytes of the input lent for the current call; 0 when it is used up.
+    func bioRead(_ into: UnsafeMutableRawPointer, _ max: Int) -> Int { 0 }
+    /// Queues a record; false when it could not be queued (the call then fails).
+    func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool { false }
+}
+
+/// The custom BIO of both roles: OpenSSL reads ciphertext straight from the receive chunk the engine
+/// lent the layer (`bioRead`), and writes records straight into the connection's send chunks
+/// (`bioWrite`: `LayerIO.send`, a copy into pooled chunks; no BIO pair, no intermediate buffer).
 ///
-/// Invariant: a BIO's data pointer is its `OpenSSLSession`, unretained. The session owns the `SSL`
-/// that owns the BIO and frees it in `deinit`, so the pointer is valid whenever OpenSSL calls back,
-/// and OpenSSL only calls back inside a session method (handshake, read, write, shutdown), on the loop
-/// thread, while `session.io` is set.
+/// Invariant: a BIO's data pointer is its `BIOEndpoint` (session or client layer), unretained. The
+/// endpoint owns the `SSL` that owns the BIO and frees it in `deinit`, so the pointer is valid whenever
+/// OpenSSL calls back, and OpenSSL only calls back inside one of the endpoint's own calls (handshake,
+/// read, write, shutdown), on the loop thread, while its `io` is set.
 enum RingsideBIO {
     nonisolated(unsafe) static let method: OpaquePointer = {
         let m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ringside")!
         BIO_meth_set_write(m) { bio, data, len in
             rs_bio_clear_retry(bio)
             guard let bio, let data, len > 0 else { return 0 }
-            let ok = Unmanaged<OpenSSLSession>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
+            let ok = Unmanaged<BIOEndpoint>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
                 $0.bioWrite(UnsafeRawBufferPointer(start: data, count: Int(len)))
             }
             return ok ? len : -1
@@ -42,7 +54,7 @@ enum RingsideBIO {
         BIO_meth_set_read(m) { bio, data, len in
             rs_bio_clear_retry(bio)
             guard let bio, let data, len > 0 else { return 0 }
-            let n = Unmanaged<OpenSSLSession>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
+            let n = Unmanaged<BIOEndpoint>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
                 $0.bioRead(UnsafeMutableRawPointer(data), Int(len))
             }
             if n == 0 { rs_bio_set_retry_read(bio); return -1 }
@@ -57,7 +69,7 @@ enum RingsideBIO {
 }
 
 /// One connection's TLS state: an `SSL` reading and writing through `RingsideBIO`.
-final class OpenSSLSession {
+final class OpenSSLSession: BIOEndpoint {
     private let ssl: OpaquePointer
     /// The context set this connection was made from: kept alive while the connection lives (the SNI
     /// callback's argument points into it).
@@ -75,6 +87,7 @@ final class OpenSSLSession {
         guard let bio = BIO_new(RingsideBIO.method) else { SSL_free(ssl); return nil }
         self.ssl = ssl
         self.contexts = contexts
+        super.init()
         BIO_set_data(bio, Unmanaged.passUnretained(self).toOpaque())
         BIO_set_init(bio, 1)
         SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO from here
@@ -83,7 +96,7 @@ final class OpenSSLSession {
 
     deinit { SSL_free(ssl) }
 
-    fileprivate func bioRead(_ into: UnsafeMutableRawPointer, _ max: Int) -> Int {
+    override func bioRead(_ into: UnsafeMutableRawPointer, _ max: Int) -> Int {
         let n = min(max, input.count - inputPosition)
         guard n > 0 else { return 0 }
         into.copyMemory(from: input.baseAddress! + inputPosition, byteCount: n)
@@ -91,7 +104,7 @@ final class OpenSSLSession {
         return n
     }
 
-    fileprivate func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    override func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard writeFailure == nil, let io else { return false }
         do { try io.send(bytes) } catch { writeFailure = error; return false }
         bytesWritten += bytes.count

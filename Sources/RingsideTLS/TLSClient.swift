@@ -298,9 +298,9 @@ public final class TLSClientSession {
 /// The client role as a stream layer on the engine's outbound connections: starts the handshake when
 /// the connection opens, then encrypts what the handler writes and decrypts what arrives. Records go
 /// straight into the connection's send chunks, ciphertext is read straight from the receive chunks
-/// (its own BIO, as the server's). Handshakes are counted in the client loop's ``ServerStats``
+/// (through the same `RingsideBIO` as the server's sessions). Handshakes are counted in the client loop's ``ServerStats``
 /// (``ServerStats/tlsHandshakes``, ``ServerStats/tlsResumptions``, ``ServerStats/tlsHandshakeFailures``).
-final class TLSClientLayer: StreamLayer {
+final class TLSClientLayer: BIOEndpoint, StreamLayer {
     private let ssl: OpaquePointer?
     private let context: TLSClientContext
     private let setupError: String?
@@ -318,10 +318,11 @@ final class TLSClientLayer: StreamLayer {
         var made: OpaquePointer? = nil
         var why: String? = nil
         do { made = try context.newSSL(resuming: ticket) } catch { why = error.description }
-        let bio = made != nil ? BIO_new(ClientBIO.method) : nil
+        let bio = made != nil ? BIO_new(RingsideBIO.method) : nil
         if let s = made, bio == nil { SSL_free(s); made = nil; why = "BIO_new: \(drainOpenSSLErrors())" }
         ssl = made
         setupError = why
+        super.init()
         if let s = made, let bio {
             // Invariant: the BIO's data is this layer, unretained; the layer owns the SSL that owns the
             // BIO and frees it in deinit, and OpenSSL calls back only inside the layer's own calls.
@@ -333,7 +334,7 @@ final class TLSClientLayer: StreamLayer {
 
     deinit { if let ssl { SSL_free(ssl) } }
 
-    fileprivate func bioRead(_ into: UnsafeMutableRawPointer, _ max: Int) -> Int {
+    override func bioRead(_ into: UnsafeMutableRawPointer, _ max: Int) -> Int {
         let n = min(max, input.count - inputPosition)
         guard n > 0 else { return 0 }
         into.copyMemory(from: input.baseAddress! + inputPosition, byteCount: n)
@@ -341,7 +342,7 @@ final class TLSClientLayer: StreamLayer {
         return n
     }
 
-    fileprivate func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    override func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard writeFailure == nil, let io else { return false }
         do { try io.send(bytes) } catch { writeFailure = error; return false }
         return true
@@ -452,31 +453,4 @@ final class TLSClientLayer: StreamLayer {
         if n <= 10 || n % 1000 == 0 { context.logger.warning("TLS client: \(why) (\(event) count \(n) on this loop)") }
         io.connection.abort()
     }
-}
-
-/// The client layer's BIO: ciphertext in from the lent receive bytes, records out into send chunks.
-/// Its data pointer is the `TLSClientLayer`, unretained (see `TLSClientLayer.init`).
-private enum ClientBIO {
-    nonisolated(unsafe) static let method: OpaquePointer = {
-        let m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ringside-client")!
-        BIO_meth_set_write(m) { bio, data, len in
-            rs_bio_clear_retry(bio)
-            guard let bio, let data, len > 0 else { return 0 }
-            let ok = Unmanaged<TLSClientLayer>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
-                $0.bioWrite(UnsafeRawBufferPointer(start: data, count: Int(len)))
-            }
-            return ok ? len : -1
-        }
-        BIO_meth_set_read(m) { bio, data, len in
-            rs_bio_clear_retry(bio)
-            guard let bio, let data, len > 0 else { return 0 }
-            let n = Unmanaged<TLSClientLayer>.fromOpaque(BIO_get_data(bio)!)._withUnsafeGuaranteedRef {
-                $0.bioRead(UnsafeMutableRawPointer(data), Int(len))
-            }
-            if n == 0 { rs_bio_set_retry_read(bio); return -1 }
-            return Int32(n)
-        }
-        BIO_meth_set_ctrl(m) { _, cmd, _, _ in cmd == BIO_CTRL_FLUSH ? 1 : 0 }
-        return m
-    }()
 }
