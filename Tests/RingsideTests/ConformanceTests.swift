@@ -152,6 +152,7 @@ struct ConformanceTests {
         try withServer(backend, handler: { GreetAndClose(recorder: closer, greeting: greeting) }) { server in
             let c = try TestClient(port: server.port)
             #expect(try c.receiveUntilEOF() == greeting)
+            c.shutdownWrite() // the client's FIN ends the server's lingering close at once
             #expect(eventually { closer.reasons.count == 1 })
             #expect(closer.reasons == [.closedByHandler])
             #expect(closer.writeErrors.isEmpty)
@@ -165,6 +166,7 @@ struct ConformanceTests {
             let got = try c.receiveUntilEOF()
             #expect(got.count == big.count)
             #expect(got == big)
+            c.shutdownWrite()
             #expect(eventually { bigCloser.reasons.count == 1 })
             #expect(bigCloser.reasons == [.closedByHandler])
             #expect(bigCloser.writeErrors.isEmpty)
