@@ -113,6 +113,16 @@ void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd) {
     sqe->addr3 = (uint64_t)(uintptr_t)&rs_linger_zero;                /* optval */
 }
 
+void rs_prep_setsockopt(struct io_uring_sqe *sqe, int fd, int level, int optname, const void *optval, unsigned optlen) {
+    memset(sqe, 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fd;
+    sqe->cmd_op = 3;  /* SOCKET_URING_OP_SETSOCKOPT */
+    sqe->addr = (uint64_t)(uint32_t)level | ((uint64_t)(uint32_t)optname << 32);
+    sqe->file_index = optlen;
+    sqe->addr3 = (uint64_t)(uintptr_t)optval;
+}
+
 void rs_prep_send_zc_fixed(struct io_uring_sqe *sqe, int fd, const void *buf, unsigned len, int msg_flags,
                            uint16_t buf_index) {
     memset(sqe, 0, sizeof(*sqe));

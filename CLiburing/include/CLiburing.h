@@ -115,6 +115,10 @@ int rs_pin_to_cpu(int cpu);
 /// a constant in static storage (read by the kernel at issue time).
 void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd);
 
+/// Prepares setsockopt(level, optname, optval, optlen) through IORING_OP_URING_CMD, filled as
+/// `rs_prep_set_linger_zero`. `optval` must stay valid until the completion.
+void rs_prep_setsockopt(struct io_uring_sqe *sqe, int fd, int level, int optname, const void *optval, unsigned optlen);
+
 /// openat2(2) (RESOLVE_BENEATH and friends in `resolve`); returns the descriptor or -errno.
 int rs_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
 

@@ -30,6 +30,9 @@ class BIOEndpoint {
     func bioRead(_ into: UnsafeMutableRawPointer, _ max: Int) -> Int { 0 }
     /// Queues a record; false when it could not be queued (the call then fails).
     func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool { false }
+    /// A BIO control: FLUSH succeeds (records are queued as written); the kTLS controls are the
+    /// session's (`OpenSSLSession`); everything else (push/pop, pending) is 0.
+    func bioControl(_ cmd: Int32, _ num: Int, _ ptr: UnsafeMutableRawPointer?) -> Int { cmd == BIO_CTRL_FLUSH ? 1 : 0 }
 }
 
 /// The custom BIO of both roles: OpenSSL reads ciphertext straight from the receive chunk the engine
@@ -60,9 +63,9 @@ enum RingsideBIO {
             if n == 0 { rs_bio_set_retry_read(bio); return -1 }
             return Int32(n)
         }
-        BIO_meth_set_ctrl(m) { _, cmd, _, _ in
-            // FLUSH: records are queued as written. Everything else (push/pop, pending): nothing.
-            cmd == BIO_CTRL_FLUSH ? 1 : 0
+        BIO_meth_set_ctrl(m) { bio, cmd, num, ptr in
+            guard let bio, let data = BIO_get_data(bio) else { return cmd == BIO_CTRL_FLUSH ? 1 : 0 }
+            return Unmanaged<BIOEndpoint>.fromOpaque(data)._withUnsafeGuaranteedRef { $0.bioControl(cmd, Int(num), ptr) }
         }
         return m
     }()
@@ -82,8 +85,20 @@ final class OpenSSLSession: BIOEndpoint {
     /// The first write failure of the current call (the pool was exhausted, or the connection closed).
     private(set) var writeFailure: WriteError? = nil
 
-    init?(contexts: OpenSSLContextSet) {
+    /// Kernel TLS (see `KernelTLSHandoff`): whether this connection may hand its transmit keys to the
+    /// kernel, and whether it did.
+    private let kernelTLSAllowed: Bool
+    /// The kernel encrypts what this connection sends (OpenSSL writes plaintext through the BIO).
+    private(set) var kernelTransmit = false
+    /// The record type of the next BIO write, a non-data record under kTLS (OpenSSL's control 74).
+    private var controlRecordType: UInt8? = nil
+
+    init?(contexts: OpenSSLContextSet, kernelTLS: Bool) {
         guard let ssl = SSL_new(contexts.defaultContext) else { return nil }
+        kernelTLSAllowed = kernelTLS
+        // SSL_OP_ENABLE_KTLS (a macro Swift does not import): OpenSSL offers each new write key to the
+        // BIO (control 72) instead of keeping it.
+        if kernelTLS { _ = SSL_set_options(ssl, UInt64(1) << 3) }
         guard let bio = BIO_new(RingsideBIO.method) else { SSL_free(ssl); return nil }
         self.ssl = ssl
         self.contexts = contexts
@@ -106,9 +121,34 @@ final class OpenSSLSession: BIOEndpoint {
 
     override func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard writeFailure == nil, let io else { return false }
-        do { try io.send(bytes) } catch { writeFailure = error; return false }
+        do {
+            if let type = controlRecordType {
+                // kTLS: a non-data record's plaintext, for the kernel to frame with this type.
+                controlRecordType = nil
+                try KernelTLSHandoff.sendControlRecord(type: type, bytes, io)
+            } else {
+                try io.send(bytes)
+            }
+        } catch { writeFailure = error; return false }
         bytesWritten += bytes.count
         return true
+    }
+
+    override func bioControl(_ cmd: Int32, _ num: Int, _ ptr: UnsafeMutableRawPointer?) -> Int {
+        switch cmd {
+        case BIO_CTRL_FLUSH: return 1
+        case KernelTLSHandoff.setKTLS:
+            // A new write key, offered after the records under the old one were written (and flushed):
+            // taken when allowed (transmit only; receive stays in user space).
+            guard kernelTLSAllowed, !kernelTransmit, num == 1, let ptr, let io else { return 0 }
+            guard KernelTLSHandoff.start(cryptoInfo: ptr, io) else { return 0 }
+            kernelTransmit = true
+            return 1
+        case BIO_CTRL_GET_KTLS_SEND: return kernelTransmit ? 1 : 0
+        case KernelTLSHandoff.setControlMessage: controlRecordType = UInt8(truncatingIfNeeded: num); return 1
+        case KernelTLSHandoff.clearControlMessage: controlRecordType = nil; return 1
+        default: return 0
+        }
     }
 
     /// Bytes OpenSSL has written to the connection so far (records, alerts).

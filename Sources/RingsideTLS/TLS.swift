@@ -62,6 +62,13 @@ public struct TLSConfiguration: Sendable {
     /// ``ServerConfiguration/authenticationTimeout``, which also runs through the handshake. Nil: only
     /// the authentication deadline applies.
     public var handshakeTimeout: Duration? = .seconds(10)
+    /// Kernel TLS for sending: after the handshake the keys go to the kernel (`TCP_ULP` "tls",
+    /// `SOL_TLS`/`TLS_TX`), which then encrypts what the connection sends; receiving stays in user
+    /// space. Used where the kernel has the `tls` module and the backend can set socket options in
+    /// order with its sends (epoll; io_uring with socket commands, 6.7+, or ordinary descriptors), for
+    /// AES-GCM and ChaCha20-Poly1305 suites; each connection counts in ``ServerStats/tlsKernelTransmits``.
+    /// On by default; `RINGSIDE_DISABLE=ktls` (``KernelFeatures/kernelTLS``) masks it too.
+    public var kernelTLS = true
 
     public init(certificates: [TLSCertificate]) { self.certificates = certificates }
 
@@ -115,7 +122,8 @@ public final class TLSContext: StreamLayerFactory {
     public func makeLayer() -> any StreamLayer {
         let (config, set) = state.withLock { ($0.0, $0.1) }
         return TLSLayer(contexts: set, maximumHandshakes: config.maximumHandshakesPerLoop,
-                        evictionGrace: config.handshakeEvictionGrace, handshakeTimeout: config.handshakeTimeout, logger: logger)
+                        evictionGrace: config.handshakeEvictionGrace, handshakeTimeout: config.handshakeTimeout,
+                        kernelTLS: config.kernelTLS, logger: logger)
     }
 }
 
@@ -141,8 +149,12 @@ final class TLSLayer: StreamLayer {
     private var failed = false
     private var shutdownSent = false
 
-    init(contexts: OpenSSLContextSet, maximumHandshakes: Int, evictionGrace: Duration?, handshakeTimeout: Duration?, logger: Logger) {
+    private let kernelTLSEnabled: Bool
+
+    init(contexts: OpenSSLContextSet, maximumHandshakes: Int, evictionGrace: Duration?, handshakeTimeout: Duration?,
+         kernelTLS: Bool, logger: Logger) {
         self.contexts = contexts
+        self.kernelTLSEnabled = kernelTLS
         self.maximumHandshakes = maximumHandshakes
         self.evictionGrace = evictionGrace
         self.handshakeTimeout = handshakeTimeout
@@ -166,7 +178,8 @@ final class TLSLayer: StreamLayer {
             return false
         }
         handshakeCounted = true
-        guard let s = OpenSSLSession(contexts: contexts) else {
+        let kernelTLS = kernelTLSEnabled && KernelTLS.status == .available && io.supportsOrderedSocketOperations
+        guard let s = OpenSSLSession(contexts: contexts, kernelTLS: kernelTLS) else {
             fail(io, .handshakeFailed, "SSL_new failed: \(drainOpenSSLErrors())", abort: true)
             return false
         }
@@ -193,6 +206,7 @@ final class TLSLayer: StreamLayer {
                 if handshakeTimeout != nil { io.connection.cancelTimer() }
                 endHandshake(io)
                 io.record(.handshakeCompleted(resumed: session.resumed))
+                if session.kernelTransmit { io.record(.kernelTransmit) }
             case .wantRead:
                 // Every byte is with OpenSSL's record layer now. A flight answered is progress (the
                 // handshake becomes the loop's last to evict); a partial message is not.

@@ -309,7 +309,7 @@ struct Serve: ParsableCommand {
             "refused": "\(s.connectionsRefused)", "refusedPerAddress": "\(s.connectionsRefusedPerAddress)",
             "authTimeouts": "\(s.authenticationTimeouts)", "idleTimeouts": "\(s.idleTimeouts)",
             "writeStallTimeouts": "\(s.writeStallTimeouts)", "readTimeouts": "\(s.readTimeouts)",
-            "tls": "handshakes \(s.tlsHandshakes) resumed \(s.tlsResumptions) failed \(s.tlsHandshakeFailures) truncated \(s.tlsHandshakesTruncated) timeouts \(s.tlsHandshakeTimeouts) overCap \(s.tlsHandshakesOverCap) evicted \(s.tlsHandshakesEvicted) errors \(s.layerErrors)",
+            "tls": "handshakes \(s.tlsHandshakes) resumed \(s.tlsResumptions) failed \(s.tlsHandshakeFailures) truncated \(s.tlsHandshakesTruncated) timeouts \(s.tlsHandshakeTimeouts) overCap \(s.tlsHandshakesOverCap) evicted \(s.tlsHandshakesEvicted) kernelTransmit \(s.tlsKernelTransmits) errors \(s.layerErrors)",
             "fileSplices": "\(s.fileSplices) bytes \(s.fileSpliceBytes) fallbacks \(s.fileSpliceFallbacks) pipesInUse \(s.splicePipesInUse)",
             "proxyHeaders": "accepted \(s.proxyHeadersAccepted) rejected \(s.proxyHeadersRejected) untrusted \(s.proxyHeadersUntrusted) timeouts \(s.proxyHeaderTimeouts)",
             "zeroCopySends": "sent \(s.zeroCopySends) zeroCopy \(s.zeroCopySendsCompleted) copied \(s.zeroCopySendsCopied)",

@@ -31,6 +31,10 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// File sends by IORING_OP_SPLICE through a pipe (5.7; always there on the 6.0 the backend needs,
     /// but a pipe-size limit or this mask falls back to reading into send chunks).
     public static let splice = KernelFeatures(rawValue: 1 << 9)
+    /// Kernel TLS transmit (`TCP_ULP` "tls", `SOL_TLS`/`TLS_TX`, 4.13+; on io_uring's registered
+    /// descriptors through socket commands, 6.7+): after the handshake the kernel encrypts what a TLS
+    /// connection sends. Masked (or without the kernel's `tls` module) OpenSSL encrypts in user space.
+    public static let kernelTLS = KernelFeatures(rawValue: 1 << 10)
 
     /// Every ring set-up flag: with all three masked the ring is set up with no task-run flags.
     public static let ringSetupFlags: KernelFeatures = [.deferTaskrun, .singleIssuer, .coopTaskrun]
@@ -40,7 +44,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         ("defer-taskrun", .deferTaskrun), ("single-issuer", .singleIssuer), ("coop-taskrun", .coopTaskrun),
         ("recv-limit", .receiveLimit), ("direct-fds", .directDescriptors), ("socket-commands", .socketCommands),
         ("fixed-buffers", .registeredBuffers), ("min-wait", .minWait), ("splice", .splice),
-        ("send-zc", .zeroCopySend),
+        ("send-zc", .zeroCopySend), ("ktls", .kernelTLS),
     ]
 
     /// Parses a comma-separated list of names (`RINGSIDE_DISABLE`); throws naming an unknown one.

@@ -11,7 +11,7 @@ extension ServerStats {
         \.writeStallTimeouts, \.receiveBurstLimitEnds, \.engineErrors, \.teardownsWithSendInFlight,
         \.proxyHeadersAccepted, \.proxyHeadersRejected, \.proxyHeadersUntrusted, \.proxyHeaderTimeouts,
         \.tlsHandshakes, \.tlsResumptions, \.tlsHandshakeFailures, \.tlsHandshakesTruncated, \.tlsHandshakeTimeouts,
-        \.tlsHandshakesOverCap, \.tlsHandshakesEvicted, \.tlsHandshakesInProgress, \.layerErrors,
+        \.tlsHandshakesOverCap, \.tlsHandshakesEvicted, \.tlsHandshakesInProgress, \.tlsKernelTransmits, \.layerErrors,
         \.fileSplices, \.fileSpliceBytes, \.fileSpliceFallbacks, \.splicePipesInUse,
         \.zeroCopySends, \.zeroCopySendsCompleted, \.zeroCopySendsCopied,
     ] }

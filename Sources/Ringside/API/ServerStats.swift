@@ -102,6 +102,9 @@ public struct ServerStats: Sendable, Equatable {
     public var tlsHandshakesEvicted = 0
     /// Handshakes in progress now (a gauge).
     public var tlsHandshakesInProgress = 0
+    /// TLS connections whose transmit side was handed to the kernel (kTLS) after the handshake: from
+    /// then on the kernel encrypts what they send.
+    public var tlsKernelTransmits = 0
     /// Errors after the handshake: a bad or truncated record, an alert from the peer (logged).
     public var layerErrors = 0
     /// File sends started by splice through a pipe (io_uring, ``ServerConfiguration/fileSpliceThreshold``).

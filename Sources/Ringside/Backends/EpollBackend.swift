@@ -47,6 +47,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         pool = try BufferPool(config)
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
+        core.orderedSocketOperations = !config.disabledFeatures.contains(.kernelTLS)
         filePool = BlockingFilePool(executor: control.executor)
         core.files = Unmanaged.passUnretained(filePool)
         epfd = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }

@@ -205,12 +205,24 @@ extension EpollBackend: ConnectionIO {
     func startSend(_ slot: Int32) {
         let i = Int(slot)
         core.states[i].sendStarted(bytes: 0, chunks: 0)
-        while core.states[i].sendHead >= 0 {
+        while core.states[i].sendHead >= 0 || core.states[i].directiveBytes >= 0 {
+            // A socket directive (Layers/SocketDirectives.swift): sends stop at its place in the queue.
+            var limit = Int.max
+            if _slowPath(core.states[i].directiveBytes >= 0) {
+                if core.states[i].directiveBytes == 0 {
+                    if runDirective(slot) { continue }
+                    return  // EAGAIN (in flight until EPOLLOUT), or closing
+                }
+                limit = Int(core.states[i].directiveBytes)
+            }
             var c = core.states[i].sendHead
             var count = 0
-            while c >= 0 && count < maxIOV {
+            var total = 0
+            while c >= 0 && count < maxIOV && total < limit {
                 let (s, e) = pool.range(c)
-                iov[count] = iovec(iov_base: pool.pointer(c) + s, iov_len: e - s)
+                let take = min(e - s, limit - total)
+                iov[count] = iovec(iov_base: pool.pointer(c) + s, iov_len: take)
+                total += take
                 count += 1
                 c = pool.next(c)
             }
@@ -227,6 +239,36 @@ extension EpollBackend: ConnectionIO {
             break
         }
         core.states[i].sendEnded()
+    }
+
+    /// Runs the due socket directive: true when done (the send goes on), false when the socket is
+    /// full (the send stays in flight until EPOLLOUT) or it failed (the connection is closing).
+    private func runDirective(_ slot: Int32) -> Bool {
+        let i = Int(slot)
+        guard let d = core.dueDirective(slot: slot) else { preconditionFailure("a due socket directive is missing") }
+        switch d.kind {
+        case .option(let level, let name):
+            let v = d.optionValue
+            if setsockopt(core.states[i].fd, level, name, v.baseAddress, socklen_t(v.count)) == 0 {
+                core.directiveDone(slot: slot)
+                return true
+            }
+        case .controlMessage:
+            while d.payloadLeft > 0 {
+                let n = sendmsg(core.states[i].fd, d.preparedMessage(), Int32(MSG_NOSIGNAL))
+                if n >= 0 { d.payloadSent += n; core.counters.bytesOut += n; continue }
+                if Errno.current == .interrupted { continue }
+                if Errno.current.rawValue == EAGAIN { return false }
+                break
+            }
+            if d.payloadLeft == 0 { core.directiveDone(slot: slot); return true }
+        }
+        let e = Errno.current.rawValue
+        core.states[i].sendEnded()
+        core.requestClose(slot: slot, abort: true, reason: EngineErrors.reason(
+            e, op: d.isOption ? "setsockopt (socket directive)" : "sendmsg (socket directive)",
+            slot: slot, counters: &core.counters, logger: logger))
+        return false
     }
 
     func armReceive(_ slot: Int32) {}  // EPOLLIN is registered by `settle`

@@ -32,9 +32,10 @@ final class SendVectors {
     }
 
     /// Fills slot `slot`'s block with up to `limit` (at most `maxChunks`) queued chunks starting at `head` and returns
-    /// the bytes and the number of chunks it covers.
+    /// the bytes and the number of chunks it covers; at most `byteLimit` bytes (a socket directive's
+    /// place in the queue), the last chunk then covered in part.
     @inline(__always)
-    func prepare(slot: Int32, head: Int32, pool: BufferPool, limit: Int = maxChunks) -> (bytes: Int, chunks: Int) {
+    func prepare(slot: Int32, head: Int32, pool: BufferPool, limit: Int = maxChunks, byteLimit: Int = .max) -> (bytes: Int, chunks: Int) {
         let block = base + Int(slot) * stride
         let msg = block.bindMemory(to: msghdr.self, capacity: 1)
         let iov = (block + MemoryLayout<msghdr>.stride).bindMemory(to: iovec.self, capacity: Self.maxChunks)
@@ -42,10 +43,11 @@ final class SendVectors {
         var n = 0
         var total = 0
         let most = min(limit, Self.maxChunks)
-        while c >= 0 && n < most {
+        while c >= 0 && n < most && total < byteLimit {
             let (s, e) = pool.range(c)
-            iov[n] = iovec(iov_base: pool.pointer(c) + s, iov_len: e - s)
-            total += e - s
+            let take = min(e - s, byteLimit - total)
+            iov[n] = iovec(iov_base: pool.pointer(c) + s, iov_len: take)
+            total += take
             n += 1
             c = pool.next(c)
         }

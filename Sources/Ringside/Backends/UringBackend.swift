@@ -118,6 +118,9 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         handlers = HandlerTable(core: core, factory: factory)
         receiveLimit = probe.receiveLimit ? max(0, config.receiveBurstLimit) : 0
         lingerSupported = probe.socketCommands
+        // Socket directives (kernel TLS): a registered descriptor's options are reachable only
+        // through socket commands.
+        core.orderedSocketOperations = !config.disabledFeatures.contains(.kernelTLS) && (!directFiles || probe.socketCommands)
         let outboundAddress = try config.connect.map { c in try Socket.address(host: c.host, port: c.port) }
         sendVectors = try SendVectors(capacity: config.maxConnections)
         (listenFD, port) = try Self.listener(config)

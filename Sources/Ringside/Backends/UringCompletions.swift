@@ -11,6 +11,7 @@ extension UringBackend {
         case .spliceWrite, .spliceIn, .spliceOut: completeSplice(ud, res: res)
         case .spliceProbe: core.states[Int(ud.slot)].inflight -= 1  // what it found shows in the splice's own result
         case .sendZC: completeZeroCopySend(ud, res: res, flags: flags)
+        case .directive: completeDirective(ud, res: res)
         case .close, .cancel, .cancelRecv, .shutdown, .setLinger: completeSlotOp(ud, kind: kind, res: res)
         case .connect: completeConnect(ud, res: res)
         case .accept: completeAccept(ud, res: res, flags: flags)
@@ -37,7 +38,7 @@ extension UringBackend {
     }
 
     /// Whether `ud` names the slot's current connection; counts and reports stale completions.
-    @inline(__always) private func current(_ ud: UserData) -> Bool {
+    @inline(__always) func current(_ ud: UserData) -> Bool {
         let st = core.states[Int(ud.slot)]
         if ud.matches(generation: st.generation) && st.phase != .free { return true }
         core.counters.staleCompletions += 1
@@ -167,6 +168,7 @@ extension UringBackend: ConnectionIO {
 
     func startSend(_ slot: Int32) {
         let i = Int(slot)
+        if _slowPath(core.states[i].directiveBytes >= 0) && startDirectedSend(slot) { return }
         if _slowPath(zeroCopy.threshold > 0) && startZeroCopySend(slot) { return }
         let h = core.states[i].sendHead
         if pool.next(h) < 0 {

@@ -16,7 +16,7 @@ extension UringBackend {
     /// In-flight accounting happens here, once, whichever path the operation takes.
     func prepare(_ ud: UserData) {
         switch ud.kind! {
-        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger, .spliceWrite, .spliceIn, .spliceOut, .spliceProbe:
+        case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger, .spliceWrite, .spliceIn, .spliceOut, .spliceProbe, .directive:
             core.states[Int(ud.slot)].inflight += 1
         case .loopTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
         case .file: break  // counted by `files` (pendingFileOperations), awaited at stop
@@ -60,6 +60,7 @@ extension UringBackend {
         case .spliceWrite, .spliceIn, .spliceOut: fillSplice(s, ud)
         case .spliceProbe: io_uring_prep_cancel64(s, UserData(.spliceOut, slot: ud.slot, generation: ud.generation).raw, 0)
         case .sendZC: fillZeroCopySend(s, ud.slot)
+        case .directive: fillDirective(s, ud.slot)
         case .close:
             if core.states[slot].traits.contains(.direct) {
                 io_uring_prep_close_direct(s, UInt32(core.states[slot].fd))
@@ -100,7 +101,7 @@ extension UringBackend {
             io_uring_prep_close(s, listenFD)
         }
         switch ud.kind! {
-        case .recv, .send, .shutdown, .setLinger:
+        case .recv, .send, .shutdown, .setLinger, .directive:
             if core.states[slot].traits.contains(.direct) { s.pointee.flags |= UInt8(RS_IOSQE_FIXED_FILE) }
         default: break
         }
@@ -135,9 +136,11 @@ extension UringBackend {
     private func fillSend(_ s: UnsafeMutablePointer<io_uring_sqe>, _ slot: Int32) {
         let i = Int(slot)
         if core.states[i].inflightChunks == 1 {
+            // `inflightBytes`, not the chunk's range: a send that stops at a socket directive covers
+            // part of its last chunk.
             let h = core.states[i].sendHead
-            let (a, b) = pool.range(h)
-            io_uring_prep_send(s, core.states[i].fd, pool.pointer(h) + a, b - a, Int32(MSG_NOSIGNAL))
+            let a = pool.range(h).start
+            io_uring_prep_send(s, core.states[i].fd, pool.pointer(h) + a, Int(core.states[i].inflightBytes), Int32(MSG_NOSIGNAL))
         } else {
             io_uring_prep_sendmsg(s, core.states[i].fd, sendVectors.message(slot: slot), UInt32(MSG_NOSIGNAL))
         }

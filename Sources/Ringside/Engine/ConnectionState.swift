@@ -59,6 +59,10 @@ struct ConnectionState {
     /// until the send's final completion, so they are never released before it.
     var inflightBytes: Int32 = 0
     var inflightChunks: Int32 = 0
+    /// Queued bytes (from the head) before the first socket directive of a layered connection, -1 when
+    /// none is queued (Layers/SocketDirectives.swift): a send covers at most these, and at 0 the
+    /// directive runs as the send in flight.
+    var directiveBytes: Int32 = -1
     /// Receive chunks that arrived while reading was paused (io_uring: the kernel completed them before
     /// the cancel landed), delivered in order on resume. Linked through `BufferPool.next`.
     var heldHead: Int32 = -1
@@ -273,7 +277,7 @@ extension ConnectionState {
     /// Marks a send in flight if the queue has bytes, no send is in flight and output is open; returns
     /// whether it did (the caller starts the send).
     @inline(__always) mutating func startSendIfReady() -> Bool {
-        guard sendHead >= 0 && !sendInFlight && output != .shutDown else { return false }
+        guard (sendHead >= 0 || directiveBytes >= 0) && !sendInFlight && output != .shutDown else { return false }
         switch phase {
         case .open, .draining: sendInFlight = true; return true
         default: return false
@@ -313,7 +317,7 @@ extension ConnectionState {
         }
         if startSendIfReady() { return .send }
         if let a = watermarkAction(env, &counters) { return a }
-        let flushed = sendHead < 0 && !sendInFlight
+        let flushed = sendHead < 0 && !sendInFlight && directiveBytes < 0
         if phase == .draining && flushed {
             guard lingers(env) else {
                 phase = .tearingDown

@@ -79,7 +79,7 @@ extension LoopCore {
             if due != 0 && (best == nil || due < best!.due) { best = (due, kind) }
         }
         // (A splice in flight is output in flight with no queued chunk: `sendInFlight`, `sendHead` -1.)
-        if (st.sendHead >= 0 || st.sendInFlight) && limits.writeStallMillis > 0 {
+        if (st.sendHead >= 0 || st.sendInFlight || st.directiveBytes >= 0) && limits.writeStallMillis > 0 {
             consider(st.lastSendProgress + limits.writeStallMillis, .writeStall)
         }
         if !st.timedOut {

@@ -70,6 +70,10 @@ final class LoopCore {
     /// Layer handshakes (TLS) in progress on this loop, least recent progress first, for the per-loop
     /// cap and its eviction (`LayerIO.beginHandshake`, Layers/LayerStack.swift).
     @exclusivity(unchecked) var handshakes = HandshakeList()
+    /// Whether this loop's backend can run socket directives (Layers/SocketDirectives.swift) on its
+    /// connections: epoll always; io_uring with ordinary descriptors, or direct ones with socket
+    /// commands (6.7+). False when `KernelFeatures.kernelTLS` is masked. Set once by the backend.
+    @exclusivity(unchecked) var orderedSocketOperations = false
 
     /// Deadlines and caps, in milliseconds (0: off).
     struct Limits {

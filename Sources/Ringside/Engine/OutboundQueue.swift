@@ -113,6 +113,10 @@ extension LoopCore {
         states[i].queuedBytes -= n
         counters.bytesOut += n
         if n > 0 { states[i].lastActivity = now; states[i].lastSendProgress = now }
+        if _slowPath(states[i].directiveBytes > 0) {
+            precondition(n <= Int(states[i].directiveBytes), "a send went past a socket directive")
+            states[i].directiveBytes -= Int32(truncatingIfNeeded: n)
+        }
         while left > 0 {
             let h = states[i].sendHead
             precondition(h >= 0, "sent more than was queued")

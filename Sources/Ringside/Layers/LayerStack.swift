@@ -30,6 +30,9 @@ final class LayerStack {
     var handshakeNext: Int32 = -1
     var handshakeProgressAt: UInt64 = 0
 
+    /// Socket directives queued behind the connection's bytes, oldest first (SocketDirectives.swift).
+    var directives: [SocketDirective] = []
+
     deinit { pending?.deallocate() }
 
     init(layers: [any StreamLayer], connection: Connection) {

@@ -74,6 +74,8 @@ public enum LayerEvent: Sendable {
     /// At the cap, a handshake idle for longest was closed to admit a new one (counted by
     /// ``LayerIO/beginHandshake(limit:evictingIdleFor:)`` itself; for rate-limited logging).
     case handshakeEvicted
+    /// The transmit side was handed to the kernel (kTLS): the kernel encrypts what is sent from now on.
+    case kernelTransmit
     /// An error after the handshake (a bad or truncated record, an alert).
     case error
 }
@@ -202,6 +204,7 @@ public struct LayerIO {
             case .handshakeTimedOut: c.counters.tlsHandshakeTimeouts += 1
             case .handshakeOverCap: c.counters.tlsHandshakesOverCap += 1
             case .handshakeEvicted: c.counters.tlsHandshakesEvicted += 1
+            case .kernelTransmit: c.counters.tlsKernelTransmits += 1
             case .error: c.counters.layerErrors += 1
             }
         }
@@ -218,6 +221,7 @@ public struct LayerIO {
             case .handshakeTimedOut: c.counters.tlsHandshakeTimeouts
             case .handshakeOverCap: c.counters.tlsHandshakesOverCap
             case .handshakeEvicted: c.counters.tlsHandshakesEvicted
+            case .kernelTransmit: c.counters.tlsKernelTransmits
             case .error: c.counters.layerErrors
             }
         }

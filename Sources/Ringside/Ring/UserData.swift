@@ -8,6 +8,9 @@ struct UserData: Equatable {
         case accept = 1, recv, send, close, cancel, cancelRecv, shutdown, wake, acceptRetryTimer, cancelAccept, closeListener, connect, closeDirect, setLinger, loopTimer, file, fileCancel, spliceWrite, spliceIn, spliceOut, spliceProbe
         /// A zero-copy send: `slot` is its record in `UringZeroCopySends` (which names the connection).
         case sendZC
+        /// A socket directive of a layered connection (Layers/SocketDirectives.swift): a setsockopt
+        /// through a socket command, or a SENDMSG with a control message; the connection's send in flight.
+        case directive
     }
 
     init(raw: UInt64) { self.raw = raw }
