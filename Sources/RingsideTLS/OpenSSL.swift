@@ -140,7 +140,8 @@ final class OpenSSLSession: BIOEndpoint {
         case KernelTLSHandoff.setKTLS:
             // A new write key, offered after the records under the old one were written (and flushed):
             // taken when allowed (transmit only; receive stays in user space).
-            guard kernelTLSAllowed, !kernelTransmit, num == 1, let ptr, let io else { return 0 }
+            // `num`: OpenSSL's `which & SSL3_CC_WRITE` (2 for the write key), 0 for a read key.
+            guard kernelTLSAllowed, !kernelTransmit, num != 0, let ptr, let io else { return 0 }
             guard KernelTLSHandoff.start(cryptoInfo: ptr, io) else { return 0 }
             kernelTransmit = true
             return 1

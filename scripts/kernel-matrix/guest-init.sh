@@ -204,6 +204,59 @@ fallback() {
     if [ $ok = 1 ]; then result auto $c PASS "$d"; else result auto $c FAIL "$d"; tail_of $slog 4; fi
 }
 
+# ktls BACKEND VERSION [masked]: HTTPS with the kernel's tls module loaded. Every handshake must hand
+# its transmit keys to the kernel (the stop line's "kernelTransmit" equals its "handshakes") where the
+# backend can set socket options in order with its sends (epoll; io_uring with socket commands, 6.7+);
+# elsewhere, and with RINGSIDE_DISABLE=ktls (masked), none may, and user-space TLS serves. Either way
+# ringload decrypts and checks every response: a wrong key or record sequence number fails the run.
+ktls_loaded=
+ktls() {
+    b=$1; v=$2; mode=${3:-}; name=ktls-$v${mode:+-$mode}
+    if [ ! -s /etc/rs-tls/cert.pem ]; then result $b $name SKIP "no certificate in the image (openssl missing on the host)"; return; fi
+    if [ -z "$ktls_loaded" ]; then
+        ktls_loaded=no
+        d=/lib/modules/$(uname -r)
+        for m in $(cat $d/load-order 2>/dev/null); do insmod $d/$m.ko 2>/tmp/insmod.err || tail_of /tmp/insmod.err 2; done
+        grep -q '^tls ' /proc/modules && ktls_loaded=yes
+    fi
+    if [ "$ktls_loaded" != yes ]; then result $b $name SKIP "the tls module did not load on $(uname -r)"; return; fi
+    slog=/tmp/srv-$b-$name.log
+    if [ "$mode" = masked ]; then
+        start_server $slog env RINGSIDE_DISABLE=ktls ringside serve --protocol http --backend $b --port 0 \
+            --tls-cert /etc/rs-tls/cert.pem --tls-key /etc/rs-tls/key.pem $SRVARGS
+    else
+        start_server $slog ringside serve --protocol http --backend $b --port 0 \
+            --tls-cert /etc/rs-tls/cert.pem --tls-key /etc/rs-tls/key.pem $SRVARGS
+    fi
+    if [ -z "$PORT" ]; then
+        result $b $name FAIL "server did not listen"; tail_of $slog; stop_server; return
+    fi
+    timeout 60 ringload http --target 127.0.0.1:$PORT --tls --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
+        --connections 20 --duration 2s --warmup 0 --timeout ${TMO}s --backend $CLIENT --json >/tmp/kt.json 2>/tmp/kt.err
+    lrc=$?
+    # Then connections that each resume the previous one's session: the tickets were sent as control
+    # records through the kernel (TLS 1.3), and a client that could not read one would not resume.
+    timeout 60 ringload handshake --target 127.0.0.1:$PORT --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
+        --connections 4 --duration 1s --json >/tmp/kth.json 2>>/tmp/kt.err
+    hrc=$?
+    resumed=$(jnum /tmp/kth.json resumed); hfail=$(jnum /tmp/kth.json handshakeFailures)
+    stop_server
+    line=$(grep ' stopped' $slog | tail -n 1)
+    hs=$(echo "$line" | sed -n 's/.*tls=handshakes \([0-9]*\).*/\1/p')
+    kt=$(echo "$line" | sed -n 's/.*kernelTransmit \([0-9]*\).*/\1/p')
+    want=user-space
+    if [ "$mode" != masked ] && { [ $b = epoll ] || grep -q 'socket-commands=on' $slog; }; then want=kernel; fi
+    ok=1
+    load_errors /tmp/kt.json || ok=0
+    stop_line_ok $slog || ok=0
+    [ $lrc = 0 ] && [ "$SRV_RC" = 0 ] && [ "$BACKEND" = $b ] && [ "${hs:-0}" -gt 0 ] || ok=0
+    [ $hrc = 0 ] && [ "$hfail" = 0 ] && [ "$resumed" != - ] && [ "$resumed" != 0 ] || ok=0
+    if [ $want = kernel ]; then [ "$kt" = "$hs" ] || ok=0; else [ "$kt" = 0 ] || ok=0; fi
+    d="want=$want handshakes=${hs:-?} kernelTransmit=${kt:-?} $ERRS load_rc=$lrc resumed=$resumed handshakeFailures=$hfail server_rc=$SRV_RC backend=$BACKEND $STOP"
+    if [ $ok = 1 ]; then result $b $name PASS "$d"; else result $b $name FAIL "$d"; tail_of $slog 4; tail_of /tmp/kt.err 4; fi
+    notices $slog
+}
+
 for b in uring epoll; do
     want echo-burst && burst $b echo
     want echo-burst-live && burst $b echo live
@@ -211,6 +264,10 @@ for b in uring epoll; do
     want non-reading && non_reading $b
     want stop-under-load && stop_under_load $b
 done
+
+if want ktls; then
+    ktls uring 1.3; ktls uring 1.2; ktls epoll 1.3; ktls uring 1.3 masked
+fi
 
 if ! want sysctl-disabled; then
     :

@@ -30,7 +30,7 @@ Options:
   --client uring|epoll|auto   ringload's own backend (epoll: every reset it counts is the server's)
   --timeout S         per-guest timeout (240)  --jobs N          guests booted at once (1)
   --only a,b          run only these checks (echo-burst,echo-burst-live,http-burst,non-reading,stop-under-load,
-                      sysctl-disabled,seccomp-enosys)
+                      ktls,sysctl-disabled,seccomp-enosys)
   --verbose           the guest prints each server's whole log into the serial log
   --server-args "A B" extra `ringside serve` arguments in the guest (e.g. "--log-level debug")
   --nice N            run qemu at this niceness (e.g. -5 on a host shared with builds: TCG guests
@@ -166,6 +166,27 @@ build_initramfs() {
     printf 'root:x:0:\n' >"$root/etc/group"
     printf '127.0.0.1 localhost\n' >"$root/etc/hosts"
     cp "$here/guest-init.sh" "$root/init"; chmod 755 "$root/init"
+    # kTLS (check ktls): each kernel's tls module and the crypto modules AES-GCM needs, uncompressed
+    # (busybox insmod), in load order, and a certificate for the TLS server.
+    local p kdir kver m f
+    for p in "${pkgs[@]}"; do
+        [[ -n $p ]] || continue
+        for kdir in "$cache/$p"/lib/modules/*; do
+            kver=$(basename "$kdir"); mkdir -p "$root/lib/modules/$kver"
+            for m in gf128mul ghash-generic crypto_null ctr gcm tls; do
+                f=$(find "$kdir/kernel" -name "$m.ko" -o -name "$m.ko.xz" | head -n 1)
+                [[ -n $f ]] || continue  # built in
+                if [[ $f == *.xz ]]; then xz -dc "$f" >"$root/lib/modules/$kver/$m.ko"; else cp "$f" "$root/lib/modules/$kver/$m.ko"; fi
+                echo "$m" >>"$root/lib/modules/$kver/load-order"
+            done
+        done
+    done
+    if command -v openssl >/dev/null; then
+        mkdir -p "$root/etc/rs-tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+            -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$root/etc/rs-tls/key.pem" \
+            -out "$root/etc/rs-tls/cert.pem" 2>/dev/null || say "openssl could not make a certificate: check ktls will SKIP"
+    fi
     mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
     mknod -m 666 "$root/dev/null" c 1 3 2>/dev/null || true
     (cd "$root" && find . -print0 | cpio --null -o -H newc -R 0:0 --quiet) | gzip -1 >"$out"
@@ -223,9 +244,11 @@ for i in "${!labels[@]}"; do
     lines=$(grep -a '^MATRIX ' <<<"$norm" || true)
     expect=()
     for b in uring epoll; do for c in "${checks[@]}"; do expect+=("$b $c"); done; done
+    expect+=("uring ktls-1.3" "uring ktls-1.2" "epoll ktls-1.3" "uring ktls-1.3-masked")
     expect+=("auto sysctl-disabled" "auto seccomp-enosys")
     for e in "${expect[@]}"; do
-        [[ -z $only || ,$only, == *,${e#* },* ]] || continue
+        c=${e#* }
+        [[ -z $only || ,$only, == *,$c,* || ( $c == ktls* && ,$only, == *,ktls,* ) ]] || continue
         line=$(grep -a "^MATRIX $k $e " <<<"$lines" | tail -n 1 || true)
         if [[ -z $line ]]; then
             rows+=("$k|${e% *}|${e#* }|FAIL|missing (guest died or timed out; see $log)"); fail=1; continue
