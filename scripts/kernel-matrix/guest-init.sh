@@ -221,18 +221,15 @@ ktls() {
     fi
     if [ "$ktls_loaded" != yes ]; then result $b $name SKIP "the tls module did not load on $(uname -r)"; return; fi
     slog=/tmp/srv-$b-$name.log
-    if [ "$mode" = masked ]; then
-        start_server $slog env RINGSIDE_DISABLE=ktls ringside serve --protocol http --backend $b --port 0 \
-            --tls-cert /etc/rs-tls/cert.pem --tls-key /etc/rs-tls/key.pem $SRVARGS
-    else
-        start_server $slog ringside serve --protocol http --backend $b --port 0 \
-            --tls-cert /etc/rs-tls/cert.pem --tls-key /etc/rs-tls/key.pem $SRVARGS
-    fi
+    mkdir -p /tmp/www; [ -s /tmp/www/big.bin ] || head -c 300000 /dev/urandom >/tmp/www/big.bin
+    env=; [ "$mode" = masked ] && env=RINGSIDE_DISABLE=ktls
+    start_server $slog env $env ringside serve --protocol http --backend $b --port 0 --static /tmp/www \
+        --tls-cert /etc/rs-tls/cert.pem --tls-key /etc/rs-tls/key.pem $SRVARGS
     if [ -z "$PORT" ]; then
         result $b $name FAIL "server did not listen"; tail_of $slog; stop_server; return
     fi
     timeout 60 ringload http --target 127.0.0.1:$PORT --tls --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
-        --connections 20 --duration 2s --warmup 0 --timeout ${TMO}s --backend $CLIENT --json >/tmp/kt.json 2>/tmp/kt.err
+        --connections 20 --duration 1s --warmup 0 --timeout ${TMO}s --backend $CLIENT --json >/tmp/kt.json 2>/tmp/kt.err
     lrc=$?
     # Then connections that each resume the previous one's session: the tickets were sent as control
     # records through the kernel (TLS 1.3), and a client that could not read one would not resume.
@@ -240,6 +237,12 @@ ktls() {
         --connections 4 --duration 1s --json >/tmp/kth.json 2>>/tmp/kt.err
     hrc=$?
     resumed=$(jnum /tmp/kth.json resumed); hfail=$(jnum /tmp/kth.json handshakeFailures)
+    # And 300 KB responses: plaintext writes larger than the socket takes at once (partial sends).
+    timeout 60 ringload http --target 127.0.0.1:$PORT --tls --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
+        --path /static/big.bin --connections 4 --duration 1s --warmup 0 --timeout ${TMO}s --backend $CLIENT --json \
+        >/tmp/ktb.json 2>>/tmp/kt.err
+    brc=$?
+    bigmsgs=$(jnum /tmp/ktb.json messages); bigbad=$(( $(jnum /tmp/ktb.json corrupt) + $(jnum /tmp/ktb.json badStatus) + $(jnum /tmp/ktb.json resets) ))
     stop_server
     line=$(grep ' stopped' $slog | tail -n 1)
     hs=$(echo "$line" | sed -n 's/.*tls=handshakes \([0-9]*\).*/\1/p')
@@ -251,8 +254,9 @@ ktls() {
     stop_line_ok $slog || ok=0
     [ $lrc = 0 ] && [ "$SRV_RC" = 0 ] && [ "$BACKEND" = $b ] && [ "${hs:-0}" -gt 0 ] || ok=0
     [ $hrc = 0 ] && [ "$hfail" = 0 ] && [ "$resumed" != - ] && [ "$resumed" != 0 ] || ok=0
+    [ $brc = 0 ] && [ "$bigbad" = 0 ] && [ "$bigmsgs" != - ] && [ "$bigmsgs" != 0 ] || ok=0
     if [ $want = kernel ]; then [ "$kt" = "$hs" ] || ok=0; else [ "$kt" = 0 ] || ok=0; fi
-    d="want=$want handshakes=${hs:-?} kernelTransmit=${kt:-?} $ERRS load_rc=$lrc resumed=$resumed handshakeFailures=$hfail server_rc=$SRV_RC backend=$BACKEND $STOP"
+    d="want=$want handshakes=${hs:-?} kernelTransmit=${kt:-?} $ERRS load_rc=$lrc resumed=$resumed handshakeFailures=$hfail 300KB-responses=$bigmsgs(bad $bigbad) server_rc=$SRV_RC backend=$BACKEND $STOP"
     if [ $ok = 1 ]; then result $b $name PASS "$d"; else result $b $name FAIL "$d"; tail_of $slog 4; tail_of /tmp/kt.err 4; fi
     notices $slog
 }
