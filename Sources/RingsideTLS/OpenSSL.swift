@@ -30,9 +30,8 @@ class BIOEndpoint {
     func bioRead(_ into: UnsafeMutableRawPointer, _ max: Int) -> Int { 0 }
     /// Queues a record; false when it could not be queued (the call then fails).
     func bioWrite(_ bytes: UnsafeRawBufferPointer) -> Bool { false }
-    /// A BIO control: FLUSH succeeds (records are queued as written); the kTLS controls are the
-    /// session's (`OpenSSLSession`); everything else (push/pop, pending) is 0.
-    func bioControl(_ cmd: Int32, _ num: Int, _ ptr: UnsafeMutableRawPointer?) -> Int { cmd == BIO_CTRL_FLUSH ? 1 : 0 }
+    /// A kTLS control of OpenSSL's (72, 74, 75; see `KernelTLSHandoff`): the server session's. 0: declined.
+    func bioControl(_ bio: OpaquePointer, _ cmd: Int32, _ num: Int, _ ptr: UnsafeMutableRawPointer?) -> Int { 0 }
 }
 
 /// The custom BIO of both roles: OpenSSL reads ciphertext straight from the receive chunk the engine
@@ -64,11 +63,23 @@ enum RingsideBIO {
             return Int32(n)
         }
         BIO_meth_set_ctrl(m) { bio, cmd, num, ptr in
-            guard let bio, let data = BIO_get_data(bio) else { return cmd == BIO_CTRL_FLUSH ? 1 : 0 }
-            return Unmanaged<BIOEndpoint>.fromOpaque(data)._withUnsafeGuaranteedRef { $0.bioControl(cmd, Int(num), ptr) }
+            // OpenSSL asks GET_KTLS_SEND/RECV around every record: answered here from the BIO's flags
+            // (as its socket BIO does), without a call into Swift. FLUSH: records are queued as written.
+            switch cmd {
+            case BIO_CTRL_FLUSH: return 1
+            case BIO_CTRL_GET_KTLS_SEND: return bio.map { BIO_test_flags($0, RingsideBIO.kernelTransmitFlag) != 0 ? 1 : 0 } ?? 0
+            case KernelTLSHandoff.setKTLS, KernelTLSHandoff.setControlMessage, KernelTLSHandoff.clearControlMessage:
+                guard let bio, let data = BIO_get_data(bio) else { return 0 }
+                return Unmanaged<BIOEndpoint>.fromOpaque(data)._withUnsafeGuaranteedRef { $0.bioControl(bio, cmd, Int(num), ptr) }
+            default: return 0  // push/pop, pending, GET_KTLS_RECV (receiving stays in user space)
+            }
         }
         return m
     }()
+
+    /// The BIO flag that says the kernel encrypts what this BIO sends: OpenSSL's own BIO_FLAGS_KTLS_TX
+    /// (include/internal/bio.h), in the range 0x1000-0x4000 that bio.h reserves for the kTLS flags.
+    static let kernelTransmitFlag: Int32 = 0x4000
 }
 
 /// One connection's TLS state: an `SSL` reading and writing through `RingsideBIO`.
@@ -134,9 +145,8 @@ final class OpenSSLSession: BIOEndpoint {
         return true
     }
 
-    override func bioControl(_ cmd: Int32, _ num: Int, _ ptr: UnsafeMutableRawPointer?) -> Int {
+    override func bioControl(_ bio: OpaquePointer, _ cmd: Int32, _ num: Int, _ ptr: UnsafeMutableRawPointer?) -> Int {
         switch cmd {
-        case BIO_CTRL_FLUSH: return 1
         case KernelTLSHandoff.setKTLS:
             // A new write key, offered after the records under the old one were written (and flushed):
             // taken when allowed (transmit only; receive stays in user space).
@@ -144,8 +154,8 @@ final class OpenSSLSession: BIOEndpoint {
             guard kernelTLSAllowed, !kernelTransmit, num != 0, let ptr, let io else { return 0 }
             guard KernelTLSHandoff.start(cryptoInfo: ptr, io) else { return 0 }
             kernelTransmit = true
+            BIO_set_flags(bio, RingsideBIO.kernelTransmitFlag)  // GET_KTLS_SEND answers 1 from now on
             return 1
-        case BIO_CTRL_GET_KTLS_SEND: return kernelTransmit ? 1 : 0
         case KernelTLSHandoff.setControlMessage: controlRecordType = UInt8(truncatingIfNeeded: num); return 1
         case KernelTLSHandoff.clearControlMessage: controlRecordType = nil; return 1
         default: return 0
