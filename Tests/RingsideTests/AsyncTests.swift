@@ -210,6 +210,7 @@ struct AsyncTests {
         }) { server in
             let c = try TestClient(port: server.port)
             #expect(try c.receiveUntilEOF() == greeting)  // flushed, then closed
+            c.shutdownWrite()  // the client's FIN ends the server's lingering close at once
             #expect(eventually { server.stats.connectionsOpen == 0 })
         }
     }
