@@ -18,15 +18,18 @@ release: setup
 bench-tools: setup
 	$(MAKE) -s -C bench/c
 
+# Each step of `make test` echoed, run, and followed by its wall time (a failing step fails the target).
+timed = echo '$(1)'; t0=$$(date +%s); $(1) && echo "make test: $$(( $$(date +%s) - t0 )) s:" '$(1)'
+
 test: setup
-	$(MAKE) -s bench-check
-	bash scripts/release-smoke.sh
-	bash scripts/adversarial.sh
-	bash scripts/haproxy-rolling.sh
-	$(MAKE) -s kernel-matrix KERNEL_MATRIX_ARGS="--nice -10"
-	swift build --build-tests
-	swift test --skip-build --disable-xctest --no-parallel
-	$(MAKE) -s conformance-masks
+	@$(call timed,$(MAKE) -s bench-check)
+	@$(call timed,bash scripts/release-smoke.sh)
+	@$(call timed,bash scripts/adversarial.sh)
+	@$(call timed,bash scripts/haproxy-rolling.sh)
+	@$(call timed,$(MAKE) -s kernel-matrix KERNEL_MATRIX_ARGS="--nice -10")
+	@$(call timed,swift build --build-tests)
+	@$(call timed,swift test --skip-build --disable-xctest --no-parallel)
+	@$(call timed,$(MAKE) -s conformance-masks)
 
 # The conformance suite again under each kernel-feature mask (RINGSIDE_DISABLE), so every fallback path
 # runs on this kernel too.

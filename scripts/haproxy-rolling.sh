@@ -8,7 +8,10 @@
 # count the client's address from the PROXY header, not the proxy's: one client through HAProxy gets
 # exactly CAP connections, another client through the same proxy address is still served.
 #
-#   scripts/haproxy-rolling.sh          (bounded: about 30 s; HAPROXY_DURATION=seconds of wrk load)
+#   scripts/haproxy-rolling.sh          (bounded: about 15 s; HAPROXY_DURATION=seconds of wrk load)
+# The load runs from 1 s before the first restart until the second instance has been back in rotation
+# for 1 s (wrk is then interrupted, printing its counts); HAPROXY_DURATION instead runs wrk for a fixed
+# time (at least long enough for both restarts, about 10 s).
 # Needs haproxy, wrk and curl (scripts/setup.sh installs them). Exits 0 on success, 1 on a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +21,7 @@ done
 swift build -c release --product ringside >/dev/null
 bin=$(swift build -c release --show-bin-path)/ringside
 work=$(mktemp -d)
-duration=${HAPROXY_DURATION:-20}
+duration=${HAPROXY_DURATION:-}
 cap=20                       # --max-per-address on each instance (wrk uses 16 connections)
 pids=()
 cleanup() {
@@ -97,8 +100,11 @@ done
 # Both servers up (rise 2 x 200 ms).
 sleep 0.6
 
-echo "haproxy-rolling: HAProxy :$fe -> ringside :$port_a, :$port_b (PROXY v2 from 127.0.0.3); wrk ${duration}s, 16 connections"
-wrk -t2 -c16 -d"${duration}s" --timeout 5s "http://127.0.0.1:$fe/plaintext" >"$work/wrk.txt" 2>&1 &
+load=${duration:+${duration} s}
+echo "haproxy-rolling: HAProxy :$fe -> ringside :$port_a, :$port_b (PROXY v2 from 127.0.0.3); wrk ${load:-until both are back}, 16 connections"
+# Without HAPROXY_DURATION, 120 s is only a bound: wrk is interrupted (SIGINT: it prints its counts) once
+# both instances are back in rotation.
+wrk -t2 -c16 -d"${duration:-120}s" --timeout 5s "http://127.0.0.1:$fe/plaintext" >"$work/wrk.txt" 2>&1 &
 wrk_pid=$!
 pids+=($wrk_pid)
 
@@ -113,10 +119,16 @@ restart() {  # name port
     start_instance "$1" "$2"
     echo "haproxy-rolling: instance $1 stopped gracefully and restarted ($((SECONDS - t0)) s)"
 }
-sleep 3
-restart a "$port_a"
-sleep 4   # back in rotation (rise 2 x 200 ms), serving its share again
-restart b "$port_b"
+ups_of() { grep -c "rolling/$1 is UP" "$work/haproxy.log" || true; }
+back_in_rotation() {  # name ups-before-its-restart: waits for HAProxy's UP (rise 2 x 200 ms), then 1 s of its share
+    for _ in $(seq 200); do [ "$(ups_of "$1")" -gt "$2" ] && break; sleep 0.05; done
+    [ "$(ups_of "$1")" -gt "$2" ] || { echo "haproxy-rolling: HAProxy did not put instance $1 back in rotation"; exit 1; }
+    sleep 1
+}
+sleep 1   # under load before the first restart
+ups_a=$(ups_of a); restart a "$port_a"; back_in_rotation a "$ups_a"
+ups_b=$(ups_of b); restart b "$port_b"; back_in_rotation b "$ups_b"
+[ -n "$duration" ] || kill -INT $wrk_pid
 wait $wrk_pid || true
 cat "$work/wrk.txt" | sed 's/^/  wrk: /'
 

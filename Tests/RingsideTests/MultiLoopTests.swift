@@ -45,6 +45,9 @@ struct MultiLoopTests {
         var config = ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
         config.threads = 4
         config.drainTimeout = .seconds(2)
+        // The clients read their EOF only after stop() returned: the lingering close waits this long
+        // for their FIN (not the default 2 s) before the close they see as EOF.
+        config.lingerTimeout = .milliseconds(200)
         try stopEndsEveryLoop(config)
         // Every loop's ring/epoll, listener, eventfd and connection is gone with the server.
         // Other suites run in parallel and open descriptors too: allow 2 of theirs; a leaked loop would

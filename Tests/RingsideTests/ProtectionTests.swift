@@ -131,11 +131,12 @@ struct PausesThenEchoes: ConnectionHandler {
             let reader = try TestClient(port: server.port)
             let hog = try TestClient(port: server.port, receiveBuffer: 4096)
             hog.setNonBlocking()
-            // Send until the server stops reading it (its echo queue is stuck above the high watermark).
+            // Send until the server stops reading it (its echo queue is stuck above the high watermark)
+            // and cuts it off at the stall timeout.
             let chunk = [UInt8](repeating: 7, count: 64 * 1024)
             var sent = 0
             let until = ContinuousClock.now.advanced(by: .seconds(3))
-            while ContinuousClock.now < until && sent < 32 << 20 {
+            while ContinuousClock.now < until && sent < 32 << 20 && server.stats.writeStallTimeouts == 0 {
                 let n = chunk.withUnsafeBytes { Glibc.send(hog.fd, $0.baseAddress!, chunk.count, Int32(MSG_NOSIGNAL)) }
                 if n > 0 { sent += n } else { usleep(2_000) }
             }
@@ -307,10 +308,13 @@ struct PausesThenEchoes: ConnectionHandler {
             let hog = try TestClient(port: server.port, receiveBuffer: 4096)
             hog.setNonBlocking()
             let chunk = [UInt8](repeating: 9, count: 256 * 1024)
+            // Flood for up to 1.5 s; once the server has taken nothing for 500 ms (its receive buffer and
+            // ours are full, the paused connection is not read again) nothing more can arrive.
             let until = ContinuousClock.now.advanced(by: .milliseconds(1500))
-            while ContinuousClock.now < until {
+            var lastTaken = ContinuousClock.now
+            while ContinuousClock.now < until && lastTaken.duration(to: .now) < .milliseconds(500) {
                 let n = chunk.withUnsafeBytes { Glibc.send(hog.fd, $0.baseAddress!, chunk.count, Int32(MSG_NOSIGNAL)) }
-                if n <= 0 { usleep(1_000) }
+                if n <= 0 { usleep(1_000) } else { lastTaken = .now }
             }
             let s = server.stats
             let heldBytes = s.receivesHeld * 16 * 1024

@@ -86,6 +86,7 @@ extension TestClient {
         #expect(try c.get("/plaintext") == (200, "Hello, World!"))
         #expect(try TestClient(port: port).get("/plaintext") == (200, "Hello, World!"))
         #expect(signalled.duration(to: .now) < .milliseconds(1500), "the checks ran within the delay")
+        c.shutdownWrite()  // done: the server closes this connection now, not with a lingering close at the stop
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
         #expect(signalled.duration(to: .now) >= .milliseconds(1400), "stopped before the delay was over")

@@ -97,9 +97,13 @@ struct LingerRegressionTests {
             try withServer(backend, configure: { $0.lingerTimeout = .seconds(2) }, handler: { WriteThenClose() }) { server in
                 let c = try TestClient(port: server.port, timeoutSeconds: 5)
                 try c.send([1])
-                usleep(300_000)  // response handed to the kernel, linger started
+                // The whole response handed to the kernel (send completions counted), then the flush's
+                // half-close and the linger start on the loop's next turns.
+                #expect(eventually { server.stats.bytesOut == size }, "\(server.stats)")
+                usleep(100_000)
                 c.shutdownWrite()  // peer FIN while our data is still in flight
-                usleep(200_000)
+                // The FIN ends the linger: the server closes (with our data still in flight) before we read.
+                #expect(eventually { server.stats.connectionsClosed == 1 }, "\(server.stats)")
                 var got = 0
                 var err: String? = nil
                 var buf = [UInt8](repeating: 0, count: 65536)

@@ -17,6 +17,9 @@ struct ServiceTests {
     private func configuration(_ backend: BackendKind) -> ServerConfiguration {
         var config = ServerConfiguration(host: "127.0.0.1", port: 0, backend: backend)
         config.drainTimeout = .seconds(2)
+        // The client kept open through a graceful shutdown never closes its end: the stop's lingering
+        // close waits for it this long (not the default 2 s) before the close the client sees as EOF.
+        config.lingerTimeout = .milliseconds(200)
         return config
     }
 

@@ -194,6 +194,7 @@ struct CopyingEchoHandler: ConnectionHandler {
             let (status, got) = try Self.readResponse(c)
             #expect(status == 200 && got == body)
         }
+        c.shutdownWrite()  // done: the stop need not wait out a lingering close of this connection
         kill(p.processIdentifier, SIGINT)
         let rest = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             + String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
