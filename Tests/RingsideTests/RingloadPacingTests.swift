@@ -172,9 +172,12 @@ private func measure(port: Int, connections: Int, rate: Double?, seconds: Double
                              + "2 ms server: open 1,000/s p50 %.1f µs, open 20,000/s 20c p50 %.1f µs (late p50 %.1f p99 %.1f)",
                              closed.p50, open1k.p50, open1k.lateP50 ?? .nan, open1k.lateP99 ?? .nan,
                              slow1k.p50, slow20k.p50, slow20k.lateP50 ?? .nan, slow20k.lateP99 ?? .nan)
-        // Open loop at a low rate against the plain server: the same latency as the closed loop.
-        if !(open1k.p50 <= closed.p50 * 1.3 + 20 && open1k.p50 >= closed.p50 / 1.3 - 20) {
-            failures.append("open 1,000/s p50 \(open1k.p50) µs not within 1.3x (+20 µs) of closed p50 \(closed.p50) µs")
+        // Open loop at a low rate against the plain server: the closed loop's latency plus at most the
+        // cost of waking up. At 1,000/s client and server sleep between requests (the closed loop never
+        // does), which added 70 µs on a loaded CI host (175 against 106 µs). Measuring the pacer's 1 ms
+        // timer instead of the server, the fault this guards against, adds about 500 µs.
+        if !(open1k.p50 <= closed.p50 * 1.3 + 150 && open1k.p50 >= closed.p50 / 1.3 - 20) {
+            failures.append("open 1,000/s p50 \(open1k.p50) µs not within 1.3x (+150 µs) of closed p50 \(closed.p50) µs")
         }
         // Against the 2 ms server: 2 ms plus the plain round trip, within 10%.
         let expected = 2000 + closed.p50
