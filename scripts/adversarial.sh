@@ -7,9 +7,7 @@
 # counts; CI uses a smaller one to stay quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-swift build -c release --product ringside >/dev/null
-swift build -c release --product ringload >/dev/null
-bin=$(swift build -c release --show-bin-path)
+bin=$(bash scripts/release-bin.sh)
 backends=uring,epoll
 if [[ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 0 ]]; then
     echo "SKIP adversarial suite on io_uring: kernel.io_uring_disabled is set"; backends=epoll

@@ -18,8 +18,7 @@ cd "$(dirname "$0")/.."
 for tool in haproxy wrk curl; do
     command -v $tool >/dev/null || { echo "haproxy-rolling: $tool is missing (run scripts/setup.sh)" >&2; exit 1; }
 done
-swift build -c release --product ringside >/dev/null
-bin=$(swift build -c release --show-bin-path)/ringside
+bin=$(bash scripts/release-bin.sh)/ringside
 work=$(mktemp -d)
 duration=${HAPROXY_DURATION:-}
 cap=20                       # --max-per-address on each instance (wrk uses 16 connections)

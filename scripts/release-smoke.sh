@@ -5,9 +5,7 @@
 # response, curl checks the HTTP routes, and each server must exit 0 on SIGINT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-swift build -c release --product ringside >/dev/null
-swift build -c release --product ringload >/dev/null
-bin=$(swift build -c release --show-bin-path)
+bin=$(bash scripts/release-bin.sh)
 fail=0; passed=0
 for backend in uring epoll; do
     if [[ $backend == uring && "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" != 0 ]]; then

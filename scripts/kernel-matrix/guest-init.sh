@@ -231,18 +231,25 @@ ktls() {
     timeout 60 ringload http --target 127.0.0.1:$PORT --tls --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
         --connections 20 --duration 1s --warmup 0 --timeout ${TMO}s --backend $CLIENT --json >/tmp/kt.json 2>/tmp/kt.err
     lrc=$?
-    # Then connections that each resume the previous one's session: the tickets were sent as control
-    # records through the kernel (TLS 1.3), and a client that could not read one would not resume.
-    timeout 60 ringload handshake --target 127.0.0.1:$PORT --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
-        --connections 4 --duration 1s --json >/tmp/kth.json 2>>/tmp/kt.err
-    hrc=$?
-    resumed=$(jnum /tmp/kth.json resumed); hfail=$(jnum /tmp/kth.json handshakeFailures)
-    # And 300 KB responses: plaintext writes larger than the socket takes at once (partial sends).
-    timeout 60 ringload http --target 127.0.0.1:$PORT --tls --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
-        --path /static/big.bin --connections 4 --duration 1s --warmup 0 --timeout ${TMO}s --backend $CLIENT --json \
-        >/tmp/ktb.json 2>>/tmp/kt.err
-    brc=$?
-    bigmsgs=$(jnum /tmp/ktb.json messages); bigbad=$(( $(jnum /tmp/ktb.json corrupt) + $(jnum /tmp/ktb.json badStatus) + $(jnum /tmp/ktb.json resets) ))
+    # Then (io_uring, not masked) connections that each resume the previous one's session: the tickets
+    # were sent as control records through the kernel (TLS 1.3), and a client that could not read one
+    # would not resume. (Each extra run costs seconds under TCG: spread over the checks.)
+    hrc=0; resumed=skipped; hfail=0
+    if [ "$mode" != masked ] && [ $b = uring ]; then
+        timeout 60 ringload handshake --target 127.0.0.1:$PORT --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
+            --connections 4 --duration 1s --json >/tmp/kth.json 2>>/tmp/kt.err
+        hrc=$?
+        resumed=$(jnum /tmp/kth.json resumed); hfail=$(jnum /tmp/kth.json handshakeFailures)
+    fi
+    # And (TLS 1.3, not masked) 300 KB responses: plaintext writes larger than the socket takes at once.
+    brc=0; bigmsgs=skipped; bigbad=0
+    if [ "$mode" != masked ] && [ $v = 1.3 ]; then
+        timeout 60 ringload http --target 127.0.0.1:$PORT --tls --tls-ca /etc/rs-tls/cert.pem --tls-version $v \
+            --path /static/big.bin --connections 4 --duration 1s --warmup 0 --timeout ${TMO}s --backend $CLIENT --json \
+            >/tmp/ktb.json 2>>/tmp/kt.err
+        brc=$?
+        bigmsgs=$(jnum /tmp/ktb.json messages); bigbad=$(( $(jnum /tmp/ktb.json corrupt) + $(jnum /tmp/ktb.json badStatus) + $(jnum /tmp/ktb.json resets) ))
+    fi
     stop_server
     line=$(grep ' stopped' $slog | tail -n 1)
     hs=$(echo "$line" | sed -n 's/.*tls=handshakes \([0-9]*\).*/\1/p')

@@ -84,9 +84,8 @@ if ldd "$busybox" >/dev/null 2>&1; then say "$busybox is not static (install bus
 if [[ -n $bin_dir ]]; then
     ringside=${ringside:-$bin_dir/ringside}; ringload=${ringload:-$bin_dir/ringload}
 elif [[ -z $ringside || -z $ringload ]]; then
-    say "building the release binaries (swift build -c release)"
-    (cd "$repo" && swift build -c release --product ringside >/dev/null && swift build -c release --product ringload >/dev/null)
-    bin=$(cd "$repo" && swift build -c release --show-bin-path)
+    say "release binaries: scripts/release-bin.sh (RINGSIDE_RELEASE_BIN, or swift build -c release)"
+    bin=$(bash "$repo/scripts/release-bin.sh")
     ringside=${ringside:-$bin/ringside}; ringload=${ringload:-$bin/ringload}
 fi
 for b in "$ringside" "$ringload"; do [[ -x $b ]] || { say "no executable $b"; exit 1; }; done
