@@ -39,12 +39,13 @@ struct Attack: ParsableCommand {
         for backend in backends.split(separator: ",").map(String.init) {
             for s in chosen {
                 var r = try runScenario(s, backend: backend, binary: binary)
-                if !r.failures.isEmpty && r.failures.allSatisfy({ $0.hasPrefix("good p99") }) {
-                    // Latency alone failed: on a shared 2-core host one noisy second can do that. Run the
-                    // scenario once more and keep that result, saying so.
-                    print(r.line + " (retrying once: latency only)")
+                // Latency alone failed: on a shared 2-core host a noisy stretch can do that (CI once saw
+                // the good client's p99 at 9.8 and 12.5 ms in two runs in a row, with a 2.7 ms base that
+                // was itself 2x this host's quiet figure). Up to two more runs; the last is kept, saying so.
+                for attempt in 2...3 where !r.failures.isEmpty && r.failures.allSatisfy({ $0.hasPrefix("good p99") }) {
+                    print(r.line + " (run \(attempt) of 3: latency only)")
                     r = try runScenario(s, backend: backend, binary: binary)
-                    r.detail += "; second run (the first failed on p99 only: \(r.failures.isEmpty ? "noise" : "again"))"
+                    r.detail += "; run \(attempt) (the earlier failed on p99 only: \(r.failures.isEmpty ? "noise" : "again"))"
                 }
                 results.append(r)
                 print(r.line)
