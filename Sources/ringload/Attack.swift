@@ -121,6 +121,22 @@ struct Attack: ParsableCommand {
         }
     }
 
+    /// The machine's total and steal CPU time so far (/proc/stat, clock ticks).
+    static func cpuTimes() -> (total: Double, steal: Double) {
+        guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return (0, 0) }
+        let v = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+        guard v.count >= 8 else { return (0, 0) }
+        return (v.prefix(8).reduce(0, +), v[7])
+    }
+
+    /// The share of CPU time the hypervisor took (steal) since `start`.
+    static func stealFraction(since start: (total: Double, steal: Double)) -> Double {
+        let now = cpuTimes()
+        let total = now.total - start.total
+        return total > 0 ? (now.steal - start.steal) / total : 0
+    }
+
     private func runScenario(_ s: Scenario, backend: String, binary: String) throws -> AttackResult {
         let log = "/tmp/ringload-attack-\(s.rawValue)-\(backend).log"
         let cmd = ([binary, "serve", "--backend", backend, "--port", "0"] + s.flags(scale: scale)).joined(separator: " ")
@@ -128,6 +144,7 @@ struct Attack: ParsableCommand {
         var failures: [String] = []
         let port = proc.port
         let good = try GoodClient(port: port, http: s.http, token: s == .noAuth ? "letmein" : nil)
+        let cpu0 = Self.cpuTimes()
         let base = try good.measure(seconds: 1.0)
         let fdsBefore = Self.fdCount(proc.pid)
         let rssBase = Double(proc.statusKiB("VmRSS")) / 1024
@@ -171,7 +188,15 @@ struct Attack: ParsableCommand {
         if !goodErrors.isEmpty { failures.append("good client: \(goodErrors.joined(separator: ", "))") }
         if samples.count < 50 { failures.append("good client got only \(samples.count) responses under attack") }
         if p99Attack > max(p99Factor * p99Base, p99Base + p99FloorMicros) {
-            failures.append(String(format: "good p99 %.0f µs > allowed (base %.0f µs)", p99Attack, p99Base))
+            // A virtual machine whose CPU the hypervisor takes away (steal time) measures the host, not
+            // the server: above 10% steal over the scenario the latency verdict is reported, not failed.
+            let steal = Self.stealFraction(since: cpu0)
+            let line = String(format: "good p99 %.0f µs > allowed (base %.0f µs)", p99Attack, p99Base)
+            if steal > 0.10 {
+                print(String(format: "%@/%@: %@: not judged, the host stole %.0f%% of the CPU meanwhile", s.rawValue, backend, line, steal * 100))
+            } else {
+                failures.append(line)
+            }
         }
         if peakRSS > Double(rssBoundMiB) { failures.append(String(format: "peak RSS %.1f MiB > %d MiB", peakRSS, rssBoundMiB)) }
         if fdsAfter > fdsBefore { failures.append("server descriptors \(fdsBefore) -> \(fdsAfter)") }
