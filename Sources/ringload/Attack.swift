@@ -22,8 +22,11 @@ struct Attack: ParsableCommand {
     @Option(help: "Server peak RSS bound in MiB; a scenario above it fails.") var rssBoundMiB = 64
     @Option(help: "Good client's p99 under attack may be at most this multiple of its unattacked p99...")
     var p99Factor = 3.0
+    // 2 ms (was 0.5): since attackers bind without a port search the unattacked p99 is 0.3 ms, not
+    // 1-1.4 ms, so 3x became a sub-millisecond bound that epoll's 1-2 ms under 2,300 64 KiB headers
+    // missed; the old effective bound was 3-4 ms.
     @Option(help: "...or this many microseconds above it, whichever is larger (scheduler noise floor on a shared 2-core host).")
-    var p99FloorMicros = 500.0
+    var p99FloorMicros = 2000.0
     @Option(help: "Write the results as JSON here.") var json: String?
     @Flag(help: "Exit non-zero if any check fails.") var check = false
 
