@@ -103,24 +103,18 @@ int rs_gettid(void) { return (int)syscall(SYS_gettid); }
 
 static const struct linger rs_linger_zero = { 1, 0 };
 
-void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd) {
-    memset(sqe, 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = fd;
-    sqe->cmd_op = 3;  /* SOCKET_URING_OP_SETSOCKOPT */
-    sqe->addr = (uint64_t)SOL_SOCKET | ((uint64_t)SO_LINGER << 32);  /* level, optname */
-    sqe->file_index = sizeof(rs_linger_zero);                         /* optlen */
-    sqe->addr3 = (uint64_t)(uintptr_t)&rs_linger_zero;                /* optval */
-}
-
 void rs_prep_setsockopt(struct io_uring_sqe *sqe, int fd, int level, int optname, const void *optval, unsigned optlen) {
     memset(sqe, 0, sizeof(*sqe));
     sqe->opcode = IORING_OP_URING_CMD;
     sqe->fd = fd;
     sqe->cmd_op = 3;  /* SOCKET_URING_OP_SETSOCKOPT */
-    sqe->addr = (uint64_t)(uint32_t)level | ((uint64_t)(uint32_t)optname << 32);
-    sqe->file_index = optlen;
-    sqe->addr3 = (uint64_t)(uintptr_t)optval;
+    sqe->addr = (uint64_t)(uint32_t)level | ((uint64_t)(uint32_t)optname << 32);  /* level, optname */
+    sqe->file_index = optlen;                                                     /* optlen */
+    sqe->addr3 = (uint64_t)(uintptr_t)optval;                                     /* optval */
+}
+
+void rs_prep_set_linger_zero(struct io_uring_sqe *sqe, int fd) {
+    rs_prep_setsockopt(sqe, fd, SOL_SOCKET, SO_LINGER, &rs_linger_zero, sizeof(rs_linger_zero));
 }
 
 void rs_prep_send_zc_fixed(struct io_uring_sqe *sqe, int fd, const void *buf, unsigned len, int msg_flags,

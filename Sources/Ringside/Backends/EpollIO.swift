@@ -248,11 +248,7 @@ extension EpollBackend: ConnectionIO {
         guard let d = core.dueDirective(slot: slot) else { preconditionFailure("a due socket directive is missing") }
         switch d.kind {
         case .option(let level, let name):
-            let v = d.optionValue
-            if setsockopt(core.states[i].fd, level, name, v.baseAddress, socklen_t(v.count)) == 0 {
-                core.directiveDone(slot: slot)
-                return true
-            }
+            return core.setOptionDirectly(slot: slot, d, level: level, name: name, logger: logger)
         case .controlMessage:
             while d.payloadLeft > 0 {
                 let n = sendmsg(core.states[i].fd, d.preparedMessage(), Int32(MSG_NOSIGNAL))
@@ -266,8 +262,7 @@ extension EpollBackend: ConnectionIO {
         let e = Errno.current.rawValue
         core.states[i].sendEnded()
         core.requestClose(slot: slot, abort: true, reason: EngineErrors.reason(
-            e, op: d.isOption ? "setsockopt (socket directive)" : "sendmsg (socket directive)",
-            slot: slot, counters: &core.counters, logger: logger))
+            e, op: d.operationName, slot: slot, counters: &core.counters, logger: logger))
         return false
     }
 

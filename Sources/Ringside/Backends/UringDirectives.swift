@@ -20,14 +20,7 @@ extension UringBackend {
             }
             guard let d = core.dueDirective(slot: slot) else { preconditionFailure("a due socket directive is missing") }
             if case .option(let level, let name) = d.kind, !core.states[i].traits.contains(.direct) {
-                let v = d.optionValue
-                guard setsockopt(core.states[i].fd, level, name, v.baseAddress, socklen_t(v.count)) == 0 else {
-                    core.states[i].sendEnded()
-                    core.requestClose(slot: slot, abort: true, reason: EngineErrors.reason(
-                        Errno.current.rawValue, op: "setsockopt (socket directive)", slot: slot, counters: &core.counters, logger: logger))
-                    return true
-                }
-                core.directiveDone(slot: slot)
+                guard core.setOptionDirectly(slot: slot, d, level: level, name: name, logger: logger) else { return true }
                 continue
             }
             core.states[i].sendStarted(bytes: 0, chunks: 0)
@@ -63,8 +56,7 @@ extension UringBackend {
         if res < 0 {
             if -res == ECANCELED { core.counters.canceledCompletions += 1 }
             let reason: CloseReason = -res == ECANCELED ? .error(.canceled) : EngineErrors.reason(
-                -res, op: d.isOption ? "setsockopt (socket directive)" : "sendmsg (socket directive)",
-                slot: slot, counters: &core.counters, logger: logger)
+                -res, op: d.operationName, slot: slot, counters: &core.counters, logger: logger)
             core.requestClose(slot: slot, abort: true, reason: reason)
             return
         }
@@ -75,8 +67,4 @@ extension UringBackend {
         }
         core.directiveDone(slot: slot)
     }
-}
-
-extension SocketDirective {
-    var isOption: Bool { if case .option = kind { true } else { false } }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 
 /// Socket operations ordered with a layered connection's queued bytes: a socket option set, or a
 /// message sent with one control message (`sendmsg` + cmsg), exactly after the bytes queued before it
@@ -90,7 +91,28 @@ final class SocketDirective {
     }
 }
 
+extension SocketDirective {
+    var isOption: Bool { if case .option = kind { true } else { false } }
+    /// The operation's name in an engine-error report.
+    var operationName: StaticString { isOption ? "setsockopt (socket directive)" : "sendmsg (socket directive)" }
+}
+
 extension LoopCore {
+    /// Runs the due option directive `d` with setsockopt(2) on an ordinary descriptor (epoll, io_uring
+    /// without direct descriptors): done, or the send ends and the connection closes with the errno.
+    /// Returns whether the option was set.
+    func setOptionDirectly(slot: Int32, _ d: SocketDirective, level: Int32, name: Int32, logger: Logger) -> Bool {
+        let v = d.optionValue
+        if setsockopt(states[Int(slot)].fd, level, name, v.baseAddress, socklen_t(v.count)) == 0 {
+            directiveDone(slot: slot)
+            return true
+        }
+        let e = Errno.current.rawValue
+        states[Int(slot)].sendEnded()
+        requestClose(slot: slot, abort: true, reason: EngineErrors.reason(e, op: d.operationName, slot: slot, counters: &counters, logger: logger))
+        return false
+    }
+
     /// Queues `directive` after every byte queued on `slot` so far. The caller checked
     /// `orderedSocketOperations` and that the connection is layered.
     func queueDirective(slot: Int32, kind: SocketDirective.Kind, value: UnsafeRawBufferPointer,
