@@ -104,6 +104,9 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
         try startOutbound()
         processDirty()
         while true {
+            // epoll_wait cannot say beforehand whether it will sleep: changes are published before every
+            // wait that follows them (the rate is bounded only on io_uring, which can look at its queue).
+            core.publishStatsBeforeSleeping(control)
             let n = try syscall("epoll_wait") { () -> Int32 in
                 let r = epoll_wait(epfd, events, Int32(maxEvents), waitTimeout())
                 return (r < 0 && Errno.current == .interrupted) ? 0 : r
@@ -127,8 +130,7 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
                 try ctl(EPOLL_CTL_ADD, listenFD, EPOLLIN.rawValue, Self.listenerTag)
             }
             if core.stopping && core.abortAllIfDrainDeadlinePassed() { processDirty() }
-            core.refreshGauges()
-            control.publish(core.counters)
+            core.publishStats(control)
             if core.stopping && core.openCount == 0 && filePool.pendingFileOperations > 0 { filePool.cancelAllFileOperations() }
             if core.stopping && core.openCount == 0 && control.executor.shutDownIfIdle(force: core.drainDeadline == nil) { break }
         }

@@ -268,8 +268,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
             processDirty()
             if core.stopping && core.abortAllIfDrainDeadlinePassed() { processDirty() }
             core.counters.cqDropped = Int(ring.droppedCompletions)
-            core.refreshGauges()
-            control.publish(core.counters)
+            core.publishStats(control)
             if core.stopping && core.openCount == 0 && files.pendingFileOperations > 0 { files.cancelAllFileOperations() }
             if core.stopping && core.openCount == 0 && ringInflight == 0 && deferred.isEmpty && files.pendingFileOperations == 0
                 && control.executor.shutDownIfIdle(force: core.drainDeadline == nil) { break }

@@ -16,6 +16,9 @@ extension UringBackend {
             return limit == 0 ? ring.submitAndWait(0) : ring.submitAndWait(1, timeoutNanos: limit)
         }
         armLoopTimer()
+        // No completion waiting in the ring: the wait will most likely sleep, so readers get the figures
+        // now (an enter can still find completions its task work posts; that only publishes early).
+        if io_uring_cq_ready(ring.ring) == 0 { core.publishStatsBeforeSleeping(control) }
         if batchLimit > 1 && lastReaped > 1 {
             return ring.submitAndWait(min(lastReaped, batchLimit), minWaitMicros: batchWaitMicros)
         }

@@ -54,6 +54,10 @@ final class LoopCore {
     @exclusivity(unchecked) @usableFromInline var now: UInt64
     /// The server is stopping (no new receives, connections draining).
     @exclusivity(unchecked) var stopping = false
+    /// The loop millisecond of the last stats publish, and whether counters changed after it
+    /// (`publishStats`).
+    @exclusivity(unchecked) var statsPublishedAt: UInt64 = 0
+    @exclusivity(unchecked) var statsUnpublished = false
     /// The backend's file operations (unretained: the backend owns them and outlives every call).
     var files: Unmanaged<AnyObject>? = nil
     /// The backend's splice path for file sends, if it has one (unretained, like `files`).
