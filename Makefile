@@ -38,7 +38,7 @@ test: setup
 
 # The conformance suite again under each kernel-feature mask (RINGSIDE_DISABLE), so every fallback path
 # runs on this kernel too.
-MASKS := defer-taskrun single-issuer coop-taskrun defer-taskrun,single-issuer,coop-taskrun recv-limit direct-fds socket-commands min-wait
+MASKS := defer-taskrun single-issuer coop-taskrun defer-taskrun,single-issuer,coop-taskrun recv-limit direct-fds socket-commands min-wait bundles
 conformance-masks:
 	@for m in $(MASKS); do echo "conformance with RINGSIDE_DISABLE=$$m"; \
 	  RINGSIDE_DISABLE=$$m swift test --skip-build --disable-xctest --no-parallel --filter ConformanceTests 2>&1 \

@@ -70,6 +70,10 @@ static inline void rs_sqe_set_buf_group(struct io_uring_sqe *sqe, uint16_t bgid)
     sqe->buf_group = bgid;
 }
 
+/// sqe->ioprio flag for IORING_OP_RECV with buffer select (6.10, IORING_FEAT_RECVSEND_BUNDLE): one
+/// completion may carry several provided buffers, consecutive in the ring from the one it names.
+enum { RS_IORING_RECVSEND_BUNDLE = (1U << 4) };
+
 /// Caps the total bytes a multishot IORING_OP_RECV delivers before it ends (IORING_RECV_MSHOT_LIM,
 /// Linux 6.16+: the kernel reads `optlen`, which shares its union with `file_index` in liburing 2.3's
 /// sqe). Older kernels reject a non-zero value with -EINVAL.

@@ -1,3 +1,4 @@
+import CLiburing
 import Foundation
 import Glibc
 import Testing
@@ -25,7 +26,7 @@ import RingsideProtocols
 
     /// The conformance echo under every mask: each fallback path serves byte-exact.
     @Test(arguments: [KernelFeatures.deferTaskrun, .singleIssuer, .coopTaskrun, .ringSetupFlags, .receiveLimit,
-                      .directDescriptors, .socketCommands, .registeredBuffers])
+                      .directDescriptors, .socketCommands, .registeredBuffers, .receiveBundles])
     func echoUnderEachMask(_ mask: KernelFeatures) throws {
         try withServer(.uring, configure: { $0.disabledFeatures = mask }, handler: { EchoHandler() }) { server in
             let payloads = (0..<64).map { randomBytes(1 + $0 * 4099, seed: UInt64($0) + 77) }
@@ -33,6 +34,37 @@ import RingsideProtocols
             #expect(report.connections == 64)
             #expect(server.stats.engineErrors == 0)
         }
+    }
+
+    /// Receive bundles: 1 MiB per connection arrives in loopback segments of several receive buffers,
+    /// which one completion carries as a bundle (6.10+); the engine names every buffer after the first
+    /// from the ring's order, so a wrong one shows as corrupt bytes. Masked, each buffer is its own
+    /// completion, with the same bytes.
+    @Test(arguments: [KernelFeatures.receiveBundles, []])
+    func receiveBundlesCarrySeveralBuffersInOrder(_ mask: KernelFeatures) throws {
+        try withServer(.uring, configure: { $0.disabledFeatures = mask }, handler: { EchoHandler() }) { server in
+            let payloads = (0..<8).map { randomBytes((1 << 20) + $0 * 4097, seed: UInt64($0) + 901) }
+            let report = try MultiClient(port: server.port, payloads: payloads, options: .init(timeout: 30)).run()
+            #expect(report.connections == 8)
+            #expect(report.bytesReceived == payloads.reduce(0) { $0 + $1.count })
+            #expect(eventually { server.stats.connectionsOpen == 0 })
+            let s = server.stats
+            #expect(s.engineErrors == 0)
+            #expect(s.buffersInUse == 0, "every bundled buffer went back to the ring: \(s.buffersInUse) out")
+            if mask.contains(.receiveBundles) {
+                #expect(s.bundledReceives == 0)
+            } else if kernelOffersBundles {
+                #expect(s.bundledReceives > 0, "1 MiB uploads should arrive in bundles: \(s)")
+                #expect(s.bundledBuffers >= 2 * s.bundledReceives)
+            } else {
+                print("SKIP receive-bundle count: this kernel has no IORING_FEAT_RECVSEND_BUNDLE (6.10+); bytes checked only")
+            }
+        }
+    }
+
+    private var kernelOffersBundles: Bool {
+        guard let ring = try? Ring(entries: 8, completionEntries: 16, inject: nil, disabled: []) else { return false }
+        return ring.features & UInt32(RS_IORING_FEAT_RECVSEND_BUNDLE) != 0
     }
 
     /// A host without liburing (the engine opens liburing.so.2 with dlopen, so the binary starts without

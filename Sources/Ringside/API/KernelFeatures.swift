@@ -35,6 +35,10 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
     /// descriptors through socket commands, 6.7+): after the handshake the kernel encrypts what a TLS
     /// connection sends. Masked (or without the kernel's `tls` module) OpenSSL encrypts in user space.
     public static let kernelTLS = KernelFeatures(rawValue: 1 << 10)
+    /// Receive bundles (IORING_RECVSEND_BUNDLE, 6.10): one receive completion carries as many provided
+    /// buffers as the socket had data for, instead of one completion per buffer. Without it every
+    /// buffer is its own completion.
+    public static let receiveBundles = KernelFeatures(rawValue: 1 << 11)
 
     /// Every ring set-up flag: with all three masked the ring is set up with no task-run flags.
     public static let ringSetupFlags: KernelFeatures = [.deferTaskrun, .singleIssuer, .coopTaskrun]
@@ -44,7 +48,7 @@ public struct KernelFeatures: OptionSet, Sendable, Hashable, CustomStringConvert
         ("defer-taskrun", .deferTaskrun), ("single-issuer", .singleIssuer), ("coop-taskrun", .coopTaskrun),
         ("recv-limit", .receiveLimit), ("direct-fds", .directDescriptors), ("socket-commands", .socketCommands),
         ("fixed-buffers", .registeredBuffers), ("min-wait", .minWait), ("splice", .splice),
-        ("send-zc", .zeroCopySend), ("ktls", .kernelTLS),
+        ("send-zc", .zeroCopySend), ("ktls", .kernelTLS), ("bundles", .receiveBundles),
     ]
 
     /// Parses a comma-separated list of names (`RINGSIDE_DISABLE`); throws naming an unknown one.

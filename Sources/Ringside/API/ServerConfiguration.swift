@@ -93,6 +93,10 @@ public struct ServerConfiguration: Sendable {
     /// completing receives until the pause's cancel lands), so one client cannot drain the pool.
     /// 0: no limit.
     public var receiveBurstLimit: Int = 256 * 1024
+    /// io_uring: let one receive completion carry several provided buffers when a socket holds more than
+    /// one buffer of input (IORING_RECVSEND_BUNDLE, Linux 6.10+; ignored where unsupported, and masked by
+    /// `RINGSIDE_DISABLE=bundles`). Handlers still see one call per buffer, in order.
+    public var receiveBundles: Bool = true
     /// Accept PROXY protocol headers (v1 and v2) from trusted proxies, so handlers, logs and
     /// ``maxConnectionsPerAddress`` see the client's address rather than the proxy's (nil: off). See
     /// ``ProxyProtocolConfiguration``.

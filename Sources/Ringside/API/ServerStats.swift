@@ -64,6 +64,10 @@ public struct ServerStats: Sendable, Equatable {
     /// Multishot receives that ended at their per-arming byte limit (`receiveBurstLimit`) and were
     /// re-armed (io_uring; kernels with IORING_RECV_MSHOT_LIM).
     public var receiveBurstLimitEnds = 0
+    /// Receive completions that carried more than one buffer (io_uring receive bundles,
+    /// IORING_RECVSEND_BUNDLE, 6.10+), and the buffers they carried.
+    public var bundledReceives = 0
+    public var bundledBuffers = 0
     /// Operations that failed with an errno that means a bug in the engine (EFAULT, EBADF on a
     /// descriptor it owns, EINVAL on an operation the kernel supports, ENOTSOCK): logged at error level
     /// with the operation and slot, the connection closed with that errno as its reason.

@@ -46,6 +46,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     let acceptAddressLengths: UnsafeMutablePointer<socklen_t>
     /// Per-arming byte limit of multishot receives (0: none; set to 0 if the kernel refuses it).
     @exclusivity(unchecked) var receiveLimit: Int
+    /// Multishot receives ask for bundles (probed; see `ServerConfiguration.receiveBundles`).
+    let receiveBundles: Bool
     /// What the kernel supports, probed once at start.
     let probe: UringProbe
     /// A receive cancel was prepared during a completion batch: submit once the batch is consumed.
@@ -117,6 +119,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
         handlers = HandlerTable(core: core, factory: factory)
         receiveLimit = probe.receiveLimit ? max(0, config.receiveBurstLimit) : 0
+        receiveBundles = probe.receiveBundles
         lingerSupported = probe.socketCommands
         // Socket directives (kernel TLS): a registered descriptor's options are reachable only
         // through socket commands.

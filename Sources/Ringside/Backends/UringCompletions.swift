@@ -48,9 +48,12 @@ extension UringBackend {
     private func completeRecv(_ ud: UserData, res: Int32, flags: UInt32) {
         let hasBuffer = flags & IORING_CQE_F_BUFFER != 0
         let chunk = hasBuffer ? Int32(flags >> IORING_CQE_BUFFER_SHIFT) : -1
-        if hasBuffer { provided.noteConsumed(); pool.noteReceivedFromRing() }
+        // A bundle fills whole buffers from consecutive ring entries; without bundles res fits one.
+        let size = pool.receiveChunkSize
+        let buffers = !hasBuffer ? 0 : res > size ? (Int(res) + size - 1) / size : 1
+        if hasBuffer { provided.noteConsumed(buffers); pool.noteReceivedFromRing(buffers) }
         guard current(ud) else {
-            if hasBuffer { pool.release(chunk) }  // never lose a buffer to a stale completion
+            if hasBuffer { releaseBundle(chunk, buffers) }  // never lose a buffer to a stale completion
             return
         }
         let slot = ud.slot
@@ -65,15 +68,26 @@ extension UringBackend {
             core.counters.bytesIn += Int(res)
             core.noteReceived(slot)
             precondition(hasBuffer, "multishot recv completed with data but no buffer")
-            if !core.states[i].deliversInput {
-                pool.release(chunk)  // input after close (or while lingering) is dropped
-            } else if core.states[i].readPaused || core.states[i].heldHead >= 0 {
-                // The kernel completed this before our cancel landed: keep it, in order, for the resume,
-                // so the handler never sees input while its connection is over the high watermark.
-                core.hold(slot: slot, chunk: chunk, count: Int(res))
-            } else {
-                if !handlers.received(slot, chunk: chunk, offset: 0, count: Int(res)) { pool.release(chunk) }
-                if core.states[i].pauseIfNeeded(highWatermark: core.highWatermark, &core.counters) { cancelReceive(slot) }
+            if buffers > 1 { core.counters.bundledReceives += 1; core.counters.bundledBuffers += buffers }
+            var c = chunk
+            var left = Int(res)
+            while true {
+                let count = min(left, size)
+                left -= count
+                let next = left > 0 ? provided.chunk(after: c) : -1  // before `c` can go back to the ring
+                if !core.states[i].deliversInput {
+                    pool.release(c)  // input after close (or while lingering) is dropped
+                } else if core.states[i].readPaused || core.states[i].heldHead >= 0 {
+                    // The kernel completed this before our cancel landed: keep it, in order, for the
+                    // resume, so the handler never sees input while its connection is over the high
+                    // watermark.
+                    core.hold(slot: slot, chunk: c, count: count)
+                } else {
+                    if !handlers.received(slot, chunk: c, offset: 0, count: count) { pool.release(c) }
+                    if core.states[i].pauseIfNeeded(highWatermark: core.highWatermark, &core.counters) { cancelReceive(slot) }
+                }
+                if left == 0 { break }
+                c = next
             }
         } else if res == 0 {
             if hasBuffer { pool.release(chunk) }
@@ -83,6 +97,16 @@ extension UringBackend {
             receiveFailed(slot, errno: -res)
         }
         core.markDirty(slot)
+    }
+
+    /// Returns the `count` buffers of a receive completion that starts at `chunk` to the pool.
+    private func releaseBundle(_ chunk: Int32, _ count: Int) {
+        var c = chunk
+        for k in 0..<count {
+            let next = k + 1 < count ? provided.chunk(after: c) : -1
+            pool.release(c)
+            c = next
+        }
     }
 
     private func receiveFailed(_ slot: Int32, errno: Int32) {

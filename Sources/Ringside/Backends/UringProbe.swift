@@ -9,6 +9,8 @@ struct UringProbe {
     var receiveLimit: Bool = false
     var receiveLimitNote = ""
     /// Socket options through the ring (SOCKET_URING_OP_SETSOCKOPT, 6.7): aborts can reset.
+    var receiveBundles: Bool = false
+    var receiveBundlesNote = ""
     var socketCommands: Bool = false
     var socketCommandsNote = ""
 
@@ -60,6 +62,15 @@ struct UringProbe {
         } else {
             receiveLimitNote = "not asked for"
         }
+        if config.disabledFeatures.contains(.receiveBundles) {
+            receiveBundlesNote = "masked"
+        } else if !config.receiveBundles {
+            receiveBundlesNote = "not asked for"
+        } else if ring.features & UInt32(RS_IORING_FEAT_RECVSEND_BUNDLE) == 0 {
+            receiveBundlesNote = "kernel before 6.10"
+        } else {
+            receiveBundles = true
+        }
         if config.disabledFeatures.contains(.socketCommands) {
             socketCommandsNote = "masked"
         } else {
@@ -80,7 +91,7 @@ struct UringProbe {
 
     /// One line for the start log.
     var summary: String {
-        "multishot-recv=on multishot-accept=on direct-fds=\(directDescriptors ? "on" : "off(\(directDescriptorsNote))") send-zc=\(zeroCopySend ? "on" : "off(\(zeroCopySendNote))") recv-limit=\(receiveLimit ? "on" : "off(\(receiveLimitNote))") socket-commands=\(socketCommands ? "on" : "off(\(socketCommandsNote))") bundles=unused"
+        "multishot-recv=on multishot-accept=on direct-fds=\(directDescriptors ? "on" : "off(\(directDescriptorsNote))") send-zc=\(zeroCopySend ? "on" : "off(\(zeroCopySendNote))") recv-limit=\(receiveLimit ? "on" : "off(\(receiveLimitNote))") socket-commands=\(socketCommands ? "on" : "off(\(socketCommandsNote))") bundles=\(receiveBundles ? "on" : "off(\(receiveBundlesNote))")"
     }
 
     /// A multishot receive into the provided buffers on a socketpair holding one byte, then EOF. Without

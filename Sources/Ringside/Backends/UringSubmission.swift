@@ -55,6 +55,7 @@ extension UringBackend {
             io_uring_prep_recv_multishot(s, core.states[slot].fd, nil, 0, 0)
             s.pointee.flags |= UInt8(RS_IOSQE_BUFFER_SELECT)
             rs_sqe_set_buf_group(s, provided.groupID)
+            if receiveBundles { s.pointee.ioprio |= UInt16(RS_IORING_RECVSEND_BUNDLE) }
             if receiveLimit > 0 { rs_sqe_set_recv_total_limit(s, UInt32(clamping: receiveLimit)) }
         case .send: fillSend(s, ud.slot)
         case .spliceWrite, .spliceIn, .spliceOut: fillSplice(s, ud)

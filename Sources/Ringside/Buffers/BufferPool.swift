@@ -242,7 +242,7 @@ final class BufferPool {
     }
 
     /// Notes that the kernel handed a provided-ring chunk to us (io_uring receive completion).
-    @inline(__always) func noteReceivedFromRing() { noteOut(1) }
+    @inline(__always) func noteReceivedFromRing(_ count: Int = 1) { noteOut(count) }
 
     /// Returns a chunk to its home: the provided ring (io_uring receive chunks), the receive free list
     /// (epoll), or the send free list.

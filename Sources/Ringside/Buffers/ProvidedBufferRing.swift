@@ -8,8 +8,13 @@ import Glibc
 /// the kernel in one tail update per completion batch (`publish()`), which is what makes the kernel see
 /// them (liburing io_uring_buf_ring_add / io_uring_buf_ring_advance).
 ///
+/// Receive bundles (IORING_RECVSEND_BUNDLE) take several buffers in one completion, which names only the
+/// first: the rest are the ring entries that follow it. `order` (ring position -> chunk) and `position`
+/// (chunk -> ring position) record where each `give` put its chunk, so `chunk(after:)` names them.
+///
 /// Invariants: `entries` is a power of two >= every buffer id count we ever add (the pool's receive chunk
-/// count); memory is page-aligned and stays mapped until after the ring is unregistered.
+/// count); memory is page-aligned and stays mapped until after the ring is unregistered; a chunk is in the
+/// ring at most once, so its `position` is the entry the kernel took it from.
 final class ProvidedBufferRing {
     let groupID: UInt16
     let entries: Int
@@ -17,6 +22,10 @@ final class ProvidedBufferRing {
     private let mapBytes: Int
     private let mask: Int32
     @exclusivity(unchecked) private var pending: Int32 = 0
+    /// Our copy of the ring's tail (the kernel reads the shared one): where the next `give` lands.
+    @exclusivity(unchecked) private var tail: UInt16 = 0
+    private let order: UnsafeMutablePointer<Int32>
+    private let position: UnsafeMutablePointer<Int32>
     /// Buffers currently available to the kernel (approximately: counts what we added minus receives).
     @exclusivity(unchecked) private(set) var available: Int = 0
 
@@ -42,6 +51,10 @@ final class ProvidedBufferRing {
             throw SyscallError("io_uring_register_buf_ring(\(entries) entries)", Errno(rawValue: -r))
         }
         mask = io_uring_buf_ring_mask(UInt32(entries))
+        order = .allocate(capacity: entries)
+        order.initialize(repeating: -1, count: entries)
+        position = .allocate(capacity: entries)
+        position.initialize(repeating: -1, count: entries)
     }
 
     /// Unregisters (call before the ring is torn down, after the last receive completion).
@@ -49,11 +62,18 @@ final class ProvidedBufferRing {
         _ = rs_io_uring_unregister_buf_ring(uring, Int32(groupID))
     }
 
-    deinit { munmap(ring, mapBytes) }
+    deinit {
+        munmap(ring, mapBytes)
+        order.deallocate()
+        position.deallocate()
+    }
 
     /// Adds one buffer; visible to the kernel after `publish()`.
     @inline(__always) func give(chunk: Int32, address: UnsafeMutableRawPointer, length: Int) {
         io_uring_buf_ring_add(ring, address, UInt32(length), UInt16(truncatingIfNeeded: chunk), mask, pending)
+        let at = Int32(truncatingIfNeeded: tail &+ UInt16(truncatingIfNeeded: pending)) & mask
+        order[Int(at)] = chunk
+        position[Int(chunk)] = at
         pending += 1
     }
 
@@ -61,12 +81,18 @@ final class ProvidedBufferRing {
     @discardableResult @inline(__always) func publish() -> Int {
         guard pending > 0 else { return 0 }
         io_uring_buf_ring_advance(ring, pending)
+        tail &+= UInt16(truncatingIfNeeded: pending)
         let n = Int(pending)
         available += n
         pending = 0
         return n
     }
 
-    /// The kernel consumed one buffer (a receive completion carried IORING_CQE_F_BUFFER).
-    @inline(__always) func noteConsumed() { available -= 1 }
+    /// The kernel consumed `count` buffers (a receive completion carried IORING_CQE_F_BUFFER).
+    @inline(__always) func noteConsumed(_ count: Int = 1) { available -= count }
+
+    /// The chunk in the ring entry after `chunk`'s: a bundle's next buffer.
+    @inline(__always) func chunk(after chunk: Int32) -> Int32 {
+        order[Int((position[Int(chunk)] &+ 1) & mask)]
+    }
 }
