@@ -10,14 +10,19 @@ public struct HTTPRequest {
     public let path: HTTPBytes
     public let version: HTTPVersion
     public let keepAlive: Bool
-    let store: HeadStore
+    // The connection's head store, unretained. Invariant: a request is made by its HTTPConnection from
+    // that connection's own store (a `let`, freed only with it) and lent to the route for one call
+    // (the views above point into the same store), so the store outlives it and is borrowed at +0
+    // (`_withUnsafeGuaranteedRef`): making and passing a request costs no retain/release.
+    let storeRef: Unmanaged<HeadStore>
+    @inline(__always) func withStore<R>(_ body: (HeadStore) -> R) -> R { storeRef._withUnsafeGuaranteedRef(body) }
     /// The body: none, in memory, or spooled to an (unlinked) temporary file above the configured
     /// threshold, so a large upload never sits in memory.
     public let body: HTTPBody
 
     /// The value of the route's path parameter `name` (`{name}` in the template, `**` for a
     /// catch-all), as sent: still percent-encoded (see ``percentDecode(_:plusIsSpace:)``). No allocation.
-    public func parameter(_ name: String) -> HTTPBytes? { store.capture(name) }
+    public func parameter(_ name: String) -> HTTPBytes? { withStore { $0.capture(name) } }
 
     /// The query string (after `?`), as sent; empty when there is none.
     public var query: HTTPBytes {
@@ -27,11 +32,11 @@ public struct HTTPRequest {
     }
 
     /// The first header with this name (case-insensitive).
-    public func header(_ name: StaticString) -> HTTPBytes? { store.value(forName: name) }
+    public func header(_ name: StaticString) -> HTTPBytes? { withStore { $0.value(forName: name) } }
     /// Number of header fields and positional access.
-    public var headerCount: Int { store.fieldCount }
-    public func headerName(at i: Int) -> HTTPBytes { store.name(at: i) }
-    public func headerValue(at i: Int) -> HTTPBytes { store.value(at: i) }
+    public var headerCount: Int { withStore { $0.fieldCount } }
+    public func headerName(at i: Int) -> HTTPBytes { withStore { $0.name(at: i) } }
+    public func headerValue(at i: Int) -> HTTPBytes { withStore { $0.value(at: i) } }
 }
 
 /// A request body.
@@ -213,19 +218,23 @@ public struct HTTPRouter: Sendable {
 
 /// A copy of the current request's head (method, target, header fields) in per-connection storage
 /// that keeps its capacity, so a route handler can read headers after the body arrived.
+///
+/// Loop-thread confined (one per HTTPConnection): its mutable state is `@exclusivity(unchecked)`, only
+/// the loop thread touches it.
 final class HeadStore {
     let bytes: ByteBuffer
     /// Per field: name offset, name length, value offset, value length.
-    private var fields: UnsafeMutablePointer<(Int32, Int32, Int32, Int32)>
+    private let fields: UnsafeMutablePointer<(Int32, Int32, Int32, Int32)>
     private let maxFields: Int
-    private(set) var fieldCount = 0
-    private(set) var method = 0..<0
-    private(set) var target = 0..<0
+    @exclusivity(unchecked) private(set) var fieldCount = 0
+    @exclusivity(unchecked) private(set) var method = 0..<0
+    @exclusivity(unchecked) private(set) var target = 0..<0
     /// The matched route's captures: byte ranges of `bytes` (relative to the path while matching,
-    /// made absolute by `setCaptures`), and their names (the route's array: no copy).
+    /// made absolute by `setCaptures`), and their names (the route's array: no copy). Only the first
+    /// `captureCount` are meaningful: `captureNames` may still be an earlier route's (never read then).
     let captures: UnsafeMutablePointer<(Int32, Int32)>
-    private(set) var captureCount = 0
-    private(set) var captureNames: [String] = []
+    @exclusivity(unchecked) private(set) var captureCount = 0
+    @exclusivity(unchecked) private(set) var captureNames: [String] = []
 
     init(maxFields: Int, capacity: Int) {
         self.maxFields = maxFields
@@ -234,6 +243,9 @@ final class HeadStore {
         bytes = ByteBuffer(capacity: capacity)
     }
     deinit { fields.deallocate(); captures.deallocate() }
+
+    /// The matched route captured nothing (the names are left as they are: no release per request).
+    @inline(__always) func clearCaptures() { captureCount = 0 }
 
     /// Records the captures the router wrote (offsets within the path, which starts at `offset`).
     func setCaptures(count: Int, offset: Int, names: [String]) {

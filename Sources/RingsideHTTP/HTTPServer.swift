@@ -73,8 +73,15 @@ public struct HTTPHandler: ConnectionHandler {
 /// Input is parsed until a response cannot be sent at once (the send pool is short, or the queue is
 /// above the high watermark); the rest of the input then waits in `stash` (reading paused) until that
 /// response has been queued whole (see HTTPConnection+Output.swift).
+///
+/// Loop-thread confined, like the engine's `LoopCore`: handler calls, file-operation completions and
+/// the async routes' tasks (which run on the loop's executor and check `executor.isCurrent` before
+/// touching it) all run on the connection's loop thread. Its mutable state is therefore marked
+/// `@exclusivity(unchecked)`: only the loop thread touches it, so the runtime's dynamic exclusivity
+/// check (a call per access, per request) proves nothing here. The test suites ran with the checks on
+/// before they were switched off.
 final class HTTPConnection {
-    var parser: HTTPRequestParser
+    @exclusivity(unchecked) var parser: HTTPRequestParser
     let router: HTTPRouter
     let config: HTTPServerConfiguration
     let head: HeadStore
@@ -84,55 +91,55 @@ final class HTTPConnection {
     let responseBody: ByteBuffer
     /// Input that arrived while a response was still being sent (kept in order).
     let stash: ByteBuffer
-    var readingPaused = false
+    @exclusivity(unchecked) var readingPaused = false
 
     // Current request.
-    var route = HTTPRouter.Match.notFound
-    var version = HTTPVersion.http11
-    var keepAlive = true
-    var isHead = false
-    var streaming: (any HTTPStreamingHandler)? = nil
+    @exclusivity(unchecked) var route = HTTPRouter.Match.notFound
+    @exclusivity(unchecked) var version = HTTPVersion.http11
+    @exclusivity(unchecked) var keepAlive = true
+    @exclusivity(unchecked) var isHead = false
+    @exclusivity(unchecked) var streaming: (any HTTPStreamingHandler)? = nil
     /// The current request's body file, when it is spooled (HTTPSpool.swift).
-    var spool: SpoolFile? = nil
+    @exclusivity(unchecked) var spool: SpoolFile? = nil
     /// The current request's response waits for the loop's file operations (its spooled body being
     /// stored, a static file being opened): parsing stops and input is stashed meanwhile.
-    var deferred = false
-    var headComplete = false
-    var isAsync = false
+    @exclusivity(unchecked) var deferred = false
+    @exclusivity(unchecked) var headComplete = false
+    @exclusivity(unchecked) var isAsync = false
     /// Response coding negotiated, request body decoder (HTTPCompression.swift).
-    var coding = ConnectionCoding()
+    @exclusivity(unchecked) var coding = ConnectionCoding()
 
     /// The response being sent (see HTTPConnection+Output.swift).
-    var out = Outgoing()
+    @exclusivity(unchecked) var out = Outgoing()
     // A file body being streamed out (Connection.sendFile): bytes fileOffset..<fileEnd not queued yet;
     // at most one read in flight; a descriptor given up while its read is in flight is closed after it.
-    var fileFD: Int32 = -1
-    var fileOffset = 0
-    var fileEnd = 0
-    var fileReadInFlight = false
-    var fileToCloseAfterRead: Int32 = -1
+    @exclusivity(unchecked) var fileFD: Int32 = -1
+    @exclusivity(unchecked) var fileOffset = 0
+    @exclusivity(unchecked) var fileEnd = 0
+    @exclusivity(unchecked) var fileReadInFlight = false
+    @exclusivity(unchecked) var fileToCloseAfterRead: Int32 = -1
     /// The read in flight carries the response head as its prefix (`out.part` went to 3 with it).
-    var fileHeadInFlight = false
+    @exclusivity(unchecked) var fileHeadInFlight = false
     /// Cached static files that responses of this connection send (not closed by them: released).
-    var heldFiles: [CachedStaticFile] = []
+    @exclusivity(unchecked) var heldFiles: [CachedStaticFile] = []
 
-    var closing = false
+    @exclusivity(unchecked) var closing = false
     /// A request failed while earlier ones still await their async responses: parse nothing more.
-    var stopParsing = false
+    @exclusivity(unchecked) var stopParsing = false
     @inline(__always) var halted: Bool { closing || stopParsing }
 
     /// Responses not sent yet, in request order, while an async route's answer is outstanding (see
     /// HTTPConnection+Async.swift). Empty on the synchronous path.
-    var pending: [PendingResponse] = []
+    @exclusivity(unchecked) var pending: [PendingResponse] = []
     /// The engine handle (kept for async completions, which arrive outside handler callbacks).
-    var connection: Connection? = nil
-    var executor: LoopExecutor? = nil
+    @exclusivity(unchecked) var connection: Connection? = nil
+    @exclusivity(unchecked) var executor: LoopExecutor? = nil
     /// A streamed response's task waiting for the output queue to drain.
-    var streamWriter: UnsafeContinuation<Void, Never>? = nil
+    @exclusivity(unchecked) var streamWriter: UnsafeContinuation<Void, Never>? = nil
     /// The body of the current request, when it is streamed to a streaming async route.
-    var bodyStream: BodyStream? = nil
+    @exclusivity(unchecked) var bodyStream: BodyStream? = nil
     /// Reading paused because a streamed body's buffer is full.
-    var bodyPaused = false
+    @exclusivity(unchecked) var bodyPaused = false
 
     init(router: HTTPRouter, configuration: HTTPServerConfiguration) {
         self.router = router
@@ -155,7 +162,7 @@ final class HTTPConnection {
         guard !halted else { return }
         if out.active || deferred || pending.count >= config.maxPipelinedRequests { return stashInput(bytes, connection) }
         let wasIdle = parser.isIdle
-        var sink = Sink(c: self, connection: connection)
+        var sink = Sink(c: Unmanaged.passUnretained(self), connection: connection)
         let consumed: Int
         do throws(HTTPParseError) {
             // Stop after a request whose response is still being sent: its buffers are in use.
@@ -188,12 +195,22 @@ final class HTTPConnection {
         if !readingPaused { readingPaused = true; connection.pauseReading() }
     }
 
+    /// The parser's sink for one `received` call. Invariant: it lives on the stack of `received`, whose
+    /// `self` (the connection, held by the engine's handler slot or by an async task) is alive for the
+    /// whole call, so the connection is borrowed at +0 (`_withUnsafeGuaranteedRef`): no retain/release
+    /// per event. (An `unowned(unsafe)` reference cost a retain/release pair per access.)
     struct Sink: HTTPParserSink {
-        unowned(unsafe) let c: HTTPConnection
+        let c: Unmanaged<HTTPConnection>
         let connection: Connection
-        mutating func requestHead(_ head: HTTPRequestHead) { if !c.halted { c.onHead(head, connection) } }
-        mutating func requestBody(_ bytes: UnsafeRawBufferPointer) { if !c.halted { c.onBody(bytes, connection) } }
-        mutating func requestEnd(trailers: HTTPRequestHead?) { if !c.halted { c.onEnd(connection) } }
+        @inline(__always) mutating func requestHead(_ head: HTTPRequestHead) {
+            c._withUnsafeGuaranteedRef { c in if !c.halted { c.onHead(head, connection) } }
+        }
+        @inline(__always) mutating func requestBody(_ bytes: UnsafeRawBufferPointer) {
+            c._withUnsafeGuaranteedRef { c in if !c.halted { c.onBody(bytes, connection) } }
+        }
+        @inline(__always) mutating func requestEnd(trailers: HTTPRequestHead?) {
+            c._withUnsafeGuaranteedRef { c in if !c.halted { c.onEnd(connection) } }
+        }
     }
 
     private func onHead(_ h: HTTPRequestHead, _ connection: Connection) {
@@ -208,10 +225,13 @@ final class HTTPConnection {
         var captureCount = 0
         route = router.match(method: head.slice(head.method).buffer, path: path,
                              captures: head.captures, captureCount: &captureCount)
-        head.setCaptures(count: captureCount, offset: head.target.lowerBound,
-                         names: captureCount > 0 ? routeNames(route) : [])
+        if captureCount > 0 {
+            head.setCaptures(count: captureCount, offset: head.target.lowerBound, names: routeNames(route))
+        } else {
+            head.clearCaptures()
+        }
         bodyBuffer.clear()
-        streaming = nil
+        if streaming != nil { streaming = nil }
         isAsync = false
         if config.compression.enabled { negotiateCoding(h) }
         if config.compression.decodeRequests, case .route = route, h.isChunked || (h.contentLength ?? 0) > 0 {
@@ -343,7 +363,7 @@ final class HTTPConnection {
     func request(body: HTTPBody) -> HTTPRequest {
         HTTPRequest(method: head.slice(head.method), target: head.slice(head.target),
                     path: HTTPBytes(pathPart(head.slice(head.target).buffer)), version: version,
-                    keepAlive: keepAlive, store: head, body: body)
+                    keepAlive: keepAlive, storeRef: Unmanaged.passUnretained(head), body: body)
     }
 
     func pathPart(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
