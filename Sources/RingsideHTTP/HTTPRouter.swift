@@ -94,28 +94,52 @@ public protocol HTTPStreamingHandler {
 /// synchronous routes are never wrapped (they cannot await).
 public struct HTTPRouter: Sendable {
     enum Kind: Sendable {
-        case sync(HTTPRouteHandler)
+        case sync(SyncRoute)
         case streaming(@Sendable () -> any HTTPStreamingHandler)
         case async(HTTPAsyncHandler)
         case streamingAsync(HTTPStreamingAsyncHandler)
         /// Files under a directory (HTTPStaticFiles.swift).
         case staticFiles(StaticFileRoot)
     }
+    /// A synchronous route's handler, boxed so the connection can call it with the closure borrowed at
+    /// +0 (see `Route.syncRef`).
+    final class SyncRoute: Sendable {
+        let handler: HTTPRouteHandler
+        init(_ handler: @escaping HTTPRouteHandler) { self.handler = handler }
+    }
+    /// `Kind` without its payload: read per request without copying (and retaining) the payload.
+    enum Tag: UInt8, Sendable { case sync, streaming, async, streamingAsync, staticFiles }
     struct Route: Sendable {
         let method: [UInt8]
         let path: String
         let kind: Kind
         /// Capture names, in template order (`**` for a catch-all).
         let parameterNames: [String]
-        var handler: HTTPRouteHandler? { if case .sync(let h) = kind { h } else { nil } }
-        var streaming: (@Sendable () -> any HTTPStreamingHandler)? { if case .streaming(let m) = kind { m } else { nil } }
-        var asyncHandler: HTTPAsyncHandler? { if case .async(let h) = kind { h } else { nil } }
-        var isAsync: Bool {
+        let tag: Tag
+        /// The synchronous handler's box, unretained. Invariant: `kind` (`.sync`) holds the box strongly,
+        /// and the route is reached through a router the caller holds for the whole call (an
+        /// HTTPConnection's `let router`), so the box is alive and is borrowed at +0: calling the
+        /// handler costs no retain/release of the box or of the closure's context.
+        let syncRef: Unmanaged<SyncRoute>?
+
+        init(method: [UInt8], path: String, kind: Kind, parameterNames: [String]) {
+            self.method = method
+            self.path = path
+            self.kind = kind
+            self.parameterNames = parameterNames
             switch kind {
-            case .async, .streamingAsync: true
-            default: false
+            case .sync(let box): tag = .sync; syncRef = Unmanaged.passUnretained(box)
+            case .streaming: tag = .streaming; syncRef = nil
+            case .async: tag = .async; syncRef = nil
+            case .streamingAsync: tag = .streamingAsync; syncRef = nil
+            case .staticFiles: tag = .staticFiles; syncRef = nil
             }
         }
+
+        var handler: HTTPRouteHandler? { if case .sync(let h) = kind { h.handler } else { nil } }
+        var streaming: (@Sendable () -> any HTTPStreamingHandler)? { if case .streaming(let m) = kind { m } else { nil } }
+        var asyncHandler: HTTPAsyncHandler? { if case .async(let h) = kind { h } else { nil } }
+        var isAsync: Bool { tag == .async || tag == .streamingAsync }
     }
     var routes: [Route] = []
     var trie = RouteTrie()
@@ -145,7 +169,7 @@ public struct HTTPRouter: Sendable {
 
     /// Registers a synchronous `handler` for `method` (e.g. "GET") and the path template `path`.
     public mutating func on(_ method: String, _ path: String, _ handler: @escaping HTTPRouteHandler) {
-        add(method, path, .sync(handler))
+        add(method, path, .sync(SyncRoute(handler)))
     }
 
     /// Registers a streaming route: `make` creates one handler per request, which gets the body as it

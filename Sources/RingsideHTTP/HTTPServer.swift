@@ -99,6 +99,9 @@ final class HTTPConnection {
     @exclusivity(unchecked) var keepAlive = true
     @exclusivity(unchecked) var isHead = false
     @exclusivity(unchecked) var streaming: (any HTTPStreamingHandler)? = nil
+    /// Whether `streaming` holds a handler (tested per request and per body piece instead of
+    /// `streaming != nil`, which copies the existential). Set and cleared with it.
+    @exclusivity(unchecked) var isStreaming = false
     /// The current request's body file, when it is spooled (HTTPSpool.swift).
     @exclusivity(unchecked) var spool: SpoolFile? = nil
     /// The current request's response waits for the loop's file operations (its spooled body being
@@ -231,21 +234,24 @@ final class HTTPConnection {
             head.clearCaptures()
         }
         bodyBuffer.clear()
-        if streaming != nil { streaming = nil }
+        if isStreaming { streaming = nil; isStreaming = false }
         isAsync = false
         if config.compression.enabled { negotiateCoding(h) }
         if config.compression.decodeRequests, case .route = route, h.isChunked || (h.contentLength ?? 0) > 0 {
             guard startRequestDecoding(h, connection) else { return }  // answered 415
         }
-        if case .route(let i) = route, let make = router.routes[i].streaming {
+        // The route's kind is read as a trivial tag: no copy (retain) of the route or its payload.
+        let tag = routeTag
+        if tag == .streaming, case .route(let i) = route, let make = router.routes[i].streaming {
             var handler = make()
             handler.head(request(body: .none))
             streaming = handler
-        } else if case .route(let i) = route, case .streamingAsync = router.routes[i].kind {
+            isStreaming = true
+        } else if tag == .streamingAsync, case .route(let i) = route {
             // Started now: the handler reads the body as it arrives.
             isAsync = true
             startStreamingAsync(route: i, connection)
-        } else if case .route(let i) = route, router.routes[i].isAsync {
+        } else if tag == .async {
             isAsync = true
             if let n = h.contentLength, n > config.asyncBodyLimit {
                 return fail(status: 413, reason: "request body larger than \(config.asyncBodyLimit) bytes", connection)
@@ -282,7 +288,7 @@ final class HTTPConnection {
 
     /// Body bytes (decoded, if they were sent with a Content-Encoding) for the current route.
     func deliverBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
-        if streaming != nil { streaming!.body(bytes); return }
+        if isStreaming { streaming!.body(bytes); return }
         if bodyStream != nil { return pushBody(bytes, connection) }
         if isAsync {
             guard bodyBuffer.count + bytes.count <= config.asyncBodyLimit else {
@@ -302,10 +308,10 @@ final class HTTPConnection {
     private func onEnd(_ connection: Connection) {
         headComplete = false
         guard finishRequestDecoding(connection) else { return }  // answered 400
-        if case .route(let i) = route, case .staticFiles(let root) = router.routes[i].kind {
+        if routeTag == .staticFiles, case .route(let i) = route, case .staticFiles(let root) = router.routes[i].kind {
             return serveStatic(root, connection)
         }
-        if let s = spool, !s.isStored {
+        if spool != nil, let s = spool, !s.isStored {
             // The route runs once every byte is in the file (HTTPSpool.swift).
             deferred = true
             s.onStored = { [unowned self] in
@@ -327,29 +333,39 @@ final class HTTPConnection {
         case .route(let i) where isAsync:
             // Nothing after a request that closes the connection is read (or started).
             if !keepAlive { stopParsing = true }
-            if router.routes[i].asyncHandler != nil { return startAsync(route: i, connection) }
+            if router.routes[i].tag == .async { return startAsync(route: i, connection) }
             bodyStream?.finish()  // started at the head
             bodyStream = nil
             return
         case .route(let i):
-            if streaming != nil {
+            if isStreaming {
                 streaming!.end(&res)
                 streaming = nil
+                isStreaming = false
             } else {
-                let body: HTTPBody = spool.map { .file(fd: $0.fd, size: $0.size) }
-                    ?? (bodyBuffer.count > 0 ? .bytes(bodyBuffer.bytes) : .none)
-                router.routes[i].handler!(request(body: body), &res)
+                let body: HTTPBody = if let s = spool { .file(fd: s.fd, size: s.size) }
+                    else if bodyBuffer.count > 0 { .bytes(bodyBuffer.bytes) } else { .none }
+                // Only the route's trivial `syncRef` is read (calling a method on the element would copy
+                // the whole route); the handler is borrowed at +0.
+                let handler = router.routes[i].syncRef!
+                let req = request(body: body)
+                handler._withUnsafeGuaranteedRef { $0.handler(req, &res) }
             }
         case .methodNotAllowed:
             res.status = 405
         case .notFound:
             res.status = 404
         }
-        dropSpool(connection, keep: spool != nil && res.bodyFile?.fd == spool!.fd)
+        if spool != nil { dropSpool(connection, keep: res.bodyFile?.fd == spool!.fd) }
         if pending.isEmpty { send(&res, meta, connection) } else {
             enqueueReady(res, meta)
             if !keepAlive { stopParsing = true }
         }
+    }
+
+    /// The kind of the current request's route (nil: 404/405), read without copying the route.
+    @inline(__always) var routeTag: HTTPRouter.Tag? {
+        if case .route(let i) = route { router.routes[i].tag } else { nil }
     }
 
     /// The current request's version, keep-alive and HEAD-ness (what its response head depends on).
@@ -379,6 +395,7 @@ final class HTTPConnection {
         dropSpool(connection)
         releaseRequestDecoder()
         streaming = nil
+        isStreaming = false
         // A streaming route reading this request's body learns that the rest will not come.
         bodyStream?.fail(HTTPError(status, reason))
         bodyStream = nil
