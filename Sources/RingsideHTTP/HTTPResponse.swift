@@ -54,10 +54,12 @@ public struct HTTPResponse {
 
     /// Adds a header line with a run-time value.
     public mutating func setHeader(_ name: StaticString, _ value: String) {
+        let n = UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
+        // A native or small string (a literal: this overload is the one a literal picks) is read in
+        // place, borrowed (no copy: no retain/release); only another one is copied to contiguous UTF-8.
+        if value.utf8.withContiguousStorageIfAvailable({ appendHeader(n, UnsafeRawBufferPointer($0)) }) != nil { return }
         var v = value
-        v.withUTF8 { vb in
-            appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), UnsafeRawBufferPointer(vb))
-        }
+        v.withUTF8 { appendHeader(n, UnsafeRawBufferPointer($0)) }
     }
 
     /// Appends body bytes.
@@ -67,6 +69,8 @@ public struct HTTPResponse {
     }
     public mutating func write(_ bytes: [UInt8]) { bytes.withUnsafeBytes { b in withBody { $0.append(b) } } }
     public mutating func write(_ s: String) {
+        // As in `setHeader(_:_:)` with a String: read in place when it is contiguous (no copy).
+        if s.utf8.withContiguousStorageIfAvailable({ b in withBody { $0.append(UnsafeRawBufferPointer(b)) } }) != nil { return }
         var s = s
         s.withUTF8 { b in withBody { $0.append(UnsafeRawBufferPointer(b)) } }
     }
