@@ -25,7 +25,7 @@ extension HTTPRouter {
             // The request's Content-Type back (a JSON body comes back as compressible JSON); no copy.
             if let type = req.header("Content-Type") {
                 let name: StaticString = "Content-Type"
-                res.headers.appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), type.buffer)
+                res.appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), type.buffer)
             } else {
                 res.setHeader("Content-Type", "application/octet-stream")
             }

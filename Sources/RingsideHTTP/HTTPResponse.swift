@@ -5,11 +5,19 @@ import Ringside
 /// that keep their capacity between requests, so a response allocates nothing in steady state.
 /// The engine adds `Date`, `Server`, `Content-Length` and, when the connection will close,
 /// `Connection: close`.
+///
+/// Like ``HTTPRequest``, a response is lent to the call it is passed to (`inout`): its buffers belong to
+/// the connection, and a copy must not be kept past that call.
 public struct HTTPResponse {
     /// The status code (200 by default).
     public var status: Int = 200
-    @usableFromInline let headers: ByteBuffer
-    @usableFromInline let body: ByteBuffer
+    // The connection's header and body buffers, unretained. Invariant: every response is made by its
+    // HTTPConnection from that connection's own buffers (`let` properties, freed only with it) and is
+    // used only while the connection handles the request (lent `inout` to the route, never stored), so
+    // the buffers outlive it and are borrowed at +0 (`_withUnsafeGuaranteedRef`): making a response and
+    // filling it costs no retain/release.
+    @usableFromInline let headersRef: Unmanaged<ByteBuffer>
+    @usableFromInline let bodyRef: Unmanaged<ByteBuffer>
     /// A file to send as the body after `body`'s bytes (for example a spooled upload); the engine closes it.
     public var bodyFile: (fd: Int32, size: Int)? = nil
     /// Where in `bodyFile` the body starts (a range request); `size` bytes from here are sent.
@@ -21,44 +29,61 @@ public struct HTTPResponse {
     /// their ETag names the file, not an encoding of it).
     var compressible = true
 
-    init(headers: ByteBuffer, body: ByteBuffer) {
-        self.headers = headers
-        self.body = body
+    @inline(__always) init(headers: ByteBuffer, body: ByteBuffer) {
+        self.headersRef = Unmanaged.passUnretained(headers)
+        self.bodyRef = Unmanaged.passUnretained(body)
         headers.clear()
         body.clear()
     }
 
+    /// Runs `f` with the header buffer borrowed at +0 (see `headersRef`).
+    @inline(__always) func withHeaders<R>(_ f: (ByteBuffer) -> R) -> R { headersRef._withUnsafeGuaranteedRef(f) }
+    /// Runs `f` with the body buffer borrowed at +0 (see `bodyRef`).
+    @inline(__always) func withBody<R>(_ f: (ByteBuffer) -> R) -> R { bodyRef._withUnsafeGuaranteedRef(f) }
+
+    /// Appends a header line from raw bytes (dropped if either contains CR or LF).
+    func appendHeader(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
+        withHeaders { $0.appendHeader(name, value) }
+    }
+
     /// Adds a header line. Names and values must not contain CR or LF (they are dropped if they do).
     public mutating func setHeader(_ name: StaticString, _ value: StaticString) {
-        headers.appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount),
-                             UnsafeRawBufferPointer(start: value.utf8Start, count: value.utf8CodeUnitCount))
+        appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount),
+                     UnsafeRawBufferPointer(start: value.utf8Start, count: value.utf8CodeUnitCount))
     }
 
     /// Adds a header line with a run-time value.
     public mutating func setHeader(_ name: StaticString, _ value: String) {
+        let n = UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
+        // A native or small string (a literal: this overload is the one a literal picks) is read in
+        // place, borrowed (no copy: no retain/release); only another one is copied to contiguous UTF-8.
+        if value.utf8.withContiguousStorageIfAvailable({ appendHeader(n, UnsafeRawBufferPointer($0)) }) != nil { return }
         var v = value
-        v.withUTF8 { vb in
-            headers.appendHeader(UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), UnsafeRawBufferPointer(vb))
-        }
+        v.withUTF8 { appendHeader(n, UnsafeRawBufferPointer($0)) }
     }
 
     /// Appends body bytes.
-    public mutating func write(_ bytes: UnsafeRawBufferPointer) { body.append(bytes) }
+    public mutating func write(_ bytes: UnsafeRawBufferPointer) { withBody { $0.append(bytes) } }
     public mutating func write(_ s: StaticString) {
-        body.append(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+        withBody { $0.append(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
     }
-    public mutating func write(_ bytes: [UInt8]) { bytes.withUnsafeBytes { body.append($0) } }
+    public mutating func write(_ bytes: [UInt8]) { bytes.withUnsafeBytes { b in withBody { $0.append(b) } } }
     public mutating func write(_ s: String) {
+        // As in `setHeader(_:_:)` with a String: read in place when it is contiguous (no copy).
+        if s.utf8.withContiguousStorageIfAvailable({ b in withBody { $0.append(UnsafeRawBufferPointer(b)) } }) != nil { return }
         var s = s
-        s.withUTF8 { body.append(UnsafeRawBufferPointer($0)) }
+        s.withUTF8 { b in withBody { $0.append(UnsafeRawBufferPointer(b)) } }
     }
 }
 
 /// A growable byte buffer that keeps its capacity (one per connection and purpose).
+///
+/// Loop-thread confined (owned by one HTTPConnection, or a pooled codec in use by one): only that thread
+/// touches its state, so it is `@exclusivity(unchecked)` (no dynamic check per append).
 @usableFromInline final class ByteBuffer {
-    private(set) var base: UnsafeMutableRawPointer
-    private(set) var capacity: Int
-    private(set) var count = 0
+    @exclusivity(unchecked) private(set) var base: UnsafeMutableRawPointer
+    @exclusivity(unchecked) private(set) var capacity: Int
+    @exclusivity(unchecked) private(set) var count = 0
 
     init(capacity: Int) {
         self.capacity = max(capacity, 64)

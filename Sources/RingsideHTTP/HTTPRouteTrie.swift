@@ -161,15 +161,25 @@ struct RouteTrie: Sendable {
         return nil
     }
 
+    /// The literal child of node `n` named `segment`, if any.
+    @inline(__always)
+    private func literalChild(_ n: Int, _ segment: UnsafeRawBufferPointer) -> Int? {
+        guard !nodes[n].literals.isEmpty else { return nil }
+        let (found, at) = Self.search(nodes[n].literals, segment)
+        return found ? Int(nodes[n].literals[at].node) : nil
+    }
+
     /// The route ending a match of `path[pos...]` from node `n`, or nil. `pos` is the start of the
     /// current segment (`path.count + 1`: no segment left).
     private func walk(_ n: Int, _ method: UnsafeRawBufferPointer, _ path: UnsafeRawBufferPointer, _ pos: Int,
                       _ captures: UnsafeMutablePointer<(Int32, Int32)>, _ count: inout Int, _ pathSeen: inout Bool) -> Int? {
-        let node = nodes[n]
+        // Only the node's trivial fields are kept across the recursive calls (a copy of the node would
+        // retain its two arrays around each of them, per request).
+        let parameter = nodes[n].parameter, wildcard = nodes[n].wildcard, catchAll = nodes[n].catchAll
         if pos > path.count {
             if let r = route(n, method, &pathSeen) { return r }
             // `**` also matches an empty rest.
-            if node.catchAll >= 0, count < Self.maxCaptures, let r = route(Int(node.catchAll), method, &pathSeen) {
+            if catchAll >= 0, count < Self.maxCaptures, let r = route(Int(catchAll), method, &pathSeen) {
                 captures[count] = (Int32(path.count), Int32(path.count)); count += 1
                 return r
             }
@@ -178,20 +188,18 @@ struct RouteTrie: Sendable {
         var end = pos
         while end < path.count && path[end] != UInt8(ascii: "/") { end += 1 }
         let segment = UnsafeRawBufferPointer(rebasing: path[pos..<end])
-        if !node.literals.isEmpty {
-            let (found, at) = Self.search(node.literals, segment)
-            if found, let r = walk(Int(node.literals[at].node), method, path, end + 1, captures, &count, &pathSeen) { return r }
-        }
+        if let child = literalChild(n, segment),
+           let r = walk(child, method, path, end + 1, captures, &count, &pathSeen) { return r }
         if end > pos {
-            if node.parameter >= 0 && count < Self.maxCaptures {
+            if parameter >= 0 && count < Self.maxCaptures {
                 let saved = count
                 captures[count] = (Int32(pos), Int32(end)); count += 1
-                if let r = walk(Int(node.parameter), method, path, end + 1, captures, &count, &pathSeen) { return r }
+                if let r = walk(Int(parameter), method, path, end + 1, captures, &count, &pathSeen) { return r }
                 count = saved
             }
-            if node.wildcard >= 0, let r = walk(Int(node.wildcard), method, path, end + 1, captures, &count, &pathSeen) { return r }
+            if wildcard >= 0, let r = walk(Int(wildcard), method, path, end + 1, captures, &count, &pathSeen) { return r }
         }
-        if node.catchAll >= 0, count < Self.maxCaptures, let r = route(Int(node.catchAll), method, &pathSeen) {
+        if catchAll >= 0, count < Self.maxCaptures, let r = route(Int(catchAll), method, &pathSeen) {
             captures[count] = (Int32(pos), Int32(path.count)); count += 1
             return r
         }

@@ -10,14 +10,19 @@ public struct HTTPRequest {
     public let path: HTTPBytes
     public let version: HTTPVersion
     public let keepAlive: Bool
-    let store: HeadStore
+    // The connection's head store, unretained. Invariant: a request is made by its HTTPConnection from
+    // that connection's own store (a `let`, freed only with it) and lent to the route for one call
+    // (the views above point into the same store), so the store outlives it and is borrowed at +0
+    // (`_withUnsafeGuaranteedRef`): making and passing a request costs no retain/release.
+    let storeRef: Unmanaged<HeadStore>
+    @inline(__always) func withStore<R>(_ body: (HeadStore) -> R) -> R { storeRef._withUnsafeGuaranteedRef(body) }
     /// The body: none, in memory, or spooled to an (unlinked) temporary file above the configured
     /// threshold, so a large upload never sits in memory.
     public let body: HTTPBody
 
     /// The value of the route's path parameter `name` (`{name}` in the template, `**` for a
     /// catch-all), as sent: still percent-encoded (see ``percentDecode(_:plusIsSpace:)``). No allocation.
-    public func parameter(_ name: String) -> HTTPBytes? { store.capture(name) }
+    public func parameter(_ name: String) -> HTTPBytes? { withStore { $0.capture(name) } }
 
     /// The query string (after `?`), as sent; empty when there is none.
     public var query: HTTPBytes {
@@ -27,11 +32,11 @@ public struct HTTPRequest {
     }
 
     /// The first header with this name (case-insensitive).
-    public func header(_ name: StaticString) -> HTTPBytes? { store.value(forName: name) }
+    public func header(_ name: StaticString) -> HTTPBytes? { withStore { $0.value(forName: name) } }
     /// Number of header fields and positional access.
-    public var headerCount: Int { store.fieldCount }
-    public func headerName(at i: Int) -> HTTPBytes { store.name(at: i) }
-    public func headerValue(at i: Int) -> HTTPBytes { store.value(at: i) }
+    public var headerCount: Int { withStore { $0.fieldCount } }
+    public func headerName(at i: Int) -> HTTPBytes { withStore { $0.name(at: i) } }
+    public func headerValue(at i: Int) -> HTTPBytes { withStore { $0.value(at: i) } }
 }
 
 /// A request body.
@@ -89,28 +94,52 @@ public protocol HTTPStreamingHandler {
 /// synchronous routes are never wrapped (they cannot await).
 public struct HTTPRouter: Sendable {
     enum Kind: Sendable {
-        case sync(HTTPRouteHandler)
+        case sync(SyncRoute)
         case streaming(@Sendable () -> any HTTPStreamingHandler)
         case async(HTTPAsyncHandler)
         case streamingAsync(HTTPStreamingAsyncHandler)
         /// Files under a directory (HTTPStaticFiles.swift).
         case staticFiles(StaticFileRoot)
     }
+    /// A synchronous route's handler, boxed so the connection can call it with the closure borrowed at
+    /// +0 (see `Route.syncRef`).
+    final class SyncRoute: Sendable {
+        let handler: HTTPRouteHandler
+        init(_ handler: @escaping HTTPRouteHandler) { self.handler = handler }
+    }
+    /// `Kind` without its payload: read per request without copying (and retaining) the payload.
+    enum Tag: UInt8, Sendable { case sync, streaming, async, streamingAsync, staticFiles }
     struct Route: Sendable {
         let method: [UInt8]
         let path: String
         let kind: Kind
         /// Capture names, in template order (`**` for a catch-all).
         let parameterNames: [String]
-        var handler: HTTPRouteHandler? { if case .sync(let h) = kind { h } else { nil } }
-        var streaming: (@Sendable () -> any HTTPStreamingHandler)? { if case .streaming(let m) = kind { m } else { nil } }
-        var asyncHandler: HTTPAsyncHandler? { if case .async(let h) = kind { h } else { nil } }
-        var isAsync: Bool {
+        let tag: Tag
+        /// The synchronous handler's box, unretained. Invariant: `kind` (`.sync`) holds the box strongly,
+        /// and the route is reached through a router the caller holds for the whole call (an
+        /// HTTPConnection's `let router`), so the box is alive and is borrowed at +0: calling the
+        /// handler costs no retain/release of the box or of the closure's context.
+        let syncRef: Unmanaged<SyncRoute>?
+
+        init(method: [UInt8], path: String, kind: Kind, parameterNames: [String]) {
+            self.method = method
+            self.path = path
+            self.kind = kind
+            self.parameterNames = parameterNames
             switch kind {
-            case .async, .streamingAsync: true
-            default: false
+            case .sync(let box): tag = .sync; syncRef = Unmanaged.passUnretained(box)
+            case .streaming: tag = .streaming; syncRef = nil
+            case .async: tag = .async; syncRef = nil
+            case .streamingAsync: tag = .streamingAsync; syncRef = nil
+            case .staticFiles: tag = .staticFiles; syncRef = nil
             }
         }
+
+        var handler: HTTPRouteHandler? { if case .sync(let h) = kind { h.handler } else { nil } }
+        var streaming: (@Sendable () -> any HTTPStreamingHandler)? { if case .streaming(let m) = kind { m } else { nil } }
+        var asyncHandler: HTTPAsyncHandler? { if case .async(let h) = kind { h } else { nil } }
+        var isAsync: Bool { tag == .async || tag == .streamingAsync }
     }
     var routes: [Route] = []
     var trie = RouteTrie()
@@ -140,7 +169,7 @@ public struct HTTPRouter: Sendable {
 
     /// Registers a synchronous `handler` for `method` (e.g. "GET") and the path template `path`.
     public mutating func on(_ method: String, _ path: String, _ handler: @escaping HTTPRouteHandler) {
-        add(method, path, .sync(handler))
+        add(method, path, .sync(SyncRoute(handler)))
     }
 
     /// Registers a streaming route: `make` creates one handler per request, which gets the body as it
@@ -213,19 +242,23 @@ public struct HTTPRouter: Sendable {
 
 /// A copy of the current request's head (method, target, header fields) in per-connection storage
 /// that keeps its capacity, so a route handler can read headers after the body arrived.
+///
+/// Loop-thread confined (one per HTTPConnection): its mutable state is `@exclusivity(unchecked)`, only
+/// the loop thread touches it.
 final class HeadStore {
     let bytes: ByteBuffer
     /// Per field: name offset, name length, value offset, value length.
-    private var fields: UnsafeMutablePointer<(Int32, Int32, Int32, Int32)>
+    private let fields: UnsafeMutablePointer<(Int32, Int32, Int32, Int32)>
     private let maxFields: Int
-    private(set) var fieldCount = 0
-    private(set) var method = 0..<0
-    private(set) var target = 0..<0
+    @exclusivity(unchecked) private(set) var fieldCount = 0
+    @exclusivity(unchecked) private(set) var method = 0..<0
+    @exclusivity(unchecked) private(set) var target = 0..<0
     /// The matched route's captures: byte ranges of `bytes` (relative to the path while matching,
-    /// made absolute by `setCaptures`), and their names (the route's array: no copy).
+    /// made absolute by `setCaptures`), and their names (the route's array: no copy). Only the first
+    /// `captureCount` are meaningful: `captureNames` may still be an earlier route's (never read then).
     let captures: UnsafeMutablePointer<(Int32, Int32)>
-    private(set) var captureCount = 0
-    private(set) var captureNames: [String] = []
+    @exclusivity(unchecked) private(set) var captureCount = 0
+    @exclusivity(unchecked) private(set) var captureNames: [String] = []
 
     init(maxFields: Int, capacity: Int) {
         self.maxFields = maxFields
@@ -234,6 +267,9 @@ final class HeadStore {
         bytes = ByteBuffer(capacity: capacity)
     }
     deinit { fields.deallocate(); captures.deallocate() }
+
+    /// The matched route captured nothing (the names are left as they are: no release per request).
+    @inline(__always) func clearCaptures() { captureCount = 0 }
 
     /// Records the captures the router wrote (offsets within the path, which starts at `offset`).
     func setCaptures(count: Int, offset: Int, names: [String]) {

@@ -73,8 +73,15 @@ public struct HTTPHandler: ConnectionHandler {
 /// Input is parsed until a response cannot be sent at once (the send pool is short, or the queue is
 /// above the high watermark); the rest of the input then waits in `stash` (reading paused) until that
 /// response has been queued whole (see HTTPConnection+Output.swift).
+///
+/// Loop-thread confined, like the engine's `LoopCore`: handler calls, file-operation completions and
+/// the async routes' tasks (which run on the loop's executor and check `executor.isCurrent` before
+/// touching it) all run on the connection's loop thread. Its mutable state is therefore marked
+/// `@exclusivity(unchecked)`: only the loop thread touches it, so the runtime's dynamic exclusivity
+/// check (a call per access, per request) proves nothing here. The test suites ran with the checks on
+/// before they were switched off.
 final class HTTPConnection {
-    var parser: HTTPRequestParser
+    @exclusivity(unchecked) var parser: HTTPRequestParser
     let router: HTTPRouter
     let config: HTTPServerConfiguration
     let head: HeadStore
@@ -84,55 +91,58 @@ final class HTTPConnection {
     let responseBody: ByteBuffer
     /// Input that arrived while a response was still being sent (kept in order).
     let stash: ByteBuffer
-    var readingPaused = false
+    @exclusivity(unchecked) var readingPaused = false
 
     // Current request.
-    var route = HTTPRouter.Match.notFound
-    var version = HTTPVersion.http11
-    var keepAlive = true
-    var isHead = false
-    var streaming: (any HTTPStreamingHandler)? = nil
+    @exclusivity(unchecked) var route = HTTPRouter.Match.notFound
+    @exclusivity(unchecked) var version = HTTPVersion.http11
+    @exclusivity(unchecked) var keepAlive = true
+    @exclusivity(unchecked) var isHead = false
+    @exclusivity(unchecked) var streaming: (any HTTPStreamingHandler)? = nil
+    /// Whether `streaming` holds a handler (tested per request and per body piece instead of
+    /// `streaming != nil`, which copies the existential). Set and cleared with it.
+    @exclusivity(unchecked) var isStreaming = false
     /// The current request's body file, when it is spooled (HTTPSpool.swift).
-    var spool: SpoolFile? = nil
+    @exclusivity(unchecked) var spool: SpoolFile? = nil
     /// The current request's response waits for the loop's file operations (its spooled body being
     /// stored, a static file being opened): parsing stops and input is stashed meanwhile.
-    var deferred = false
-    var headComplete = false
-    var isAsync = false
+    @exclusivity(unchecked) var deferred = false
+    @exclusivity(unchecked) var headComplete = false
+    @exclusivity(unchecked) var isAsync = false
     /// Response coding negotiated, request body decoder (HTTPCompression.swift).
-    var coding = ConnectionCoding()
+    @exclusivity(unchecked) var coding = ConnectionCoding()
 
     /// The response being sent (see HTTPConnection+Output.swift).
-    var out = Outgoing()
+    @exclusivity(unchecked) var out = Outgoing()
     // A file body being streamed out (Connection.sendFile): bytes fileOffset..<fileEnd not queued yet;
     // at most one read in flight; a descriptor given up while its read is in flight is closed after it.
-    var fileFD: Int32 = -1
-    var fileOffset = 0
-    var fileEnd = 0
-    var fileReadInFlight = false
-    var fileToCloseAfterRead: Int32 = -1
+    @exclusivity(unchecked) var fileFD: Int32 = -1
+    @exclusivity(unchecked) var fileOffset = 0
+    @exclusivity(unchecked) var fileEnd = 0
+    @exclusivity(unchecked) var fileReadInFlight = false
+    @exclusivity(unchecked) var fileToCloseAfterRead: Int32 = -1
     /// The read in flight carries the response head as its prefix (`out.part` went to 3 with it).
-    var fileHeadInFlight = false
+    @exclusivity(unchecked) var fileHeadInFlight = false
     /// Cached static files that responses of this connection send (not closed by them: released).
-    var heldFiles: [CachedStaticFile] = []
+    @exclusivity(unchecked) var heldFiles: [CachedStaticFile] = []
 
-    var closing = false
+    @exclusivity(unchecked) var closing = false
     /// A request failed while earlier ones still await their async responses: parse nothing more.
-    var stopParsing = false
+    @exclusivity(unchecked) var stopParsing = false
     @inline(__always) var halted: Bool { closing || stopParsing }
 
     /// Responses not sent yet, in request order, while an async route's answer is outstanding (see
     /// HTTPConnection+Async.swift). Empty on the synchronous path.
-    var pending: [PendingResponse] = []
+    @exclusivity(unchecked) var pending: [PendingResponse] = []
     /// The engine handle (kept for async completions, which arrive outside handler callbacks).
-    var connection: Connection? = nil
-    var executor: LoopExecutor? = nil
+    @exclusivity(unchecked) var connection: Connection? = nil
+    @exclusivity(unchecked) var executor: LoopExecutor? = nil
     /// A streamed response's task waiting for the output queue to drain.
-    var streamWriter: UnsafeContinuation<Void, Never>? = nil
+    @exclusivity(unchecked) var streamWriter: UnsafeContinuation<Void, Never>? = nil
     /// The body of the current request, when it is streamed to a streaming async route.
-    var bodyStream: BodyStream? = nil
+    @exclusivity(unchecked) var bodyStream: BodyStream? = nil
     /// Reading paused because a streamed body's buffer is full.
-    var bodyPaused = false
+    @exclusivity(unchecked) var bodyPaused = false
 
     init(router: HTTPRouter, configuration: HTTPServerConfiguration) {
         self.router = router
@@ -155,7 +165,7 @@ final class HTTPConnection {
         guard !halted else { return }
         if out.active || deferred || pending.count >= config.maxPipelinedRequests { return stashInput(bytes, connection) }
         let wasIdle = parser.isIdle
-        var sink = Sink(c: self, connection: connection)
+        var sink = Sink(c: Unmanaged.passUnretained(self), connection: connection)
         let consumed: Int
         do throws(HTTPParseError) {
             // Stop after a request whose response is still being sent: its buffers are in use.
@@ -188,12 +198,22 @@ final class HTTPConnection {
         if !readingPaused { readingPaused = true; connection.pauseReading() }
     }
 
+    /// The parser's sink for one `received` call. Invariant: it lives on the stack of `received`, whose
+    /// `self` (the connection, held by the engine's handler slot or by an async task) is alive for the
+    /// whole call, so the connection is borrowed at +0 (`_withUnsafeGuaranteedRef`): no retain/release
+    /// per event. (An `unowned(unsafe)` reference cost a retain/release pair per access.)
     struct Sink: HTTPParserSink {
-        unowned(unsafe) let c: HTTPConnection
+        let c: Unmanaged<HTTPConnection>
         let connection: Connection
-        mutating func requestHead(_ head: HTTPRequestHead) { if !c.halted { c.onHead(head, connection) } }
-        mutating func requestBody(_ bytes: UnsafeRawBufferPointer) { if !c.halted { c.onBody(bytes, connection) } }
-        mutating func requestEnd(trailers: HTTPRequestHead?) { if !c.halted { c.onEnd(connection) } }
+        @inline(__always) mutating func requestHead(_ head: HTTPRequestHead) {
+            c._withUnsafeGuaranteedRef { c in if !c.halted { c.onHead(head, connection) } }
+        }
+        @inline(__always) mutating func requestBody(_ bytes: UnsafeRawBufferPointer) {
+            c._withUnsafeGuaranteedRef { c in if !c.halted { c.onBody(bytes, connection) } }
+        }
+        @inline(__always) mutating func requestEnd(trailers: HTTPRequestHead?) {
+            c._withUnsafeGuaranteedRef { c in if !c.halted { c.onEnd(connection) } }
+        }
     }
 
     private func onHead(_ h: HTTPRequestHead, _ connection: Connection) {
@@ -208,24 +228,30 @@ final class HTTPConnection {
         var captureCount = 0
         route = router.match(method: head.slice(head.method).buffer, path: path,
                              captures: head.captures, captureCount: &captureCount)
-        head.setCaptures(count: captureCount, offset: head.target.lowerBound,
-                         names: captureCount > 0 ? routeNames(route) : [])
+        if captureCount > 0 {
+            head.setCaptures(count: captureCount, offset: head.target.lowerBound, names: routeNames(route))
+        } else {
+            head.clearCaptures()
+        }
         bodyBuffer.clear()
-        streaming = nil
+        if isStreaming { streaming = nil; isStreaming = false }
         isAsync = false
         if config.compression.enabled { negotiateCoding(h) }
         if config.compression.decodeRequests, case .route = route, h.isChunked || (h.contentLength ?? 0) > 0 {
             guard startRequestDecoding(h, connection) else { return }  // answered 415
         }
-        if case .route(let i) = route, let make = router.routes[i].streaming {
+        // The route's kind is read as a trivial tag: no copy (retain) of the route or its payload.
+        let tag = routeTag
+        if tag == .streaming, case .route(let i) = route, let make = router.routes[i].streaming {
             var handler = make()
             handler.head(request(body: .none))
             streaming = handler
-        } else if case .route(let i) = route, case .streamingAsync = router.routes[i].kind {
+            isStreaming = true
+        } else if tag == .streamingAsync, case .route(let i) = route {
             // Started now: the handler reads the body as it arrives.
             isAsync = true
             startStreamingAsync(route: i, connection)
-        } else if case .route(let i) = route, router.routes[i].isAsync {
+        } else if tag == .async {
             isAsync = true
             if let n = h.contentLength, n > config.asyncBodyLimit {
                 return fail(status: 413, reason: "request body larger than \(config.asyncBodyLimit) bytes", connection)
@@ -262,7 +288,7 @@ final class HTTPConnection {
 
     /// Body bytes (decoded, if they were sent with a Content-Encoding) for the current route.
     func deliverBody(_ bytes: UnsafeRawBufferPointer, _ connection: Connection) {
-        if streaming != nil { streaming!.body(bytes); return }
+        if isStreaming { streaming!.body(bytes); return }
         if bodyStream != nil { return pushBody(bytes, connection) }
         if isAsync {
             guard bodyBuffer.count + bytes.count <= config.asyncBodyLimit else {
@@ -282,10 +308,10 @@ final class HTTPConnection {
     private func onEnd(_ connection: Connection) {
         headComplete = false
         guard finishRequestDecoding(connection) else { return }  // answered 400
-        if case .route(let i) = route, case .staticFiles(let root) = router.routes[i].kind {
+        if routeTag == .staticFiles, case .route(let i) = route, case .staticFiles(let root) = router.routes[i].kind {
             return serveStatic(root, connection)
         }
-        if let s = spool, !s.isStored {
+        if spool != nil, let s = spool, !s.isStored {
             // The route runs once every byte is in the file (HTTPSpool.swift).
             deferred = true
             s.onStored = { [unowned self] in
@@ -307,29 +333,39 @@ final class HTTPConnection {
         case .route(let i) where isAsync:
             // Nothing after a request that closes the connection is read (or started).
             if !keepAlive { stopParsing = true }
-            if router.routes[i].asyncHandler != nil { return startAsync(route: i, connection) }
+            if router.routes[i].tag == .async { return startAsync(route: i, connection) }
             bodyStream?.finish()  // started at the head
             bodyStream = nil
             return
         case .route(let i):
-            if streaming != nil {
+            if isStreaming {
                 streaming!.end(&res)
                 streaming = nil
+                isStreaming = false
             } else {
-                let body: HTTPBody = spool.map { .file(fd: $0.fd, size: $0.size) }
-                    ?? (bodyBuffer.count > 0 ? .bytes(bodyBuffer.bytes) : .none)
-                router.routes[i].handler!(request(body: body), &res)
+                let body: HTTPBody = if let s = spool { .file(fd: s.fd, size: s.size) }
+                    else if bodyBuffer.count > 0 { .bytes(bodyBuffer.bytes) } else { .none }
+                // Only the route's trivial `syncRef` is read (calling a method on the element would copy
+                // the whole route); the handler is borrowed at +0.
+                let handler = router.routes[i].syncRef!
+                let req = request(body: body)
+                handler._withUnsafeGuaranteedRef { $0.handler(req, &res) }
             }
         case .methodNotAllowed:
             res.status = 405
         case .notFound:
             res.status = 404
         }
-        dropSpool(connection, keep: spool != nil && res.bodyFile?.fd == spool!.fd)
+        if spool != nil { dropSpool(connection, keep: res.bodyFile?.fd == spool!.fd) }
         if pending.isEmpty { send(&res, meta, connection) } else {
             enqueueReady(res, meta)
             if !keepAlive { stopParsing = true }
         }
+    }
+
+    /// The kind of the current request's route (nil: 404/405), read without copying the route.
+    @inline(__always) var routeTag: HTTPRouter.Tag? {
+        if case .route(let i) = route { router.routes[i].tag } else { nil }
     }
 
     /// The current request's version, keep-alive and HEAD-ness (what its response head depends on).
@@ -343,7 +379,7 @@ final class HTTPConnection {
     func request(body: HTTPBody) -> HTTPRequest {
         HTTPRequest(method: head.slice(head.method), target: head.slice(head.target),
                     path: HTTPBytes(pathPart(head.slice(head.target).buffer)), version: version,
-                    keepAlive: keepAlive, store: head, body: body)
+                    keepAlive: keepAlive, storeRef: Unmanaged.passUnretained(head), body: body)
     }
 
     func pathPart(_ target: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
@@ -359,6 +395,7 @@ final class HTTPConnection {
         dropSpool(connection)
         releaseRequestDecoder()
         streaming = nil
+        isStreaming = false
         // A streaming route reading this request's body learns that the rest will not come.
         bodyStream?.fail(HTTPError(status, reason))
         bodyStream = nil

@@ -126,7 +126,7 @@ extension RingsideHTTP.HTTPResponse {
             var name = field.name.rawName
             name.withUTF8 { n in
                 field.withUnsafeBytesOfValue { v in
-                    headers.appendHeader(UnsafeRawBufferPointer(n), UnsafeRawBufferPointer(v))
+                    appendHeader(UnsafeRawBufferPointer(n), UnsafeRawBufferPointer(v))
                 }
             }
         }
