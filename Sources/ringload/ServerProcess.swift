@@ -1,3 +1,4 @@
+import CLiburing
 import Foundation
 import Glibc
 
@@ -45,6 +46,30 @@ final class ServerProcess {
             throw ValidationErrorText("\(name): no 'listening on HOST:PORT' line within \(Int(timeout)) s (see \(log)); output: \(text.prefix(300))")
         }
         self.port = port
+        // A wrapper that prints the line before it execs the server (bench/nginx-peer.sh picks the port
+        // and then execs nginx) is not listening yet: wait until a connection is accepted, bounded.
+        let acceptDeadline = Date().addingTimeInterval(timeout)
+        while !Self.accepts(port: port) {
+            guard Date() < acceptDeadline, kill(pid, 0) == 0 else {
+                p.terminate()
+                throw ValidationErrorText("\(name): printed port \(port) but accepted no connection within \(Int(timeout)) s (see \(log))")
+            }
+            usleep(20_000)
+        }
+    }
+
+    /// Whether a TCP connection to 127.0.0.1:`port` is accepted (closed again at once).
+    private static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
     }
 
     /// utime + stime of the server, in seconds (/proc/PID/stat fields 14 and 15).
