@@ -94,7 +94,7 @@ extension HTTPConnection {
     }
 
     /// A synchronous answer while async ones are outstanding: copied into a ready slot.
-    func enqueueReady(_ res: HTTPResponse, _ meta: RequestMeta) {
+    func enqueueReady(_ res: borrowing HTTPResponse, _ meta: RequestMeta) {
         let entry = PendingResponse(meta: meta)
         entry.payload = .copied(status: res.status, headerLines: Array(userHeaders.bytes), body: Array(responseBody.bytes),
                                 file: res.bodyFile, fileOffset: res.bodyFileOffset, chunked: res.chunked)

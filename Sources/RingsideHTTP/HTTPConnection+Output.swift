@@ -44,11 +44,11 @@ extension HTTPConnection {
     }
 
     /// The head of a streamed response (HTTPResponseWriter) into `responseHead`.
-    func composeStreamHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool) {
+    func composeStreamHead(_ res: borrowing HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool) {
         composeHead(res, meta, chunked: chunked, close: close, streamed: true)
     }
 
-    private func composeHead(_ res: HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool, streamed: Bool = false) {
+    private func composeHead(_ res: borrowing HTTPResponse, _ meta: RequestMeta, chunked: Bool, close: Bool, streamed: Bool = false) {
         let version = meta.version, isHead = meta.isHead
         let h = responseHead
         h.clear()

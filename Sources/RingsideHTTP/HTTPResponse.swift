@@ -7,8 +7,8 @@ import Ringside
 /// `Connection: close`.
 ///
 /// Like ``HTTPRequest``, a response is lent to the call it is passed to (`inout`): its buffers belong to
-/// the connection, and a copy must not be kept past that call.
-public struct HTTPResponse {
+/// the connection. It is noncopyable, so the compiler refuses a copy that could outlive that call.
+public struct HTTPResponse: ~Copyable {
     /// The status code (200 by default).
     public var status: Int = 200
     // The connection's header and body buffers, unretained. Invariant: every response is made by its
