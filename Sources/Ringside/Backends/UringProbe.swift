@@ -8,9 +8,10 @@ struct UringProbe {
     /// The multishot receive byte limit (IORING_RECV_MSHOT_LIM, 6.16) and, when refused, why.
     var receiveLimit: Bool = false
     var receiveLimitNote = ""
-    /// Socket options through the ring (SOCKET_URING_OP_SETSOCKOPT, 6.7): aborts can reset.
+    /// Receive bundles (IORING_RECVSEND_BUNDLE, 6.10): from the ring's feature bits.
     var receiveBundles: Bool = false
     var receiveBundlesNote = ""
+    /// Socket options through the ring (SOCKET_URING_OP_SETSOCKOPT, 6.7): aborts can reset.
     var socketCommands: Bool = false
     var socketCommandsNote = ""
 
