@@ -259,10 +259,7 @@ extension EpollBackend: ConnectionIO {
             }
             if d.payloadLeft == 0 { core.directiveDone(slot: slot); return true }
         }
-        let e = Errno.current.rawValue
-        core.states[i].sendEnded()
-        core.requestClose(slot: slot, abort: true, reason: EngineErrors.reason(
-            e, op: d.operationName, slot: slot, counters: &core.counters, logger: logger))
+        core.failDirective(slot: slot, d, errno: Errno.current.rawValue, logger: logger)
         return false
     }
 

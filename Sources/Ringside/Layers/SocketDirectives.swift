@@ -107,10 +107,16 @@ extension LoopCore {
             directiveDone(slot: slot)
             return true
         }
-        let e = Errno.current.rawValue
-        states[Int(slot)].sendEnded()
-        requestClose(slot: slot, abort: true, reason: EngineErrors.reason(e, op: d.operationName, slot: slot, counters: &counters, logger: logger))
+        failDirective(slot: slot, d, errno: Errno.current.rawValue, logger: logger)
         return false
+    }
+
+    /// A directive run by a direct call (setsockopt(2), epoll's sendmsg) failed with `errno`: the send
+    /// ends and the connection closes with that errno (an engine bug's errno is reported as one).
+    func failDirective(slot: Int32, _ d: SocketDirective, errno: Int32, logger: Logger) {
+        states[Int(slot)].sendEnded()
+        requestClose(slot: slot, abort: true, reason: EngineErrors.reason(
+            errno, op: d.operationName, slot: slot, counters: &counters, logger: logger))
     }
 
     /// Queues `directive` after every byte queued on `slot` so far. The caller checked
