@@ -136,10 +136,8 @@ public struct HTTPRouter: Sendable {
             }
         }
 
-        var handler: HTTPRouteHandler? { if case .sync(let h) = kind { h.handler } else { nil } }
         var streaming: (@Sendable () -> any HTTPStreamingHandler)? { if case .streaming(let m) = kind { m } else { nil } }
         var asyncHandler: HTTPAsyncHandler? { if case .async(let h) = kind { h } else { nil } }
-        var isAsync: Bool { tag == .async || tag == .streamingAsync }
     }
     var routes: [Route] = []
     var trie = RouteTrie()
