@@ -55,11 +55,7 @@ public struct HTTPResponse: ~Copyable {
     /// Adds a header line with a run-time value.
     public mutating func setHeader(_ name: StaticString, _ value: String) {
         let n = UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
-        // A native or small string (a literal: this overload is the one a literal picks) is read in
-        // place, borrowed (no copy: no retain/release); only another one is copied to contiguous UTF-8.
-        if value.utf8.withContiguousStorageIfAvailable({ appendHeader(n, UnsafeRawBufferPointer($0)) }) != nil { return }
-        var v = value
-        v.withUTF8 { appendHeader(n, UnsafeRawBufferPointer($0)) }
+        withUTF8Bytes(value) { appendHeader(n, $0) }
     }
 
     /// Appends body bytes.
@@ -68,12 +64,16 @@ public struct HTTPResponse: ~Copyable {
         withBody { $0.append(UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount)) }
     }
     public mutating func write(_ bytes: [UInt8]) { bytes.withUnsafeBytes { b in withBody { $0.append(b) } } }
-    public mutating func write(_ s: String) {
-        // As in `setHeader(_:_:)` with a String: read in place when it is contiguous (no copy).
-        if s.utf8.withContiguousStorageIfAvailable({ b in withBody { $0.append(UnsafeRawBufferPointer(b)) } }) != nil { return }
-        var s = s
-        s.withUTF8 { b in withBody { $0.append(UnsafeRawBufferPointer(b)) } }
-    }
+    public mutating func write(_ s: String) { withUTF8Bytes(s) { b in withBody { $0.append(b) } } }
+}
+
+/// Runs `body` with the UTF-8 bytes of `s`. A native or small string (a literal: the `String` overloads
+/// of `setHeader` and `write` are the ones a literal picks) is read in place, borrowed (no copy: no
+/// retain/release); only another one is copied to contiguous UTF-8 first.
+@inline(__always) private func withUTF8Bytes(_ s: String, _ body: (UnsafeRawBufferPointer) -> Void) {
+    if s.utf8.withContiguousStorageIfAvailable({ body(UnsafeRawBufferPointer($0)) }) != nil { return }
+    var s = s
+    s.withUTF8 { body(UnsafeRawBufferPointer($0)) }
 }
 
 /// A growable byte buffer that keeps its capacity (one per connection and purpose).
