@@ -70,7 +70,7 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         for i in 0..<count {
             streams.advanced(by: i).initialize(to: S(state: state, index: i))
             windows.advanced(by: i).initialize(to: LoadWindow(capacity: Self.windowCapacity))
-            var fd = Self.connect(host: host, port: port)
+            var fd = blockingConnect(host: host, port: port)
             if fd < 0 {
                 connectFailures += 1
             } else if let tls {
@@ -135,22 +135,6 @@ final class OpenLoop<S: LoadStream>: @unchecked Sendable {
         }
     }
 
-    /// A blocking TCP connect with TCP_NODELAY; -1 on failure.
-    private static func connect(host: String, port: Int) -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr(host)
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if r != 0 { Glibc.close(fd); return -1 }
-        return fd
-    }
 
     /// Starts the pacer thread (it inherits this thread's CPU affinity), at SCHED_FIFO priority if
     /// `realtime` (a refusal is noted in `state.pacerNote`).
@@ -405,4 +389,21 @@ struct DutyCycle {
         idle = 0
         return owed > 0 ? max(owed, 10_000) : nil
     }
+}
+
+/// A blocking TCP connect with TCP_NODELAY; -1 on failure.
+func blockingConnect(host: String, port: Int) -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    var one: Int32 = 1
+    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr(host)
+    let r = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    if r != 0 { Glibc.close(fd); return -1 }
+    return fd
 }

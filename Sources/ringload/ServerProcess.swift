@@ -1,4 +1,3 @@
-import CLiburing
 import Foundation
 import Glibc
 
@@ -60,16 +59,9 @@ final class ServerProcess {
 
     /// Whether a TCP connection to 127.0.0.1:`port` is accepted (closed again at once).
     private static func accepts(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_port = in_port_t(UInt16(port).bigEndian)
-        a.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &a) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
+        let fd = blockingConnect(host: "127.0.0.1", port: port)
+        if fd >= 0 { close(fd) }
+        return fd >= 0
     }
 
     /// utime + stime of the server, in seconds (/proc/PID/stat fields 14 and 15).
