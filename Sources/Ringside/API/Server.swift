@@ -17,11 +17,21 @@ public enum RingsideServer {
     /// Starts `configuration.threads` event loops, each on its own thread with its own backend, buffer
     /// pool and listener, serving `makeHandler()`-created handlers, and returns once every loop listens
     /// (or throws the reason one could not, after stopping the ones already started).
+    ///
+    /// This entry point is `@inlinable` so that the handler calls are compiled where `H` is known,
+    /// specialised for it (see `HandlerCalls`); the loop itself is compiled once, here.
+    @inlinable
     public static func start<H: ConnectionHandler>(
         configuration: ServerConfiguration,
         logger: Logger = Logger(label: "ringside"),
         handler makeHandler: @escaping @Sendable () -> H
     ) throws -> RunningServer {
+        try start(configuration: configuration, logger: logger, handlers: HandlerFactory(makeHandler))
+    }
+
+    /// `start<H>` once the handler calls are made: everything that does not depend on the handler type.
+    @usableFromInline
+    static func start(configuration: ServerConfiguration, logger: Logger, handlers: HandlerFactory) throws -> RunningServer {
         var configuration = configuration
         configuration.disabledFeatures.formUnion(try KernelFeatures.fromEnvironment())
         try configuration.applyCompletionBatchEnvironment()
@@ -47,12 +57,8 @@ public enum RingsideServer {
                     out.count = out.count / threads + (index < out.count % threads ? 1 : 0)
                     config.connect = out
                 }
-                let (loop, started) = if let policy {
-                    try Loop.start(index: index, configuration: config, logger: logger,
-                                   factory: { ProxyProtocolHandler(makeHandler(), policy: policy) })
-                } else {
-                    try Loop.start(index: index, configuration: config, logger: logger, factory: makeHandler)
-                }
+                let (loop, started) = try Loop.start(index: index, configuration: config, logger: logger,
+                                                     handlers: handlers, proxy: policy)
                 loops.append(loop)
                 if first == nil { first = started }
             }
@@ -83,20 +89,28 @@ public enum RingsideServer {
         return RunningServer(port: f.port, backend: f.kind, loops: loops)
     }
 
-    static func makeBackend<H: ConnectionHandler>(
-        _ config: ServerConfiguration, control: LoopControl, logger: Logger, factory: @escaping @Sendable () -> H
+    /// A backend for `config` whose handlers `handlers` makes (behind the PROXY protocol's header phase
+    /// when `proxy` is set).
+    static func makeBackend(
+        _ config: ServerConfiguration, control: LoopControl, logger: Logger, handlers: HandlerFactory,
+        proxy: ProxyProtocolPolicy?
     ) throws -> any EventLoopBackend {
+        let table = { (core: LoopCore) -> HandlerTable in
+            let calls = if let proxy { handlers.makeProxied(core.capacity, proxy) } else { handlers.make(core.capacity) }
+            return HandlerTable(core: core, calls: calls)
+        }
+        let auth = handlers.requiresAuthentication
         switch config.backend {
         case .epoll:
-            return try EpollBackend(config: config, control: control, logger: logger, factory: factory)
+            return try EpollBackend(config: config, control: control, logger: logger, handlers: table, requiresAuthentication: auth)
         case .uring:
-            return try UringBackend(config: config, control: control, logger: logger, factory: factory)
+            return try UringBackend(config: config, control: control, logger: logger, handlers: table, requiresAuthentication: auth)
         case .auto:
             do {
-                return try UringBackend(config: config, control: control, logger: logger, factory: factory)
+                return try UringBackend(config: config, control: control, logger: logger, handlers: table, requiresAuthentication: auth)
             } catch let e as RingSetupError {
                 logger.warning("\(e); serving on epoll instead")
-                return try EpollBackend(config: config, control: control, logger: logger, factory: factory)
+                return try EpollBackend(config: config, control: control, logger: logger, handlers: table, requiresAuthentication: auth)
             }
         }
     }
@@ -128,8 +142,9 @@ final class Loop: Sendable {
 
     /// Starts loop `index` on its own thread (pinned first, when `cpuAffinity` says so, so the ring and
     /// pool are allocated on that CPU's node) and returns once its backend listens.
-    static func start<H: ConnectionHandler>(
-        index: Int, configuration: ServerConfiguration, logger: Logger, factory: @escaping @Sendable () -> H
+    static func start(
+        index: Int, configuration: ServerConfiguration, logger: Logger, handlers: HandlerFactory,
+        proxy: ProxyProtocolPolicy?
     ) throws -> (Loop, Started) {
         let control = try LoopControl()
         let ready = DispatchSemaphore(value: 0)
@@ -144,7 +159,7 @@ final class Loop: Sendable {
                     let r = rs_pin_to_cpu(Int32(clamping: cpu))
                     if r < 0 { throw SyscallError("sched_setaffinity(loop \(index) to CPU \(cpu))", Errno(rawValue: -r)) }
                 }
-                backend = try RingsideServer.makeBackend(configuration, control: control, logger: logger, factory: factory)
+                backend = try RingsideServer.makeBackend(configuration, control: control, logger: logger, handlers: handlers, proxy: proxy)
             } catch {
                 startup.withLock { $0 = .failure(error) }
                 ready.signal()

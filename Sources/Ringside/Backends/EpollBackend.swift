@@ -8,12 +8,12 @@ import Logging
 /// 64 chunks at once, with EPOLLOUT registered only while a queue waits on EAGAIN.
 ///
 /// It needs nothing from io_uring, so it builds and runs where io_uring is refused.
-final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
+final class EpollBackend: EventLoopBackend {
     let name = "epoll"
     let config: ServerConfiguration
     let control: LoopControl
     let core: LoopCore
-    let handlers: HandlerTable<H>
+    let handlers: HandlerTable
     /// File operations on helper threads (see FileOperations.swift).
     let filePool: BlockingFilePool
     let pool: BufferPool
@@ -40,13 +40,13 @@ final class EpollBackend<H: ConnectionHandler>: EventLoopBackend {
     let port: Int
 
     init(config: ServerConfiguration, control: LoopControl, logger: Logger,
-         factory: @escaping @Sendable () -> H) throws {
+         handlers makeHandlers: (LoopCore) -> HandlerTable, requiresAuthentication: Bool) throws {
         self.config = config
         self.control = control
         self.logger = logger
         pool = try BufferPool(config)
-        core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
-        handlers = HandlerTable(core: core, factory: factory)
+        core = LoopCore(config, pool: pool, requiresAuthentication: requiresAuthentication)
+        handlers = makeHandlers(core)
         core.orderedSocketOperations = !config.disabledFeatures.contains(.kernelTLS)
         filePool = BlockingFilePool(executor: control.executor)
         core.files = Unmanaged.passUnretained(filePool)

@@ -16,13 +16,13 @@ import Logging
 /// - SQ full: submit what is prepared and retry; if still full, park the operation in a FIFO drained
 ///   before new work (`sqFullEvents`, `sqDeferredOps`). Nothing is dropped.
 /// - stale completion (generation mismatch): counted; a buffer it carries is returned to the ring.
-final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
+final class UringBackend: EventLoopBackend {
     let name = "uring"
     let config: ServerConfiguration
     let control: LoopControl
     let ring: Ring
     let core: LoopCore
-    let handlers: HandlerTable<H>
+    let handlers: HandlerTable
     let pool: BufferPool
     let provided: ProvidedBufferRing
     let listenFD: Int32  // -1 when not listening
@@ -89,7 +89,7 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
     let port: Int
 
     init(config: ServerConfiguration, control: LoopControl, logger: Logger,
-         factory: @escaping @Sendable () -> H) throws {
+         handlers makeHandlers: (LoopCore) -> HandlerTable, requiresAuthentication: Bool) throws {
         self.config = config
         self.control = control
         self.logger = logger
@@ -116,8 +116,8 @@ final class UringBackend<H: ConnectionHandler>: EventLoopBackend {
         // Blocks of slab neighbours for large writes and file pieces, so runs above the threshold form.
         if zeroCopy.threshold > 0 && config.zeroCopySendThreshold! > pool.sendChunkSize { pool.useContiguousAllocation() }
         directFiles = probe.directDescriptors
-        core = LoopCore(config, pool: pool, requiresAuthentication: H.requiresAuthentication)
-        handlers = HandlerTable(core: core, factory: factory)
+        core = LoopCore(config, pool: pool, requiresAuthentication: requiresAuthentication)
+        handlers = makeHandlers(core)
         receiveLimit = probe.receiveLimit ? max(0, config.receiveBurstLimit) : 0
         receiveBundles = probe.receiveBundles
         lingerSupported = probe.socketCommands

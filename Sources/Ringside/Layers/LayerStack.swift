@@ -323,6 +323,7 @@ extension RingsideServer {
     /// Starts a server whose handlers sit behind `layers` (socket side first): each connection gets
     /// its own layer objects and a ``LayeredHandler`` around `makeHandler()`'s handler. Otherwise as
     /// ``start(configuration:logger:handler:)``.
+    @inlinable
     public static func start<H: ConnectionHandler>(
         configuration: ServerConfiguration,
         logger: Logger = Logger(label: "ringside"),

@@ -2,7 +2,7 @@ import Logging
 
 /// What every connection of a PROXY-protocol listener shares: the trusted proxies, the header deadline,
 /// the logger. Created once per server; each handler keeps a reference (one retain per connection).
-final class ProxyProtocolPolicy: Sendable {
+@usableFromInline final class ProxyProtocolPolicy: Sendable {
     let trusted: [AddressRange]
     let headerTimeout: Duration
     let maximumHeaderLength: Int
@@ -32,8 +32,8 @@ final class ProxyProtocolPolicy: Sendable {
 ///
 /// Uses the connection's timer for the header deadline while the wrapped handler is not open yet (so
 /// it never competes with the handler's own timer).
-struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
-    static var requiresAuthentication: Bool { H.requiresAuthentication }
+@usableFromInline struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
+    @usableFromInline static var requiresAuthentication: Bool { H.requiresAuthentication }
 
     private enum Stage: UInt8 {
         /// A trusted proxy: waiting for the header; the wrapped handler is not open.
@@ -55,13 +55,13 @@ struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
     private var watchBuffer: (UInt64, UInt64) = (0, 0)
     private var parser: ProxyHeaderParser
 
-    init(_ inner: H, policy: ProxyProtocolPolicy) {
+    @usableFromInline init(_ inner: H, policy: ProxyProtocolPolicy) {
         self.inner = inner
         self.policy = policy
         parser = ProxyHeaderParser(maximumLength: policy.maximumHeaderLength)
     }
 
-    mutating func opened(on connection: Connection) {
+    @usableFromInline mutating func opened(on connection: Connection) {
         // Outbound connections, or a peer address the backend did not get: nothing to check.
         guard let peer = connection.peerAddress else { openInner(connection); return }
         if policy.trusts(peer.ip) {
@@ -74,7 +74,7 @@ struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
         }
     }
 
-    @inline(__always) mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
+    @usableFromInline @inline(__always) mutating func received(_ bytes: ReceivedBytes, on connection: Connection) {
         switch stage {
         case .open: inner.received(bytes, on: connection)
         case .awaitingHeader: header(bytes, connection)
@@ -83,7 +83,7 @@ struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
         }
     }
 
-    mutating func inputClosed(on connection: Connection) {
+    @usableFromInline mutating func inputClosed(on connection: Connection) {
         switch stage {
         case .awaitingHeader:
             refuse(connection, \.proxyHeadersRejected, "the input ended before the header was complete")
@@ -92,9 +92,9 @@ struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
         }
     }
 
-    mutating func writable(on connection: Connection) { if innerOpened { inner.writable(on: connection) } }
+    @usableFromInline mutating func writable(on connection: Connection) { if innerOpened { inner.writable(on: connection) } }
 
-    mutating func timerFired(on connection: Connection) {
+    @usableFromInline mutating func timerFired(on connection: Connection) {
         if stage == .awaitingHeader {
             let timeout = policy.headerTimeout
             refuse(connection, \.proxyHeaderTimeouts, "no complete header within \(timeout.compactDescription)")
@@ -104,7 +104,7 @@ struct ProxyProtocolHandler<H: ConnectionHandler>: ConnectionHandler {
     }
 
     /// The wrapped handler learns of the close only if it was opened.
-    mutating func closed(reason: CloseReason) { if innerOpened { inner.closed(reason: reason) } }
+    @usableFromInline mutating func closed(reason: CloseReason) { if innerOpened { inner.closed(reason: reason) } }
 
     // MARK: phases
 
