@@ -2,7 +2,7 @@
 # HTTP/1.1 /plaintext with wrk, side by side: Ringside io_uring, Ringside epoll, the SwiftNIO HTTP peer
 # and nginx (bench/nginx-peer.sh: Debian's nginx-light, one worker, access log off), plus any
 # `--peer NAME=COMMAND` (the command prints `listening on HOST:PORT` and serves /plaintext).
-# Server on CPU 0, wrk on CPU 1, repetitions interleaved. Server CPU per request comes from the
+# Server on CPU 0, wrk on CPU 1, repetitions interleaved (the order rotated by one server each rep). Server CPU per request comes from the
 # server's utime+stime in /proc sampled right before and after wrk (wrk's connect time included).
 # Usage: bench/http-wrk.sh [--reps N] [--duration S] [--connections C] [--no-nio] [--peer NAME=COMMAND]...
 #        [--static DIR --path /static/FILE] [--ringside-args "ARGS"]
@@ -43,7 +43,9 @@ names+=("${extra_names[@]}"); cmds+=("${extra_cmds[@]}")
 tck=$(getconf CLK_TCK)
 results=$(mktemp)
 for rep in $(seq "$reps"); do
-    for k in "${!names[@]}"; do
+    # Rotated by one server per rep (A B C, B C A, ...): no server always runs first.
+    for j in "${!names[@]}"; do
+        k=$(( (j + rep - 1) % ${#names[@]} ))
         out=$(mktemp)
         taskset -c 0 ${cmds[$k]} >"$out" 2>/dev/null &
         sp=$!

@@ -91,7 +91,7 @@ struct Compare: ParsableCommand {
     @Option(help: "Ringside backends to compare, comma-separated.") var backends = "uring,epoll"
     @Option(help: "A peer server: [MODE:]NAME=COMMAND (repeatable).") var peer: [String] = []
     @Option(help: "A workload MODE,SIZE,CONNECTIONS,PIPELINE[,RATE] (repeatable).") var scenario: [String] = []
-    @Option(help: "Interleaved repetitions.") var reps = 3
+    @Option(help: "Interleaved repetitions (the server order rotates by one each rep).") var reps = 3
     @Option(help: "Measured duration per run (e.g. 5s, 500ms).") var duration = Seconds(argument: "5s")!
     @Option(help: "Warm-up per run (e.g. 1s).") var warmup = Seconds(argument: "1s")!
     @Option(help: "CPU for the servers.") var serverCPU = 0
@@ -137,7 +137,10 @@ struct Compare: ParsableCommand {
             let here = servers.filter { $0.modes.contains(sc.mode) }
             if here.isEmpty { printError("no server serves \(sc.mode); skipping \(sc)\n"); continue }
             for rep in 1...reps {
-                for s in here {  // interleaved: A B C A B C ...
+                // Interleaved, and rotated by one server per rep (A B C, B C A, C A B, ...), so no server
+                // always runs first (after the idle gap) or always right after the same neighbour.
+                for k in here.indices {
+                    let s = here[(k + rep - 1) % here.count]
                     let r = runOne(sc, server: s.name, command: s.command, rep: rep, dir: dir)
                     printError("  \(sc)  rep \(rep)  \(s.name.padding(toLength: 16, withPad: " ", startingAt: 0)) " + describe(r) + "\n")
                     runs.append(r)

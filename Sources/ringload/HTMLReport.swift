@@ -54,7 +54,7 @@ func htmlReport(summaries: [CompareSummary], runs: [CompareRun], meta: [String: 
     section{margin:28px 0;border-top:1px solid #ddd;padding-top:8px} .err{color:#b00}</style></head><body>
     <h1>Ringside side-by-side comparison</h1>
     <p>\(meta.sorted { $0.key < $1.key }.map { "\(esc($0.key))=\(esc($0.value))" }.joined(separator: " · "))</p>
-    <p>Servers pinned to one core, the load generator to another; repetitions interleaved; medians of clean runs.
+    <p>Servers pinned to one core, the load generator to another; repetitions interleaved, the server order rotated by one each rep; medians of clean runs.
     Server CPU per message = server utime+stime during the measured window (/proc) ÷ messages.</p>
     <pre>\(esc(table))</pre>
     """
