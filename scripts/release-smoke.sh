@@ -56,5 +56,7 @@ else
     fi
     rm -f "$out"
 fi
+# What the README claims of the hot path, checked in the binary (scripts/check-hot-path.sh).
+if bash scripts/check-hot-path.sh "$bin/ringside"; then passed=$((passed + 1)); else fail=$((fail + 1)); fi
 echo "release smoke: $passed passed, $fail failed"
 ((fail == 0))
