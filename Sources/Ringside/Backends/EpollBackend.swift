@@ -14,6 +14,9 @@ final class EpollBackend: EventLoopBackend {
     let control: LoopControl
     let core: LoopCore
     let handlers: HandlerTable
+    /// The loop's executor, unretained: `control` (held for the backend's life) owns it. Borrowed at +0
+    /// on every wake-up (loading it through `control` cost a retain/release pair per wait).
+    let executorRef: Unmanaged<LoopExecutor>
     /// File operations on helper threads (see FileOperations.swift).
     let filePool: BlockingFilePool
     let pool: BufferPool
@@ -28,10 +31,14 @@ final class EpollBackend: EventLoopBackend {
     /// properties are set does not run deinit, so a block allocated earlier leaked on failed starts.)
     let discard: UnsafeMutableRawPointer
     let maxIOV = 64
-    /// Accept is paused after EMFILE/ENFILE until this instant (level-triggered would spin).
-    var acceptResume: ContinuousClock.Instant? = nil
+    // Loop-confined mutable state (the backend runs on its loop thread only, and no access overlaps
+    // another): no dynamic exclusivity checks, as in the io_uring backend.
+    /// Accept is paused after EMFILE/ENFILE until this CLOCK_MONOTONIC millisecond (level-triggered
+    /// would spin); 0: not paused. (A plain integer: an optional `ContinuousClock.Instant`, a resilient
+    /// type, cost value-witness copies on every wait.)
+    @exclusivity(unchecked) var acceptResume: UInt64 = 0
     /// Slots that found no free receive chunk; EPOLLIN is off for them until chunks return.
-    var starved: [Int32] = []
+    @exclusivity(unchecked) var starved: [Int32] = []
     /// The epoll interest registered per slot (EPOLLIN|EPOLLRDHUP and/or EPOLLOUT, or 0).
     let registered: UnsafeMutablePointer<UInt32>
 
@@ -44,6 +51,7 @@ final class EpollBackend: EventLoopBackend {
         self.config = config
         self.control = control
         self.logger = logger
+        executorRef = Unmanaged.passUnretained(control.executor)
         pool = try BufferPool(config)
         core = LoopCore(config, pool: pool, requiresAuthentication: requiresAuthentication)
         handlers = makeHandlers(core)
@@ -123,10 +131,10 @@ final class EpollBackend: EventLoopBackend {
             }
             core.expireTimers { handlers.timerFired($0) }
             processDirty()
-            if control.executor.runPending() { processDirty() }  // async connection tasks
+            if executorRef._withUnsafeGuaranteedRef({ $0.runPending() }) { processDirty() }  // async connection tasks
             if !starved.isEmpty && pool.freeRecvCount > 0 { rearmStarved(); processDirty() }
-            if let r = acceptResume, ContinuousClock.now >= r, !core.stopping, listenFD >= 0 {
-                acceptResume = nil
+            if acceptResume != 0, monotonicMillis() >= acceptResume, !core.stopping, listenFD >= 0 {
+                acceptResume = 0
                 try ctl(EPOLL_CTL_ADD, listenFD, EPOLLIN.rawValue, Self.listenerTag)
             }
             if core.stopping && core.abortAllIfDrainDeadlinePassed() { processDirty() }
@@ -141,14 +149,19 @@ final class EpollBackend: EventLoopBackend {
     /// How long the next wait may sleep, in ms (-1: until an event).
     private func waitTimeout() -> Int32 {
         var timeoutMS: Int32 = -1
-        let now = ContinuousClock.now
-        timeoutMS = Self.tighten(timeoutMS, core.drainDeadline, now: now)
-        timeoutMS = Self.tighten(timeoutMS, acceptResume, now: now)
+        if core.stopping {  // (drainDeadline is set only while stopping)
+            timeoutMS = Self.tighten(timeoutMS, core.drainDeadline, now: ContinuousClock.now)
+        }
+        if acceptResume != 0 {
+            let t = monotonicMillis()
+            let ms = Int32(clamping: acceptResume > t ? acceptResume - t + 1 : 1)
+            timeoutMS = timeoutMS < 0 ? ms : min(timeoutMS, ms)
+        }
         if let ms = core.millisUntilNextTimer() {
             let t = Int32(min(ms, 60_000))
             timeoutMS = timeoutMS < 0 ? t : min(timeoutMS, t)
         }
-        if let t = control.executor.waitLimitMillis(stopping: core.stopping) { timeoutMS = timeoutMS < 0 ? t : min(timeoutMS, t) }
+        if let t = executorRef._withUnsafeGuaranteedRef({ $0.waitLimitMillis(stopping: core.stopping) }) { timeoutMS = timeoutMS < 0 ? t : min(timeoutMS, t) }
         return timeoutMS
     }
 

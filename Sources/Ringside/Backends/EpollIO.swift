@@ -69,7 +69,7 @@ extension EpollBackend {
                 }
                 // EMFILE/ENFILE/ENOMEM: stop watching the listener for a while instead of spinning.
                 _ = epoll_ctl(epfd, EPOLL_CTL_DEL, listenFD, nil)
-                acceptResume = ContinuousClock.now.advanced(by: .milliseconds(50))
+                acceptResume = monotonicMillis() + 50
                 return
             }
             admit(fd, peer: &peer)

@@ -19,7 +19,10 @@ enum EngineErrors {
     }
 
     /// The close reason for a failed `op` on `slot`; an engine bug is counted, logged at error level
-    /// with the operation and slot, and traps in debug builds.
+    /// with the operation and slot, and traps in debug builds. Never inlined: it is the failure path,
+    /// and inlined into a loop function the logger's level check (a read of swift-log's storage class,
+    /// with a dynamic exclusivity check) was hoisted onto the path every message takes.
+    @inline(never)
     static func reason(_ errno: Int32, op: StaticString, slot: Int32, counters: inout ServerStats,
                        logger: Logger) -> CloseReason {
         let e = Errno(rawValue: errno)
