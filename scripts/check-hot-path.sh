@@ -29,6 +29,10 @@ check "EchoHandler.received, specialised and direct" 'generic specialization <Ri
 check "HTTPHandler.received, specialised and direct" 'generic specialization <RingsideHTTP\.HTTPHandler> of closure #2 \(Swift\.Int32, Ringside\.ReceivedBytes, Ringside\.Connection\)' 1
 check "io_uring receive completion" '<Ringside\.UringBackend\.\(completeRecv in' 0
 check "io_uring dirty-slot pass" '<Ringside\.UringBackend\.processDirty\(\)' 0
+check "io_uring send completion" '<Ringside\.UringBackend\.completeSend\(' 0
+check "epoll readiness to receive" '<Ringside\.EpollBackend\.readReady\(' 0
+check "epoll send" '<Ringside\.EpollBackend\.startSend\(' 0
+check "epoll dirty-slot pass" '<Ringside\.EpollBackend\.processDirty\(\)' 0
 check "Connection.send of received bytes" '<Ringside\.Connection\.send\(Ringside\.ReceivedBytes\)' 0
 check "LoopCore.consumeSent" '<Ringside\.LoopCore\.consumeSent\(' 0
 ((fail == 0)) && echo "hot path: as claimed" || { echo "hot path: NOT as claimed"; exit 1; }
