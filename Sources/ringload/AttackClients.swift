@@ -126,6 +126,15 @@ final class RawSocket {
         return state != 1
     }
 
+    /// Milliseconds since data last arrived on this connection (TCP_INFO `tcpi_last_data_recv`), read
+    /// without reading the data; nil once the connection is no longer established.
+    func millisSinceDataArrived() -> UInt32? {
+        var info = tcp_info()
+        var len = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &len) == 0, info.tcpi_state == 1 else { return nil }
+        return info.tcpi_last_data_recv
+    }
+
     /// Closes with RST instead of FIN.
     func resetClose() {
         var l = linger(l_onoff: 1, l_linger: 0)

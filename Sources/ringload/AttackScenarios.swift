@@ -117,11 +117,24 @@ extension Attack {
             if !progressed { usleep(5_000) }
         }
         let stuckAt = since()
-        let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false, serverPort: port)
+        // The write-stall timeout counts from the server's last progress, and a client that stopped
+        // reading can still take bytes after it is stuck: its kernel reopens a sliver of window when it
+        // compacts its receive queue, and each sliver is progress for the server. So each connection
+        // is due 2 s after the later of the moment it got stuck and the last data it received.
+        var lastData = [Double](repeating: 0, count: socks.count)
+        let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false, serverPort: port, lastData: &lastData)
         socks.forEach { $0.close() }
         let queued = offs.reduce(0, +)
+        let due = lastData.map { max(stuckAt, $0) + 2 }
         var o = outcome(socks.count, closedAt, expected: stuckAt + 2,
                         what: "\(socks.count) clients pushed \(queued >> 20) MiB of echo and stopped reading")
+        // Judge the connection cut off latest relative to its own due time.
+        if let worst = closedAt.indices.filter({ closedAt[$0] != nil }).max(by: { closedAt[$0]! - due[$0] < closedAt[$1]! - due[$1] }) {
+            o.cutoff = closedAt[worst]
+            o.expectedCutoff = due[worst]
+            o.detail += String(format: "; latest relative to its due time: cut off at %.2f s, data last arrived at %.2f s (stuck at %.2f s)",
+                               closedAt[worst]!, lastData[worst], stuckAt)
+        }
         // Output the engine already handed to the kernel is cut off by TCP_USER_TIMEOUT, which the
         // kernel checks on its zero-window probe schedule (exponential from 200 ms): up to ~4 s late.
         o.tolerance = 4.5
