@@ -52,7 +52,7 @@ extension LoopCore {
 
     private func publishStatsNow(_ control: LoopControl) {
         refreshGauges()
-        control.publish(counters)
+        publishCounters(control)
         statsPublishedAt = now
         statsUnpublished = false
     }

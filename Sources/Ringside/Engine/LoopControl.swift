@@ -40,6 +40,9 @@ final class LoopControl: Sendable {
     }
 
     func publish(_ s: ServerStats) { published.withLock { $0 = s } }
+    /// Copies the loop's counters straight into the shared figures under the lock (one copy, not a
+    /// copy into a temporary and another under the lock, as passing the struct by value compiles to).
+    func publish(from counters: UnsafePointer<ServerStats>) { published.withLock { $0 = counters.pointee } }
     var stats: ServerStats { published.withLock { $0 } }
 }
 

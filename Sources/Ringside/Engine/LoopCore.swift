@@ -39,6 +39,8 @@ final class LoopCore {
         _read { yield countersStorage.pointee }
         _modify { yield &countersStorage.pointee }
     }
+    /// Publishes the counters for `ServerStats` readers (see `publishStats`).
+    func publishCounters(_ control: LoopControl) { control.publish(from: countersStorage) }
 
     /// One timer per connection slot (the handler's: `Connection.setTimer`).
     @exclusivity(unchecked) var timers: TimerWheel
