@@ -52,12 +52,16 @@ extension HTTPConnection {
         let version = meta.version, isHead = meta.isHead
         let h = responseHead
         h.clear()
-        h.append(version == .http10 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        h.append(decimal: res.status)
-        h.append(" ")
-        h.append(reasonPhrase(res.status))
-        h.append("\r\nServer: ringside\r\nDate: ")
-        HTTPDate.withCurrent { h.append($0) }
+        if version == .http11 && res.status == 200 {
+            h.append("HTTP/1.1 200 OK\r\nServer: ringside\r\nDate: ")  // the usual head: one copy, not five
+        } else {
+            h.append(version == .http10 ? "HTTP/1.0 " : "HTTP/1.1 ")
+            h.append(decimal: res.status)
+            h.append(" ")
+            h.append(reasonPhrase(res.status))
+            h.append("\r\nServer: ringside\r\nDate: ")
+        }
+        HTTPDate.append(to: h)
         h.append("\r\n")
         h.append(userHeaders.bytes)
         if res.status != 204 && res.status != 304 {

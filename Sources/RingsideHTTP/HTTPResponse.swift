@@ -114,8 +114,12 @@ public struct HTTPResponse: ~Copyable {
         for b in value where b == 13 || b == 10 { return }
         append(name); append(": "); append(value); append("\r\n")
     }
-    private func reserve(_ n: Int) {
-        guard n > capacity else { return }
+    /// Makes room for `n` bytes in all. The check is inlined into every append; growing is not (a
+    /// connection's buffers reach their working size on its first responses and stay there).
+    @inline(__always) private func reserve(_ n: Int) {
+        if _slowPath(n > capacity) { grow(n) }
+    }
+    @inline(never) private func grow(_ n: Int) {
         var c = capacity
         while c < n { c *= 2 }
         let nb = UnsafeMutableRawPointer.allocate(byteCount: c, alignment: 16)

@@ -2,6 +2,7 @@
 @testable import RingsideHTTP
 import MetricsTestKit
 import RingsideService
+import Glibc
 import Synchronization
 import Testing
 
@@ -49,7 +50,18 @@ struct MutexContentionTests {
     @Test func httpDateFromTwoThreads() throws {
         let bad = Locked(0)
         try onTwoThreads(100_000) { _, _ in
-            let ok = HTTPDate.withCurrent { b in b.count == 29 && Array(b.suffix(4)) == Array(" GMT".utf8) }
+            // Lock-free (a sequence lock): every read is one whole date, of this second or the two before.
+            let got = withUnsafeBytes(of: HTTPDate.current()) { Array($0[0..<30]) }
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            let ok = got[29] == 0 && (0...2).contains { back in
+                var t = ts.tv_sec - back
+                var parts = tm()
+                gmtime_r(&t, &parts)
+                var text = [CChar](repeating: 0, count: 32)
+                _ = strftime(&text, 32, "%a, %d %b %Y %H:%M:%S GMT", &parts)
+                return text[0..<29].map { UInt8(bitPattern: $0) } == Array(got[0..<29])
+            }
             if !ok { bad.withLock { $0 += 1 } }
         }
         #expect(bad.value == 0)
