@@ -31,6 +31,11 @@ extension HTTPConnection {
         composeHead(res, meta, chunked: chunked, close: close)
         out = Outgoing(active: true, closeAfter: close)
         out.sendBody = !meta.isHead
+        if out.sendBody && !chunked && res.bodyFile == nil && responseBody.count > 0 && responseBody.count <= 2048 {
+            // A small body goes with the head: one write into the send chunks instead of two.
+            responseHead.append(responseBody.bytes)
+            out.sendBody = false
+        }
         let isHead = meta.isHead
         if chunked && !isHead {
             out.ending = responseBody.count > 0 ? "\r\n0\r\n\r\n" : "0\r\n\r\n"
