@@ -17,7 +17,9 @@ the first rule that matches, in this order:
 - loop:      anything else in the kernel (io_uring_enter's own work: submitting, task work, posting and
              waiting for completions; epoll_wait; other syscalls): the loop's kernel overhead.
 """
+import collections
 import json
+import os
 import sys
 
 NETWORK = ("tcp_sendmsg", "tcp_recvmsg", "net_rx_action", "tcp_v4_rcv", "__tcp_push_pending_frames",
@@ -43,12 +45,19 @@ def classify(frames):
 
 def main():
     counts = {"user": 0, "lockspin": 0, "network": 0, "sleepwake": 0, "loop": 0}
+    # COST_SPLIT_DETAIL=CLASS: also print (to stderr) the frames that CLASS's samples share most, by
+    # inclusive share of all samples: which functions make up that class.
+    detail = os.environ.get("COST_SPLIT_DETAIL")
+    inclusive = collections.Counter()
     frames = []
     for line in sys.stdin:
         line = line.strip()
         if not line:
             if frames:
-                counts[classify(frames)] += 1
+                c = classify(frames)
+                counts[c] += 1
+                if c == detail:
+                    inclusive.update(set(sym for _, sym in frames))
             frames = []
             continue
         parts = line.split(None, 1)
@@ -59,6 +68,9 @@ def main():
     if frames:
         counts[classify(frames)] += 1
     total = sum(counts.values())
+    if detail and total:
+        for sym, n in inclusive.most_common(40):
+            print(f"{100 * n / total:6.2f}%  {sym}", file=sys.stderr)
     print(json.dumps({"samples": total, **{k: (v / total if total else 0.0) for k, v in counts.items()}}))
 
 
