@@ -55,10 +55,27 @@ import RingsideProtocols
                 #expect(s.bundledReceives == 0)
             } else if kernelOffersBundles {
                 #expect(s.bundledReceives > 0, "1 MiB uploads should arrive in bundles: \(s)")
+                // With the per-arming limit, each upload is first seen as bulk, then bundled.
+                #expect(s.receiveBurstLimitEnds == 0 || s.bulkInputConnections > 0, "\(s)")
                 #expect(s.bundledBuffers >= 2 * s.bundledReceives)
             } else {
                 print("SKIP receive-bundle count: this kernel has no IORING_FEAT_RECVSEND_BUNDLE (6.10+); bytes checked only")
             }
+        }
+    }
+
+    /// Message-sized input never asks for bundles where the byte limit lets the engine choose per
+    /// connection: 64-byte ping-pong fills no buffer, so no connection is marked bulk and no receive
+    /// carries a bundle (a bundle's buffer-ring peek would be a cost per message).
+    @Test func messageSizedInputDoesNotAskForBundles() throws {
+        try withServer(.uring, handler: { EchoHandler() }) { server in
+            let payloads = (0..<16).map { randomBytes(64, seed: UInt64($0) + 5150) }
+            let report = try MultiClient(port: server.port, payloads: payloads).run()
+            #expect(report.connections == 16)
+            #expect(eventually { server.stats.connectionsOpen == 0 })
+            let s = server.stats
+            #expect(s.bulkInputConnections == 0, "\(s)")
+            #expect(s.bundledReceives == 0, "\(s)")
         }
     }
 

@@ -68,6 +68,10 @@ public struct ServerStats: Sendable, Equatable {
     /// IORING_RECVSEND_BUNDLE, 6.10+), and the buffers they carried.
     public var bundledReceives = 0
     public var bundledBuffers = 0
+    /// Connections whose receive filled a whole buffer, so their receives ask for bundles from the next
+    /// arming on (io_uring with the per-arming byte limit; message-sized receives never ask: a bundle's
+    /// buffer-ring peek is a cost to them. Without the limit every receive asks, and this stays 0).
+    public var bulkInputConnections = 0
     /// Operations that failed with an errno that means a bug in the engine (EFAULT, EBADF on a
     /// descriptor it owns, EINVAL on an operation the kernel supports, ENOTSOCK): logged at error level
     /// with the operation and slot, the connection closed with that errno as its reason.

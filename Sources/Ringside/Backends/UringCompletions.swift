@@ -69,6 +69,12 @@ extension UringBackend {
             core.noteReceived(slot)
             precondition(hasBuffer, "multishot recv completed with data but no buffer")
             if buffers > 1 { core.counters.bundledReceives += 1; core.counters.bundledBuffers += buffers }
+            else if _slowPath(Int(res) == size) && receiveBundles && receiveLimit > 0 && !core.states[i].traits.contains(.bulkInput) {
+                // A full buffer: bulk input. Its receive asks for bundles from its next arming (the
+                // per-arming byte limit ends a multishot after `receiveLimit` bytes, so that comes soon).
+                core.states[i].traits.insert(.bulkInput)
+                core.counters.bulkInputConnections += 1
+            }
             var c = chunk
             var left = Int(res)
             while true {

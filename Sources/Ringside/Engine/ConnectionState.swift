@@ -141,6 +141,9 @@ struct ConnectionState {
         /// A stream layer stack (TLS, ...) sits between the handler and the socket: the handler's
         /// writes go through `LoopCore.layerStacks[slot]` (see Layers/LayerStack.swift).
         static let layered = Traits(rawValue: 1 << 4)
+        /// io_uring: a receive filled a whole buffer, so input arrives faster than one buffer per
+        /// completion: the next arming of the multishot receive asks for bundles (see `UringBackend.fill`).
+        static let bulkInput = Traits(rawValue: 1 << 5)
     }
 
     /// What the connection needs next.
