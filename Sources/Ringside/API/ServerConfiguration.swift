@@ -95,7 +95,8 @@ public struct ServerConfiguration: Sendable {
     public var receiveBurstLimit: Int = 256 * 1024
     /// io_uring: let one receive completion carry several provided buffers when a socket holds more than
     /// one buffer of input (IORING_RECVSEND_BUNDLE, Linux 6.10+; ignored where unsupported, and masked by
-    /// `RINGSIDE_DISABLE=bundles`). Handlers still see one call per buffer, in order.
+    /// `RINGSIDE_DISABLE=bundles`). A connection asks once a receive of its has filled a whole buffer
+    /// (message-sized input never does: a bundle costs it). Handlers still see one call per buffer, in order.
     public var receiveBundles: Bool = true
     /// Accept PROXY protocol headers (v1 and v2) from trusted proxies, so handlers, logs and
     /// ``maxConnectionsPerAddress`` see the client's address rather than the proxy's (nil: off). See
