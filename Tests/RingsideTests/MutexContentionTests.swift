@@ -37,7 +37,7 @@ struct MutexContentionTests {
                 var s = ServerStats()
                 s.connectionsAccepted = i
                 s.connectionsClosed = i
-                control.publish(s)
+                withUnsafePointer(to: s) { control.publish(from: $0) }
             } else {
                 let s = control.stats
                 if s.connectionsAccepted != s.connectionsClosed { torn.withLock { $0 += 1 } }

@@ -39,7 +39,6 @@ final class LoopControl: Sendable {
         _ = withUnsafeMutableBytes(of: &v) { Glibc.read(wakeFD, $0.baseAddress, 8) }
     }
 
-    func publish(_ s: ServerStats) { published.withLock { $0 = s } }
     /// Copies the loop's counters straight into the shared figures under the lock (one copy, not a
     /// copy into a temporary and another under the lock, as passing the struct by value compiles to).
     func publish(from counters: UnsafePointer<ServerStats>) { published.withLock { $0 = counters.pointee } }
