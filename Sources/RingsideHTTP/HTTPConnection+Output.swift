@@ -10,6 +10,8 @@ struct Outgoing {
     /// Bytes of `part` already queued.
     var offset = 0
     var ending: StaticString = ""
+    /// Whether part 1 (the in-memory body) is to be queued: not for HEAD, nor when a small body was
+    /// appended to the head (`send`).
     var sendBody = true
     var closeAfter = false
     /// The largest write tried next: halved while the pool refuses, doubled after each success.
