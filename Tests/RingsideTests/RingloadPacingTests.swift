@@ -156,11 +156,30 @@ private func measure(port: Int, connections: Int, rate: Double?, seconds: Double
                     messages: r["messages"] as? Int ?? 0)
 }
 
+/// The machine's total and steal CPU time so far (/proc/stat's `cpu` line, clock ticks). Steal is
+/// the time the hypervisor ran something else while this guest's CPUs wanted to run.
+private func cpuTicks() -> (total: Double, steal: Double) {
+    guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return (0, 0) }
+    let v = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+    guard v.count >= 8 else { return (0, 0) }
+    return (v.prefix(8).reduce(0, +), v[7])
+}
+
 @Suite(.serialized) struct RingloadPacingTests {
-    /// The four measurements of one round.
-    private struct Round { var closed, open1k, slow1k, slow20k: Measured }
+    /// The four measurements of one round, and the share of the machine's CPU time the hypervisor
+    /// took while they ran.
+    private struct Round { var closed, open1k, slow1k, slow20k: Measured; var steal = 0.0 }
 
     private func measureRound() throws -> Round {
+        let before = cpuTicks()
+        var round = try measureFigures()
+        let after = cpuTicks()
+        round.steal = after.total > before.total ? (after.steal - before.steal) / (after.total - before.total) : 0
+        return round
+    }
+
+    private func measureFigures() throws -> Round {
         let plain = try DelayEchoServer(delayNanos: 0)
         defer { plain.stop() }
         let closed = try measure(port: plain.port, connections: 1, rate: nil, seconds: 1)
@@ -177,9 +196,10 @@ private func measure(port: Int, connections: Int, rate: Double?, seconds: Double
         var failures: [String] = []
         let (closed, open1k, slow1k, slow20k) = (r.closed, r.open1k, r.slow1k, r.slow20k)
         let figures = String(format: "closed 1c p50 %.1f µs; open 1,000/s 1c p50 %.1f µs (late p50 %.1f p99 %.1f); "
-                             + "2 ms server: open 1,000/s p50 %.1f µs, open 20,000/s 20c p50 %.1f µs (late p50 %.1f p99 %.1f)",
+                             + "2 ms server: open 1,000/s p50 %.1f µs, open 20,000/s 20c p50 %.1f µs (late p50 %.1f p99 %.1f); "
+                             + "steal %.1f%%",
                              closed.p50, open1k.p50, open1k.lateP50 ?? .nan, open1k.lateP99 ?? .nan,
-                             slow1k.p50, slow20k.p50, slow20k.lateP50 ?? .nan, slow20k.lateP99 ?? .nan)
+                             slow1k.p50, slow20k.p50, slow20k.lateP50 ?? .nan, slow20k.lateP99 ?? .nan, r.steal * 100)
         // Open loop at a low rate against the plain server: the closed loop's latency plus at most the
         // cost of waking up. At 1,000/s client and server sleep between requests (the closed loop never
         // does), which added 70 µs on a loaded CI host (175 against 106 µs). Measuring the pacer's 1 ms
@@ -206,30 +226,50 @@ private func measure(port: Int, connections: Int, rate: Double?, seconds: Double
     /// Open-loop latency is the server's, not the pacer's: against a server that answers after exactly
     /// 2 ms the open-loop p50 is 2 ms plus the plain round trip, at 1,000 and 20,000 requests/s, and at a
     /// low rate it matches the closed loop's. A noisy machine may spoil a round: up to three are run,
-    /// and each retry is printed.
+    /// and each retry is printed; up to three more while the hypervisor is taking CPU time (steal).
     @Test func openLoopMeasuresTheServerNotTheTimer() throws {
         try skipIfUnavailable(.uring)
         signal(SIGPIPE, SIG_IGN)
-        // Up to three rounds, each figure checked at its best so far (the lowest p50 and lateness, the
-        // most answers): noise only adds latency. On the shared CI host a burst of other load once
-        // delayed the client itself by 0.4 ms per send (its own lateness figure) in one round and
-        // inflated the closed loop's p50 six-fold in the next.
+        // Each figure is checked at its best so far (the lowest p50 and lateness, the most answers):
+        // noise only adds latency. On the shared CI host a burst of other load once delayed the client
+        // itself by 0.4 ms per send (its own lateness figure) in one round and inflated the closed
+        // loop's p50 six-fold in the next; in another CI run the client, on its own core at real-time
+        // priority, was late by 0.5 to 12 ms per send in all three rounds and the plain echo's round trip
+        // took 0.73 ms instead of 0.1: no scheduling inside the guest delays a real-time thread like
+        // that, only the hypervisor, whose steal time /proc/stat counts. So each round's steal share is
+        // printed, rounds go on (up to six) while steal is seen, and when every round was taken under
+        // steal the failure is recorded as a known issue naming the steal: the figures were the host's,
+        // not ringload's. A round free of steal still fails the test on a real regression.
         func best(_ a: Measured, _ b: Measured) -> Measured {
             Measured(p50: min(a.p50, b.p50), lateP50: [a.lateP50, b.lateP50].compactMap { $0 }.min(),
                      lateP99: [a.lateP99, b.lateP99].compactMap { $0 }.min(), messages: max(a.messages, b.messages))
         }
+        let stolen = 0.01  // a round with at least 1% of the machine's CPU time stolen is the host's
         var r = try measureRound()
+        var steals = [r.steal]
         var (failures, figures) = check(r)
         print("pacing: \(figures)")
-        for round in 2...3 where !failures.isEmpty {
+        var round = 1
+        while !failures.isEmpty && (round < 3 || (round < 6 && steals.contains { $0 >= stolen })) {
+            round += 1
             print("pacing: round \(round) (so far: \(failures.joined(separator: "; ")))")
             let n = try measureRound()
+            steals.append(n.steal)
             print("pacing (round \(round) alone): \(check(n).figures)")
             r = Round(closed: best(r.closed, n.closed), open1k: best(r.open1k, n.open1k),
-                      slow1k: best(r.slow1k, n.slow1k), slow20k: best(r.slow20k, n.slow20k))
+                      slow1k: best(r.slow1k, n.slow1k), slow20k: best(r.slow20k, n.slow20k), steal: n.steal)
             (failures, figures) = check(r)
             print("pacing (best of \(round) rounds): \(figures)")
         }
-        #expect(failures.isEmpty, "\(failures.joined(separator: "; ")) — \(figures)")
+        let message = "\(failures.joined(separator: "; ")) — \(figures)"
+        if !failures.isEmpty && steals.allSatisfy({ $0 >= stolen }) {
+            let shares = steals.map { String(format: "%.1f%%", $0 * 100) }.joined(separator: ", ")
+            print("pacing: every round ran under hypervisor steal (\(shares) of the machine's CPU time): the figures are the host's")
+            withKnownIssue("every round ran under hypervisor steal (\(shares))") {
+                #expect(failures.isEmpty, "\(message)")
+            }
+        } else {
+            #expect(failures.isEmpty, "\(message)")
+        }
     }
 }
