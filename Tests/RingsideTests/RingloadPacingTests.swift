@@ -235,7 +235,7 @@ private func cpuTicks() -> (total: Double, steal: Double) {
         // itself by 0.4 ms per send (its own lateness figure) in one round and inflated the closed
         // loop's p50 six-fold in the next; in another CI run the client, on its own core at real-time
         // priority, was late by 0.5 to 12 ms per send in all three rounds and the plain echo's round trip
-        // took 0.73 ms instead of 0.1: no scheduling inside the guest delays a real-time thread like
+        // took 0.73 ms instead of 0.1: hardly anything inside the guest delays a real-time thread like
         // that, only the hypervisor, whose steal time /proc/stat counts. So each round's steal share is
         // printed, rounds go on (up to six) while steal is seen, and when every round was taken under
         // steal the failure is recorded as a known issue naming the steal: the figures were the host's,
