@@ -284,23 +284,23 @@ final class HeadStore {
         return nil
     }
 
+    /// Copies the head: one copy of the parser's head buffer up to the last offset the view names,
+    /// so the parser's offsets stay valid here (every offset of the view is into that one buffer,
+    /// whose bytes below the largest offset are initialized: HTTPRequestHead's invariants).
     func load(_ head: HTTPRequestHead) {
-        bytes.clear()
-        fieldCount = 0
-        method = add(head.method)
-        target = add(head.target)
-        for i in 0..<min(head.headerCount, maxFields) {
-            let n = add(head.name(at: i))
-            let v = add(head.value(at: i))
-            fields[i] = (Int32(n.lowerBound), Int32(n.count), Int32(v.lowerBound), Int32(v.count))
-            fieldCount += 1
+        let count = min(head.headerCount, maxFields)
+        var end = max(head.methodEnd, head.targetEnd)
+        for i in 0..<count {
+            let f = head.fields + 4 * i
+            fields[i] = (Int32(f[0]), Int32(f[1] - f[0]),
+                         Int32(f[2]), Int32(f[3] - f[2]))
+            end = max(end, f[1], f[3])
         }
-    }
-
-    private func add(_ b: HTTPBytes) -> Range<Int> {
-        let start = bytes.count
-        bytes.append(b.buffer)
-        return start..<bytes.count
+        fieldCount = count
+        method = 0..<head.methodEnd
+        target = head.targetStart..<head.targetEnd
+        bytes.clear()
+        bytes.append(UnsafeRawBufferPointer(start: head.base, count: end))
     }
 
     func slice(_ r: Range<Int>) -> HTTPBytes { HTTPBytes(UnsafeRawBufferPointer(rebasing: bytes.bytes[r])) }
