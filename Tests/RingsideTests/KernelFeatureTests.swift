@@ -79,6 +79,42 @@ import RingsideProtocols
         }
     }
 
+    /// The send wait: at one connection a request-response costs one kernel entry, not two. The wait
+    /// that submits the answer asks for two completions (the answer's send, which completes during the
+    /// submission, and the next request), so the loop sleeps on past the send instead of entering again
+    /// to sleep. Turned off (`sendCompletionWait` zero), no wait asks for two and every send's
+    /// completion ends a wait of its own. Bytes are checked either way.
+    @Test(arguments: [true, false])
+    func sendWaitTakesOneEntryPerRoundTrip(_ on: Bool) throws {
+        let rounds = 2000
+        try withServer(.uring, configure: { if !on { $0.sendCompletionWait = .zero } }, handler: { EchoHandler() }) { server in
+            do {  // the client closes at the end of this scope
+                let client = try TestClient(port: server.port)
+                var rng = SplitMix(seed: 7_412)
+                for k in 0..<rounds {
+                    let message = (0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                    try client.send(message)
+                    let echoed = try client.receive(exactly: 64)
+                    guard echoed == message else { Issue.record("round \(k): echo differs"); return }
+                }
+            }
+            #expect(eventually { server.stats.connectionsOpen == 0 })
+            let s = server.stats
+            let perRound = Double(s.loopWaits) / Double(rounds)
+            print(String(format: "send wait %@: %d waits for %d round trips (%.2f each), %d send waits",
+                         on ? "on" : "off", s.loopWaits, rounds, perRound, s.sendWaits))
+            if on {
+                // Nearly every answer goes out in a send wait; a round trip whose next request comes
+                // after the wait's bound (1 ms; the bound's own timeout completing) costs a second entry.
+                #expect(s.sendWaits >= rounds * 9 / 10, "\(s)")
+                #expect(perRound < 1.4, "\(perRound) waits per round trip")
+            } else {
+                #expect(s.sendWaits == 0, "\(s)")
+                #expect(perRound >= 1.8, "every send's completion ends a wait: \(perRound) waits per round trip")
+            }
+        }
+    }
+
     private var kernelOffersBundles: Bool {
         guard let ring = try? Ring(entries: 8, completionEntries: 16, inject: nil, disabled: []) else { return false }
         return ring.features & UInt32(RS_IORING_FEAT_RECVSEND_BUNDLE) != 0

@@ -35,6 +35,7 @@ public enum RingsideServer {
         var configuration = configuration
         configuration.disabledFeatures.formUnion(try KernelFeatures.fromEnvironment())
         try configuration.applyCompletionBatchEnvironment()
+        try configuration.applySendWaitEnvironment()
         let threads = configuration.threads
         try configuration.validate()
         try LockedMemoryPlan.fit(&configuration, logger: logger)

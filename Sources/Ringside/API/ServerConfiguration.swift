@@ -136,6 +136,15 @@ public struct ServerConfiguration: Sendable {
     public var completionBatchLimit: Int = 1
     /// The longest a batching wait holds a ready completion back waiting for more.
     public var completionBatchWait: Duration = .microseconds(20)
+    /// io_uring: a wait that submits message-sized sends (one send buffer each), with no completion
+    /// ready, asks for two completions, so a send that completes during the submission does not end
+    /// the wait by itself: the loop sleeps on until the next completion (typically the client's next
+    /// request) and handles both in one kernel entry instead of two. A relative timeout on the ring
+    /// bounds it: a send's completion is handled at most this long after it, and when a send could not
+    /// complete at once, the first completion to come waits at most this long for a second (a
+    /// multi-buffer send never uses the wait). Zero turns it off. `RINGSIDE_SEND_WAIT=MICROSECONDS`
+    /// overrides it.
+    public var sendCompletionWait: Duration = .milliseconds(1)
     /// io_uring, plaintext connections: a file send of at least this many bytes (``Connection/sendFile(_:at:count:prefix:_:)``)
     /// moves the file's pages through a pipe into the socket with IORING_OP_SPLICE instead of reading
     /// them into send chunks: no copy through user space (measured at a quarter of the CPU per GB of
@@ -259,6 +268,8 @@ extension ServerConfiguration {
         if let n = maxConnectionsPerAddress { try check(n >= 1, "maxConnectionsPerAddress", "\(n) must be at least 1 (nil: no cap)") }
         try check(receiveBurstLimit >= 0, "receiveBurstLimit", "\(receiveBurstLimit) is negative (0: no limit)")
         try check((1...256).contains(completionBatchLimit), "completionBatchLimit", "\(completionBatchLimit) is outside 1...256")
+        try check(sendCompletionWait >= .zero && sendCompletionWait <= .milliseconds(10), "sendCompletionWait",
+                  "\(sendCompletionWait) is outside 0...10ms")
         try check(completionBatchWait >= .zero && completionBatchWait <= .milliseconds(10), "completionBatchWait",
                   "\(completionBatchWait) is outside 0...10ms")
         if let pp = proxyProtocol {
@@ -354,5 +365,14 @@ extension ServerConfiguration {
         }
         completionBatchLimit = limit
         completionBatchWait = .microseconds(micros)
+    }
+
+    /// `RINGSIDE_SEND_WAIT=MICROSECONDS` (``sendCompletionWait``; 0: off).
+    mutating func applySendWaitEnvironment() throws(ConfigurationError) {
+        guard let raw = getenv("RINGSIDE_SEND_WAIT") else { return }
+        guard let micros = Int(String(cString: raw)), micros >= 0 else {
+            throw ConfigurationError(field: "RINGSIDE_SEND_WAIT", problem: "expected MICROSECONDS, e.g. 1000 (0: off)")
+        }
+        sendCompletionWait = .microseconds(micros)
     }
 }

@@ -8,7 +8,7 @@ extension ServerStats {
         \.cqDropped, \.sqFullEvents, \.sqDeferredOps, \.staleCompletions, \.shortSends, \.readPauses,
         \.receivesHeld, \.writesRefused, \.acceptErrors,
         \.connectionsRefusedPerAddress, \.authenticationTimeouts, \.idleTimeouts, \.readTimeouts,
-        \.writeStallTimeouts, \.receiveBurstLimitEnds, \.bundledReceives, \.bundledBuffers, \.bulkInputConnections, \.engineErrors, \.teardownsWithSendInFlight,
+        \.writeStallTimeouts, \.receiveBurstLimitEnds, \.bundledReceives, \.bundledBuffers, \.bulkInputConnections, \.loopWaits, \.sendWaits, \.engineErrors, \.teardownsWithSendInFlight,
         \.proxyHeadersAccepted, \.proxyHeadersRejected, \.proxyHeadersUntrusted, \.proxyHeaderTimeouts,
         \.tlsHandshakes, \.tlsResumptions, \.tlsHandshakeFailures, \.tlsHandshakesTruncated, \.tlsHandshakeTimeouts,
         \.tlsHandshakesOverCap, \.tlsHandshakesEvicted, \.tlsHandshakesInProgress, \.tlsKernelTransmits, \.layerErrors,

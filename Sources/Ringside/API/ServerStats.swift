@@ -72,6 +72,12 @@ public struct ServerStats: Sendable, Equatable {
     /// arming on (io_uring with the per-arming byte limit; message-sized receives never ask: a bundle's
     /// buffer-ring peek is a cost to them. Without the limit every receive asks, and this stays 0).
     public var bulkInputConnections = 0
+    /// Kernel entries that waited for completions (io_uring; 0 on epoll), and those of them that asked
+    /// for two because they submitted sends with no completion ready (the send wait,
+    /// `ServerConfiguration.sendCompletionWait`): at one connection a request-response then costs one
+    /// entry instead of two.
+    public var loopWaits = 0
+    public var sendWaits = 0
     /// Operations that failed with an errno that means a bug in the engine (EFAULT, EBADF on a
     /// descriptor it owns, EINVAL on an operation the kernel supports, ENOTSOCK): logged at error level
     /// with the operation and slot, the connection closed with that errno as its reason.

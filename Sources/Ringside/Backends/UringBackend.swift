@@ -76,6 +76,14 @@ final class UringBackend: EventLoopBackend {
     let batchLimit: UInt32
     let batchWaitMicros: UInt32
     @exclusivity(unchecked) var lastReaped: UInt32 = 0
+    /// The send wait (UringWait.swift): its bound (`ServerConfiguration.sendCompletionWait`; 0: off)
+    /// as the stable timespec of its relative IORING_OP_TIMEOUT, whether that timeout is in flight,
+    /// the single-chunk sends prepared since the last wait, and whether a multi-chunk send was.
+    let sendWaitMicros: UInt32
+    let sendWaitSpec: UnsafeMutablePointer<__kernel_timespec>
+    @exclusivity(unchecked) var sendWaitTimerArmed = false
+    @exclusivity(unchecked) var sendsPrepared: UInt32 = 0
+    @exclusivity(unchecked) var bulkSendPrepared = false
     /// File operations through the ring (set at the end of init; see UringFiles.swift).
     var files: UringFiles!
     /// File sends by splice (nil: off, masked, or no pipe could be made).
@@ -153,6 +161,10 @@ final class UringBackend: EventLoopBackend {
         batchLimit = minWait ? UInt32(config.completionBatchLimit) : 1
         let micros = config.completionBatchWait.components.seconds * 1_000_000 + config.completionBatchWait.components.attoseconds / 1_000_000_000_000
         batchWaitMicros = UInt32(clamping: max(1, micros))
+        let sendMicros = config.sendCompletionWait.components.seconds * 1_000_000 + config.sendCompletionWait.components.attoseconds / 1_000_000_000_000
+        sendWaitMicros = UInt32(clamping: max(0, sendMicros))
+        sendWaitSpec = .allocate(capacity: 1)
+        sendWaitSpec.initialize(to: __kernel_timespec(tv_sec: Int64(sendWaitMicros / 1_000_000), tv_nsec: Int64(sendWaitMicros % 1_000_000) * 1000))
         wakeBuffer = .allocate(capacity: 1)
         files = UringFiles(backend: self, fixed: registeredBuffers ? (UnsafeRawPointer(pool.sendRegion.base), pool.sendRegion.bytes) : nil,
                            prepare: { [unowned self] ud in self.prepare(ud) })
@@ -237,13 +249,14 @@ final class UringBackend: EventLoopBackend {
         outbound?.deallocate()
         acceptRetryTimespec.deallocate()
         loopTimerSpec.deallocate()
+        sendWaitSpec.deallocate()
         acceptArmed.deallocate()
         acceptAddresses.deallocate()
         acceptAddressLengths.deallocate()
     }
 
     var summary: String {
-        "\(ring.summary) \(pool.summary) completion-batch=\(batchLimit > 1 ? "\(batchLimit)/\(batchWaitMicros)us" : (config.completionBatchLimit > 1 ? "off(no min-wait: kernel before 6.12 or masked)" : "off")) \(probe.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off") splice=\(spliceNote)"
+        "\(ring.summary) \(pool.summary) completion-batch=\(batchLimit > 1 ? "\(batchLimit)/\(batchWaitMicros)us" : (config.completionBatchLimit > 1 ? "off(no min-wait: kernel before 6.12 or masked)" : "off")) send-wait=\(sendWaitMicros > 0 ? "\(sendWaitMicros)us" : "off") \(probe.summary) fixed-buffers=\(registeredBuffers ? "\(pool.slabBytes / 1024)KiB" : "off") splice=\(spliceNote)"
     }
 
     // MARK: the loop

@@ -98,7 +98,11 @@ extension UringBackend {
         case .acceptRetryTimer:
             io_uring_prep_timeout(s, acceptRetryTimespec, 0, 0)
         case .loopTimer:
-            io_uring_prep_timeout(s, loopTimerSpec, 0, UInt32(IORING_TIMEOUT_ABS))
+            if ud == Self.sendWaitTimerData {
+                io_uring_prep_timeout(s, sendWaitSpec, 0, 0)  // relative: the send wait's bound
+            } else {
+                io_uring_prep_timeout(s, loopTimerSpec, 0, UInt32(IORING_TIMEOUT_ABS))
+            }
         case .file:
             files.fill(s, ud)
         case .fileCancel:
@@ -149,8 +153,13 @@ extension UringBackend {
             let h = core.states[i].sendHead
             let a = pool.range(h).start
             io_uring_prep_send(s, core.states[i].fd, pool.pointer(h) + a, Int(core.states[i].inflightBytes), Int32(MSG_NOSIGNAL))
+            // A message-sized send: the send wait may follow (UringWait.swift), unless something
+            // waits on this send's completion (a close or shutdown after it: the client may be
+            // waiting for the FIN with nothing more to send).
+            if core.states[i].phase == .open && core.states[i].output == .open { sendsPrepared &+= 1 } else { bulkSendPrepared = true }
         } else {
             io_uring_prep_sendmsg(s, core.states[i].fd, sendVectors.message(slot: slot), UInt32(MSG_NOSIGNAL))
+            bulkSendPrepared = true  // bulk output: its completion drives the next send; no send wait
         }
     }
 }
