@@ -75,6 +75,9 @@ private func rejected(_ mutate: (inout ServerConfiguration) -> Void) -> String? 
             ("threads", { $0.threads = 1 << 20 }),
             ("cpuAffinity", { $0.cpuAffinity = [] }),
             ("cpuAffinity", { $0.cpuAffinity = [0, -1] }),
+            ("sendCompletionWait", { $0.sendCompletionWait = .milliseconds(11) }),
+            ("sendCompletionWait", { $0.sendCompletionWait = .microseconds(-1) }),
+            ("completionBatchWait", { $0.completionBatchWait = .milliseconds(11) }),
         ]
         for (field, mutate) in cases {
             #expect(rejected(mutate) == field)
@@ -83,6 +86,8 @@ private func rejected(_ mutate: (inout ServerConfiguration) -> Void) -> String? 
         #expect(rejected { $0.port = 65535; $0.receiveBuffers = 32768; $0.ringEntries = 32768 } == nil)
         #expect(rejected { $0.idleTimeout = .zero; $0.lingerTimeout = nil; $0.keepAlive = nil } == nil)
         #expect(rejected { $0.idleTimeout = ServerConfiguration.maximumDuration } == nil)
+        #expect(rejected { $0.sendCompletionWait = .zero } == nil)
+        #expect(rejected { $0.sendCompletionWait = .milliseconds(10) } == nil)
     }
 
     @Test func startThrowsTheFieldInsteadOfTrapping() {

@@ -136,14 +136,15 @@ public struct ServerConfiguration: Sendable {
     public var completionBatchLimit: Int = 1
     /// The longest a batching wait holds a ready completion back waiting for more.
     public var completionBatchWait: Duration = .microseconds(20)
-    /// io_uring: a wait that submits message-sized sends (one send buffer each), with no completion
-    /// ready, asks for two completions, so a send that completes during the submission does not end
-    /// the wait by itself: the loop sleeps on until the next completion (typically the client's next
-    /// request) and handles both in one kernel entry instead of two. A relative timeout on the ring
-    /// bounds it: a send's completion is handled at most this long after it, and when a send could not
-    /// complete at once, the first completion to come waits at most this long for a second (a
-    /// multi-buffer send never uses the wait). Zero turns it off. `RINGSIDE_SEND_WAIT=MICROSECONDS`
-    /// overrides it.
+    /// io_uring: a loop answering one client at a time (its last reap found at most two completions)
+    /// that submits one message-sized send (one send buffer) of an open connection, with no completion
+    /// ready, asks for two completions, so the send's completion, posted during the submission, does
+    /// not end the wait by itself: the loop sleeps on until the next completion (typically the
+    /// client's next request) and handles both in one kernel entry instead of two. A relative timeout
+    /// on the ring bounds it: the send's completion is handled at most this long after it, and if the
+    /// send could not complete at once, the first completion to come waits at most this long for a
+    /// second. Never for a send that a close or shutdown waits on, nor for a multi-buffer send. Zero
+    /// turns it off. `RINGSIDE_SEND_WAIT=MICROSECONDS` overrides it.
     public var sendCompletionWait: Duration = .milliseconds(1)
     /// io_uring, plaintext connections: a file send of at least this many bytes (``Connection/sendFile(_:at:count:prefix:_:)``)
     /// moves the file's pages through a pipe into the socket with IORING_OP_SPLICE instead of reading
