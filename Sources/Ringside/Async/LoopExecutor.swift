@@ -238,11 +238,3 @@ private let currentExecutorKey: pthread_key_t = {
     pthread_key_create(&key, nil)
     return key
 }()
-
-extension LoopExecutor {
-    /// Runs `body` with this executor borrowed at +0 (no retain/release around the loop's per-iteration
-    /// calls). The caller's reference (the loop's `LoopControl`) keeps it alive throughout.
-    @inline(__always) func withGuaranteed<R>(_ body: (LoopExecutor) -> R) -> R {
-        Unmanaged.passUnretained(self)._withUnsafeGuaranteedRef(body)
-    }
-}

@@ -16,7 +16,7 @@ extension UringBackend {
         let sends = bulkSendPrepared ? 0 : sendsPrepared  // (bulk: a send that must not wait was prepared)
         sendsPrepared = 0
         bulkSendPrepared = false
-        let limit = control.executor.withGuaranteed { $0.waitLimitNanos(stopping: core.stopping) }
+        let limit = executorRef._withUnsafeGuaranteedRef { $0.waitLimitNanos(stopping: core.stopping) }
         if let limit {
             // Jobs pending (0: do not sleep), or tasks finishing during a stop (poll every millisecond).
             return limit == 0 ? ring.submitAndWait(0) : ring.submitAndWait(1, timeoutNanos: limit)

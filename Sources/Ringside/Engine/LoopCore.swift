@@ -65,7 +65,7 @@ final class LoopCore {
     /// The backend's splice path for file sends, if it has one (unretained, like `files`).
     unowned(unsafe) var splicer: (any FileSplicer)? = nil
     /// When a graceful stop gives up on draining and aborts what is left.
-    var drainDeadline: ContinuousClock.Instant? = nil
+    @exclusivity(unchecked) var drainDeadline: ContinuousClock.Instant? = nil
 
     /// Stream layers (Layers/): the layer stack of each slot whose traits contain `.layered`, allocated
     /// on the first layered connection (`capacity` entries). Each entry holds one strong reference
