@@ -163,10 +163,8 @@ final class UringBackend: EventLoopBackend {
         loopTimerSpec.initialize(to: __kernel_timespec())
         let minWait = ring.features & UInt32(RS_IORING_FEAT_MIN_TIMEOUT) != 0 && !config.disabledFeatures.contains(.minWait)
         batchLimit = minWait ? UInt32(config.completionBatchLimit) : 1
-        let micros = config.completionBatchWait.components.seconds * 1_000_000 + config.completionBatchWait.components.attoseconds / 1_000_000_000_000
-        batchWaitMicros = UInt32(clamping: max(1, micros))
-        let sendMicros = config.sendCompletionWait.components.seconds * 1_000_000 + config.sendCompletionWait.components.attoseconds / 1_000_000_000_000
-        sendWaitMicros = UInt32(clamping: max(0, sendMicros))
+        batchWaitMicros = max(1, config.completionBatchWait.wholeMicroseconds)
+        sendWaitMicros = config.sendCompletionWait.wholeMicroseconds
         sendWaitSpec = .allocate(capacity: 1)
         sendWaitSpec.initialize(to: __kernel_timespec(tv_sec: Int64(sendWaitMicros / 1_000_000), tv_nsec: Int64(sendWaitMicros % 1_000_000) * 1000))
         wakeBuffer = .allocate(capacity: 1)

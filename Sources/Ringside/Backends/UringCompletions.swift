@@ -25,6 +25,8 @@ extension UringBackend {
             if !core.stopping && !acceptArmed[Int(ud.slot)] { armAccept(Int(ud.slot)) }
         case .loopTimer:
             loopTimerFired(ud)
+        case .sendWaitTimer:
+            sendWaitTimerArmed = false
         case .file:
             files.complete(ud, res: res)
         case .fileCancel:

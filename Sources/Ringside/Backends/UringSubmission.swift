@@ -18,7 +18,7 @@ extension UringBackend {
         switch ud.kind! {
         case .recv, .send, .close, .cancel, .cancelRecv, .shutdown, .connect, .setLinger, .spliceWrite, .spliceIn, .spliceOut, .spliceProbe, .directive:
             core.states[Int(ud.slot)].inflight += 1
-        case .loopTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
+        case .loopTimer, .sendWaitTimer: break  // not awaited at stop: ring teardown ends it (its timespec is copied at submit)
         case .file: break  // counted by `files` (pendingFileOperations), awaited at stop
         case .fileCancel: ringInflight += 1
         case .sendZC:
@@ -98,11 +98,9 @@ extension UringBackend {
         case .acceptRetryTimer:
             io_uring_prep_timeout(s, acceptRetryTimespec, 0, 0)
         case .loopTimer:
-            if ud == Self.sendWaitTimerData {
-                io_uring_prep_timeout(s, sendWaitSpec, 0, 0)  // relative: the send wait's bound
-            } else {
-                io_uring_prep_timeout(s, loopTimerSpec, 0, UInt32(IORING_TIMEOUT_ABS))
-            }
+            io_uring_prep_timeout(s, loopTimerSpec, 0, UInt32(IORING_TIMEOUT_ABS))
+        case .sendWaitTimer:
+            io_uring_prep_timeout(s, sendWaitSpec, 0, 0)  // relative: the send wait's bound
         case .file:
             files.fill(s, ud)
         case .fileCancel:

@@ -51,13 +51,10 @@ extension UringBackend {
     /// the bound anyway). False when no SQE could be had: the wait must not ask for two then.
     @inline(__always) private func armSendWaitTimer() -> Bool {
         if sendWaitTimerArmed { return true }
-        guard deferred.isEmpty, fill(Self.sendWaitTimerData) else { return false }
+        guard deferred.isEmpty, fill(UserData(.sendWaitTimer)) else { return false }
         sendWaitTimerArmed = true
         return true
     }
-
-    /// The send wait's timeout: a loop timer with due time 0 (no deadline is ever due at 0).
-    static let sendWaitTimerData = UserData(.loopTimer, slot: 0, generation: 0)
 
     /// Makes sure the loop timer fires by the next deadline (ms resolution, like the timer wheel).
     @inline(__always) private func armLoopTimer() {
@@ -83,7 +80,6 @@ extension UringBackend {
 
     /// A loop timer completed (-ETIME when it fired; the wheel runs after the reap anyway).
     @inline(__always) func loopTimerFired(_ ud: UserData) {
-        if ud == Self.sendWaitTimerData { sendWaitTimerArmed = false; return }
         let due = UInt64(UInt32(bitPattern: ud.slot)) | UInt64(ud.generation) << 32
         if due == loopTimerDue { loopTimerDue = 0 }
     }

@@ -11,6 +11,8 @@ struct UserData: Equatable {
         /// A socket directive of a layered connection (Layers/SocketDirectives.swift): a setsockopt
         /// through a socket command, or a SENDMSG with a control message; the connection's send in flight.
         case directive
+        /// The send wait's bound (Backends/UringWait.swift): a relative timeout, one in flight at most.
+        case sendWaitTimer
     }
 
     init(raw: UInt64) { self.raw = raw }

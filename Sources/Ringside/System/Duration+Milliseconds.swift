@@ -13,4 +13,13 @@ extension Duration {
         let ms = UInt64(c.seconds) * 1000 + UInt64(max(0, c.attoseconds)) / 1_000_000_000_000_000
         return min(ms, Self.saturatedMilliseconds)
     }
+
+    /// Whole microseconds, negative durations as 0, saturating at `UInt32.max` (about 71 minutes):
+    /// the kernel's wait bounds (minimum-wait timeout, the send wait's timespec) are 32-bit there.
+    @inline(__always) var wholeMicroseconds: UInt32 {
+        let c = components
+        guard c.seconds >= 0 else { return 0 }
+        guard c.seconds < 1 << 32 else { return .max }
+        return UInt32(clamping: c.seconds * 1_000_000 + max(0, c.attoseconds) / 1_000_000_000_000)
+    }
 }
