@@ -7,10 +7,15 @@
  * one send is in flight; further received buffers are queued in order and
  * a buffer goes back to the buffer ring once its send has fully completed.
  *
- * Usage: ref_echo_server [--port N] [--buffers N] [--buf-size BYTES]
+ * Usage: ref_echo_server [--port N] [--buffers N] [--buf-size BYTES] [--inc]
  *   --port 0 (default) picks a free port.  Binds 127.0.0.1 only.
  *   Defaults: --buffers 1024 (power of two) --buf-size 4096 (4 MiB in all).
- *   Prints "listening on 127.0.0.1:PORT backend=c-liburing" once ready.
+ *   --inc registers the buffer ring with IOU_PBUF_RING_INC (Linux 6.12+;
+ *   exits 1 if the kernel refuses it).  The defaults stay as they are, so
+ *   an A/B run changes one thing at a time, but larger buffers are the
+ *   point of INC: e.g. --inc --buffers 64 --buf-size 65536 (same 4 MiB).
+ *   Prints "listening on 127.0.0.1:PORT backend=c-liburing" once ready,
+ *   followed by " inc=1 buffers=N buf_size=N" with --inc.
  *   Exits 0 on SIGINT/SIGTERM.
  *
  * A recv that ends with -ENOBUFS (every buffer queued for sending) parks the
@@ -20,11 +25,35 @@
  * what is queued, then close.  Errors: cancel the recv, drop the queue, close.
  * Accepted sockets get TCP_NODELAY.
  *
+ * --inc (incremental consumption): a recv takes the buffer at the ring head
+ * but consumes only the bytes it received; the kernel advances that ring
+ * entry's addr/len itself, so the next recv, on any connection, continues
+ * right behind it in the same buffer.  The CQE gives bid and res only, so
+ * userspace tracks per bid how many bytes the kernel has consumed (the data
+ * of a CQE starts there).  IORING_CQE_F_BUF_MORE on a CQE means the kernel
+ * keeps filling that buffer; the first CQE for a bid without it means the
+ * kernel is done with it.  One buffer thus holds messages of several
+ * connections, so the send queues are made of per-message nodes (bid,
+ * offset, length) taken from a free list (grown by doubling if it runs
+ * dry), and a buffer goes back to the ring only when (a) the kernel is done
+ * with it and (b) no queued or in-flight send points into it (per-bid
+ * reference count).  A CQE with a buffer but res <= 0 consumed nothing: the
+ * ring entry was not advanced, the buffer is still the kernel's whatever
+ * BUF_MORE says (kernels without the fix for liburing issue #1553 post an
+ * EOF res=0 CQE with the buffer but without BUF_MORE), so it is ignored.
+ * (Seen on 6.18: EOF, -ECONNRESET and -ENOBUFS recv CQEs carry no buffer.)
+ * "held" counts buffers the kernel is done with and that are not back in
+ * the ring yet, in both modes, which keeps the -ENOBUFS re-arm budget right.
+ *
  * REF_ECHO_STATS=1 in the environment prints counters to stderr on exit
- * (accepted, enobufs, rearms, short_sends).
+ * (accepted, enobufs, rearms, short_sends, recycled = buffers given back to
+ * the ring; with --inc also buf_more = recv CQEs that left their buffer to
+ * the kernel, msg_nodes = size the message node pool reached, held =
+ * buffers out of the ring at exit, 0 once every connection is gone).
  *
  * Built against liburing 2.3 (no io_uring_setup_buf_ring there, so the
- * buffer ring memory is allocated and registered by hand).
+ * buffer ring memory is allocated and registered by hand; no INC constants
+ * either, so they are defined below).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,6 +72,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Incremental buffer consumption (Linux 6.12), missing from liburing 2.3.
+ * Defined after the include: newer headers make IOU_PBUF_RING_INC an enum
+ * constant (same value), which a macro defined earlier would clobber. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2          /* io_uring_buf_reg flags */
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4) /* kernel keeps filling this bid */
+#endif
+
 /* ---- user_data packing: op kind in bits 32..39, fd in bits 0..31 ---- */
 enum op_kind { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3, OP_SIGNAL = 4, OP_CANCEL = 5 };
 
@@ -55,11 +94,29 @@ static inline int ud_fd(uint64_t ud) { return (int)(uint32_t)ud; }
 
 #define BGID 0
 
-/* One node per provided buffer; used to chain a connection's send queue. */
+/* One node per provided buffer; used to chain a connection's send queue
+ * (without --inc; with it, see struct msgnode). */
 struct bufnode {
 	uint32_t len; /* bytes received into this buffer */
 	uint32_t off; /* bytes already sent */
 	int32_t next; /* next bid in this connection's queue, -1 = none */
+};
+
+/* --inc: state of one provided buffer. */
+struct incbuf {
+	uint32_t consumed; /* bytes the kernel put into it since it was added */
+	uint32_t refs;     /* message nodes (queued or in flight) pointing in */
+	uint8_t kdone;     /* a CQE without BUF_MORE was seen: kernel is done */
+};
+
+/* --inc: one received chunk queued for echoing, in buffer bid at
+ * [start, start + len); also the free-list link. */
+struct msgnode {
+	uint32_t start; /* offset of the chunk in its buffer */
+	uint32_t len;   /* bytes received */
+	uint32_t off;   /* bytes already sent */
+	uint16_t bid;
+	int32_t next;   /* next node in the queue / free list, -1 = none */
 };
 
 struct conn {
@@ -69,7 +126,7 @@ struct conn {
 	uint8_t send_inflight; /* a send for qhead is outstanding */
 	uint8_t eof;           /* peer closed its write side (recv returned 0) */
 	uint8_t dead;          /* error: drop queued data, close asap */
-	int32_t qhead, qtail;  /* queue of received buffers to echo (bids) */
+	int32_t qhead, qtail;  /* queue to echo: bids, with --inc msgnode ids */
 };
 
 static struct io_uring ring;
@@ -78,6 +135,11 @@ static unsigned char *buf_base;
 static struct bufnode *nodes;
 static unsigned nbufs = 1024, buf_size = 4096, br_mask;
 static unsigned held;          /* buffers currently owned by userspace */
+static int inc;                /* --inc: IOU_PBUF_RING_INC buffer ring */
+static struct incbuf *incbufs; /* --inc: [nbufs] */
+static struct msgnode *msgs;   /* --inc: node pool, linked by index */
+static unsigned nmsgs;
+static int32_t msg_free = -1;  /* free list of msgs */
 static unsigned returned_batch; /* buffers added to the ring, not yet advanced */
 static struct conn *conns;
 static int max_conns;
@@ -86,7 +148,8 @@ static int max_conns;
 static int *starved_q;
 static unsigned starved_head, starved_len;
 static struct {
-	unsigned long long accepted, enobufs, short_sends, rearms;
+	unsigned long long accepted, enobufs, short_sends, rearms, recycled;
+	unsigned long long buf_more;
 } stats;
 static int listen_fd = -1;
 static int running = 1;
@@ -115,6 +178,52 @@ static void return_buffer(int bid)
 			      (unsigned short)bid, br_mask, returned_batch);
 	returned_batch++;
 	held--;
+	stats.recycled++;
+}
+
+/* --inc: a buffer goes back to the ring (whole, at its base) only once the
+ * kernel is done with it and no queued or in-flight send points into it. */
+static void inc_maybe_recycle(int bid)
+{
+	struct incbuf *b = &incbufs[bid];
+	if (!b->kdone || b->refs)
+		return;
+	b->kdone = 0;
+	b->consumed = 0;
+	return_buffer(bid);
+}
+
+static int32_t msg_alloc(void)
+{
+	if (msg_free < 0) {
+		/* Nodes are linked by index, so moving the pool is safe; but
+		 * no msgnode pointer may be held across this call. */
+		if (nmsgs > INT32_MAX / 2)
+			die("msg_alloc", ENOMEM);
+		unsigned n = nmsgs * 2;
+		struct msgnode *m = realloc(msgs, (size_t)n * sizeof(*m));
+		if (!m)
+			die("realloc", ENOMEM);
+		msgs = m;
+		for (unsigned i = n; i-- > nmsgs;) {
+			msgs[i].next = msg_free;
+			msg_free = (int32_t)i;
+		}
+		nmsgs = n;
+	}
+	int32_t m = msg_free;
+	msg_free = msgs[m].next;
+	return m;
+}
+
+/* Drop message node m (already unlinked) and its reference on its buffer. */
+static void msg_release(int32_t m)
+{
+	int bid = msgs[m].bid;
+	msgs[m].next = msg_free;
+	msg_free = m;
+	incbufs[bid].refs--;
+	inc_maybe_recycle(bid);
 }
 
 static void arm_accept(void)
@@ -134,8 +243,24 @@ static void arm_recv(int fd)
 	conns[fd].recv_armed = 1;
 }
 
+static void inc_submit_send(int fd)
+{
+	struct conn *c = &conns[fd];
+	struct msgnode *n = &msgs[c->qhead];
+	struct io_uring_sqe *sqe = get_sqe();
+	io_uring_prep_send(sqe, fd,
+			   buf_base + (size_t)n->bid * buf_size + n->start + n->off,
+			   n->len - n->off, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, fd));
+	c->send_inflight = 1;
+}
+
 static void submit_send(int fd)
 {
+	if (inc) {
+		inc_submit_send(fd);
+		return;
+	}
 	struct conn *c = &conns[fd];
 	int bid = c->qhead;
 	struct bufnode *n = &nodes[bid];
@@ -146,9 +271,34 @@ static void submit_send(int fd)
 	c->send_inflight = 1;
 }
 
+/* --inc: release every queued node that is not owned by an in-flight send. */
+static void inc_drop_queue(struct conn *c)
+{
+	int32_t m = c->qhead;
+	if (c->send_inflight && m >= 0)
+		m = msgs[m].next; /* head belongs to the in-flight send */
+	else
+		c->qhead = -1;
+	while (m >= 0) {
+		int32_t next = msgs[m].next;
+		msg_release(m);
+		m = next;
+	}
+	if (c->qhead >= 0) {
+		msgs[c->qhead].next = -1;
+		c->qtail = c->qhead;
+	} else {
+		c->qtail = -1;
+	}
+}
+
 /* Return every queued buffer that is not owned by an in-flight send. */
 static void drop_queue(struct conn *c)
 {
+	if (inc) {
+		inc_drop_queue(c);
+		return;
+	}
 	int bid = c->qhead;
 	if (c->send_inflight && bid >= 0)
 		bid = nodes[bid].next; /* head belongs to the in-flight send */
@@ -217,6 +367,52 @@ static void on_accept(struct io_uring_cqe *cqe)
 	arm_recv(fd);
 }
 
+/* --inc: recv CQE of fd that carries buffer bid. */
+static void inc_recv_buffer(int fd, int bid, int res, int buf_more)
+{
+	struct conn *c = &conns[fd];
+	struct incbuf *b = &incbufs[bid];
+
+	/* res <= 0 consumed nothing: the kernel did not advance the ring
+	 * entry and still owns the buffer, BUF_MORE or not (see top). */
+	if (res <= 0)
+		return;
+	/* CQEs of one bid come in the order the kernel consumed the bytes
+	 * (deferred completions are flushed before an aux CQE is posted). */
+	if (b->kdone || (uint64_t)b->consumed + (uint32_t)res > buf_size) {
+		fprintf(stderr, "ref_echo_server: --inc: bid %d: res %d after %u bytes (done %d)\n",
+			bid, res, b->consumed, b->kdone);
+		abort();
+	}
+	uint32_t start = b->consumed;
+	b->consumed += (uint32_t)res; /* always: even a dead conn's bytes count */
+	if (buf_more) {
+		stats.buf_more++;
+	} else {
+		b->kdone = 1;
+		held++;
+	}
+	if (c->dead || c->eof) {
+		inc_maybe_recycle(bid);
+		return;
+	}
+	int32_t m = msg_alloc();
+	struct msgnode *n = &msgs[m];
+	n->start = start;
+	n->len = (uint32_t)res;
+	n->off = 0;
+	n->bid = (uint16_t)bid;
+	n->next = -1;
+	b->refs++;
+	if (c->qtail >= 0)
+		msgs[c->qtail].next = m;
+	else
+		c->qhead = m;
+	c->qtail = m;
+	if (!c->send_inflight)
+		submit_send(fd);
+}
+
 static void on_recv(struct io_uring_cqe *cqe)
 {
 	int fd = ud_fd(cqe->user_data);
@@ -224,7 +420,10 @@ static void on_recv(struct io_uring_cqe *cqe)
 	int res = cqe->res;
 	int more = cqe->flags & IORING_CQE_F_MORE;
 
-	if (cqe->flags & IORING_CQE_F_BUFFER) {
+	if ((cqe->flags & IORING_CQE_F_BUFFER) && inc) {
+		inc_recv_buffer(fd, (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT), res,
+				cqe->flags & IORING_CQE_F_BUF_MORE);
+	} else if (cqe->flags & IORING_CQE_F_BUFFER) {
 		int bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		held++;
 		if (res <= 0 || c->dead || c->eof) {
@@ -262,8 +461,49 @@ static void on_recv(struct io_uring_cqe *cqe)
 	}
 }
 
+static void inc_on_send(struct io_uring_cqe *cqe)
+{
+	int fd = ud_fd(cqe->user_data);
+	struct conn *c = &conns[fd];
+	int32_t m = c->qhead;
+	c->send_inflight = 0;
+
+	if (c->dead) {
+		drop_queue(c); /* now also releases the head node */
+		maybe_close(fd);
+		return;
+	}
+	if (cqe->res < 0) {
+		if (cqe->res == -EINTR || cqe->res == -EAGAIN) {
+			submit_send(fd);
+			return;
+		}
+		kill_conn(fd);
+		return;
+	}
+	struct msgnode *n = &msgs[m];
+	n->off += (uint32_t)cqe->res;
+	if (n->off < n->len) {
+		stats.short_sends++;
+		submit_send(fd); /* short send: send the rest */
+		return;
+	}
+	c->qhead = n->next;
+	if (c->qhead < 0)
+		c->qtail = -1;
+	msg_release(m);
+	if (c->qhead >= 0)
+		submit_send(fd);
+	else
+		maybe_close(fd);
+}
+
 static void on_send(struct io_uring_cqe *cqe)
 {
+	if (inc) {
+		inc_on_send(cqe);
+		return;
+	}
 	int fd = ud_fd(cqe->user_data);
 	struct conn *c = &conns[fd];
 	int bid = c->qhead;
@@ -320,7 +560,7 @@ static int setup_listener(int port)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ref_echo_server [--port N] [--buffers N(power of 2)] [--buf-size BYTES]\n");
+	fprintf(stderr, "usage: ref_echo_server [--port N] [--buffers N(power of 2)] [--buf-size BYTES] [--inc]\n");
 	exit(2);
 }
 
@@ -334,6 +574,8 @@ int main(int argc, char **argv)
 			nbufs = (unsigned)strtoul(argv[++i], NULL, 0);
 		else if (!strcmp(argv[i], "--buf-size") && i + 1 < argc)
 			buf_size = (unsigned)strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(argv[i], "--inc"))
+			inc = 1;
 		else
 			usage();
 	}
@@ -407,13 +649,37 @@ int main(int argc, char **argv)
 	nodes = calloc(nbufs, sizeof(*nodes));
 	if (!nodes)
 		die("calloc", ENOMEM);
+	if (inc) {
+		incbufs = calloc(nbufs, sizeof(*incbufs));
+		nmsgs = nbufs * 8; /* grows by doubling if it runs dry */
+		msgs = malloc((size_t)nmsgs * sizeof(*msgs));
+		if (!incbufs || !msgs)
+			die("malloc", ENOMEM);
+		for (unsigned i = nmsgs; i-- > 0;) {
+			msgs[i].next = msg_free;
+			msg_free = (int32_t)i;
+		}
+	}
 
 	struct io_uring_buf_reg reg;
 	memset(&reg, 0, sizeof(reg));
 	reg.ring_addr = (uint64_t)(uintptr_t)br;
 	reg.ring_entries = nbufs;
 	reg.bgid = BGID;
+	if (inc) {
+#ifdef IO_URING_VERSION_MAJOR
+		reg.flags = IOU_PBUF_RING_INC; /* liburing >= 2.4 */
+#else
+		reg.pad = IOU_PBUF_RING_INC; /* the kernel's "flags" */
+#endif
+	}
 	ret = io_uring_register_buf_ring(&ring, &reg, 0);
+	if (ret < 0 && inc) {
+		fprintf(stderr, "ref_echo_server: --inc: registering the buffer ring with IOU_PBUF_RING_INC failed: %s%s\n",
+			strerror(-ret),
+			ret == -EINVAL ? " (incremental buffer consumption needs Linux 6.12+)" : "");
+		exit(1);
+	}
 	if (ret < 0)
 		die("io_uring_register_buf_ring", -ret);
 	io_uring_buf_ring_init(br);
@@ -435,7 +701,11 @@ int main(int argc, char **argv)
 	io_uring_sqe_set_data64(sqe, pack_ud(OP_SIGNAL, sfd));
 	io_uring_submit(&ring);
 
-	printf("listening on 127.0.0.1:%d backend=c-liburing\n", ntohs(sa.sin_port));
+	if (inc)
+		printf("listening on 127.0.0.1:%d backend=c-liburing inc=1 buffers=%u buf_size=%u\n",
+		       ntohs(sa.sin_port), nbufs, buf_size);
+	else
+		printf("listening on 127.0.0.1:%d backend=c-liburing\n", ntohs(sa.sin_port));
 	fflush(stdout);
 
 	while (running) {
@@ -484,9 +754,14 @@ int main(int argc, char **argv)
 		}
 	}
 
-	if (getenv("REF_ECHO_STATS"))
-		fprintf(stderr, "ref_echo_server: accepted=%llu enobufs=%llu rearms=%llu short_sends=%llu\n",
-			stats.accepted, stats.enobufs, stats.rearms, stats.short_sends);
+	if (getenv("REF_ECHO_STATS") && inc)
+		fprintf(stderr, "ref_echo_server: accepted=%llu enobufs=%llu rearms=%llu short_sends=%llu recycled=%llu buf_more=%llu msg_nodes=%u held=%u\n",
+			stats.accepted, stats.enobufs, stats.rearms, stats.short_sends,
+			stats.recycled, stats.buf_more, nmsgs, held);
+	else if (getenv("REF_ECHO_STATS"))
+		fprintf(stderr, "ref_echo_server: accepted=%llu enobufs=%llu rearms=%llu short_sends=%llu recycled=%llu\n",
+			stats.accepted, stats.enobufs, stats.rearms, stats.short_sends,
+			stats.recycled);
 	for (int fd = 0; fd < max_conns; fd++)
 		if (conns[fd].open)
 			close(fd);
@@ -496,6 +771,8 @@ int main(int argc, char **argv)
 	free(conns);
 	free(starved_q);
 	free(nodes);
+	free(incbufs);
+	free(msgs);
 	free(bufs_mem);
 	free(ring_mem);
 	return 0;
