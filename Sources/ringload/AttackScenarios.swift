@@ -122,7 +122,8 @@ extension Attack {
         // compacts its receive queue, and each sliver is progress for the server. So each connection
         // is due 2 s after the later of the moment it got stuck and the last data it received.
         var lastData = [Double](repeating: 0, count: socks.count)
-        let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false, serverPort: port, lastData: &lastData)
+        let closedAt = waitClosed(socks, limit: 12, t0: t0, reading: false, serverPort: port,
+                                  dataArrived: { i, at in lastData[i] = max(lastData[i], at) })
         socks.forEach { $0.close() }
         let queued = offs.reduce(0, +)
         let due = lastData.map { max(stuckAt, $0) + 2 }

@@ -7,19 +7,19 @@ extension Attack {
     /// Waits until the server closed every socket (EOF or reset), up to `limit` seconds from `t0`;
     /// returns when each was seen closed (seconds since `t0`). `reply` gets each socket's first bytes.
     /// `reading: false` judges from the TCP state without reading (for clients that must not read).
-    /// `lastData` (non-reading clients only): per connection, when data from the server last arrived
-    /// (seconds since `t0`), as last seen while it was open.
+    /// `dataArrived` (non-reading clients only) gets, for each open connection on every pass, its index
+    /// and when data from the server last arrived (seconds since `t0`).
     func waitClosed(_ socks: [RawSocket], limit: Double, t0: Date, reading: Bool = true, serverPort: Int = 0,
-                    lastData: UnsafeMutablePointer<[Double]>? = nil,
-                    reply: ((ArraySlice<UInt8>) -> Void)? = nil) -> [Double?] {
+                    reply: ((ArraySlice<UInt8>) -> Void)? = nil,
+                    dataArrived: ((Int, Double) -> Void)? = nil) -> [Double?] {
         var closedAt = [Double?](repeating: nil, count: socks.count)
         while Date().timeIntervalSince(t0) < limit {
             var remaining = 0
             let established = reading ? [] : RawSocket.serverEstablishedPeers(serverPort: serverPort)
             for (i, s) in socks.enumerated() where closedAt[i] == nil {
                 if !reading {
-                    if let lastData, let ms = s.millisSinceDataArrived() {
-                        lastData.pointee[i] = max(lastData.pointee[i], Date().timeIntervalSince(t0) - Double(ms) / 1000)
+                    if let dataArrived, let ms = s.millisSinceDataArrived() {
+                        dataArrived(i, Date().timeIntervalSince(t0) - Double(ms) / 1000)
                     }
                     // Cut off: the client saw a reset or FIN, or the server no longer has the connection.
                     if s.peerClosedWithoutReading() || !established.contains(s.localPort) {
