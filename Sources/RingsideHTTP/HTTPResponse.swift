@@ -110,8 +110,7 @@ public struct HTTPResponse: ~Copyable {
         }
     }
     @usableFromInline func appendHeader(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
-        for b in name where b == 13 || b == 10 { return }
-        for b in value where b == 13 || b == 10 { return }
+        if containsLineBreak(name) || containsLineBreak(value) { return }
         append(name); append(": "); append(value); append("\r\n")
     }
     /// Makes room for `n` bytes in all. The check is inlined into every append; growing is not (a
@@ -128,6 +127,34 @@ public struct HTTPResponse: ~Copyable {
         base = nb
         capacity = c
     }
+}
+
+/// Whether `b` holds a CR or LF byte (a header line must not; names and values are mostly 8-30 bytes).
+/// Eight bytes at a time: a word has a byte equal to c exactly when `w ^ c·0x01…01` has a zero byte,
+/// and `(v - 0x01…01) & ~v & 0x80…80` is non-zero exactly when `v` has a zero byte (the classic exact
+/// test for existence). From 8 bytes on, the last word is read at `n - 8`, overlapping the previous
+/// one, instead of a byte loop for the tail.
+@inline(__always) func containsLineBreak(_ b: UnsafeRawBufferPointer) -> Bool {
+    guard let p = b.baseAddress else { return false }
+    let n = b.count
+    guard n >= 8 else {
+        for i in 0..<n {
+            let c = p.load(fromByteOffset: i, as: UInt8.self)
+            if c == 13 || c == 10 { return true }
+        }
+        return false
+    }
+    @inline(__always) func hasLineBreak(_ w: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let cr = w ^ (ones &* 13), lf = w ^ (ones &* 10)
+        return ((cr &- ones) & ~cr | (lf &- ones) & ~lf) & 0x8080_8080_8080_8080 != 0
+    }
+    var i = 0
+    while i + 8 < n {
+        if hasLineBreak(p.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { return true }
+        i += 8
+    }
+    return hasLineBreak(p.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self))
 }
 
 /// Reason phrases for the statuses the engine and typical handlers send.
