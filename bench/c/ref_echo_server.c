@@ -243,74 +243,59 @@ static void arm_recv(int fd)
 	conns[fd].recv_armed = 1;
 }
 
-static void inc_submit_send(int fd)
+/* The send queue holds bids (struct bufnode) or, with --inc, message node ids
+ * (struct msgnode); these accessors are the only places that tell them apart. */
+static int32_t q_next(int32_t h) { return inc ? msgs[h].next : nodes[h].next; }
+static void q_set_next(int32_t h, int32_t v)
 {
-	struct conn *c = &conns[fd];
-	struct msgnode *n = &msgs[c->qhead];
-	struct io_uring_sqe *sqe = get_sqe();
-	io_uring_prep_send(sqe, fd,
-			   buf_base + (size_t)n->bid * buf_size + n->start + n->off,
-			   n->len - n->off, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, fd));
-	c->send_inflight = 1;
+	if (inc)
+		msgs[h].next = v;
+	else
+		nodes[h].next = v;
+}
+/* Where queue entry h's unsent bytes start, how many remain, and its sent count. */
+static unsigned char *q_data(int32_t h)
+{
+	if (inc)
+		return buf_base + (size_t)msgs[h].bid * buf_size + msgs[h].start + msgs[h].off;
+	return buf_base + (size_t)h * buf_size + nodes[h].off;
+}
+static uint32_t *q_off(int32_t h) { return inc ? &msgs[h].off : &nodes[h].off; }
+static uint32_t q_len(int32_t h) { return inc ? msgs[h].len : nodes[h].len; }
+/* Queue entry h is done with: its buffer (or its reference on one) goes back. */
+static void q_release(int32_t h)
+{
+	if (inc)
+		msg_release(h);
+	else
+		return_buffer(h);
 }
 
 static void submit_send(int fd)
 {
-	if (inc) {
-		inc_submit_send(fd);
-		return;
-	}
 	struct conn *c = &conns[fd];
-	int bid = c->qhead;
-	struct bufnode *n = &nodes[bid];
+	int32_t h = c->qhead;
 	struct io_uring_sqe *sqe = get_sqe();
-	io_uring_prep_send(sqe, fd, buf_base + (size_t)bid * buf_size + n->off,
-			   n->len - n->off, MSG_NOSIGNAL);
+	io_uring_prep_send(sqe, fd, q_data(h), q_len(h) - *q_off(h), MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, fd));
 	c->send_inflight = 1;
 }
 
-/* --inc: release every queued node that is not owned by an in-flight send. */
-static void inc_drop_queue(struct conn *c)
-{
-	int32_t m = c->qhead;
-	if (c->send_inflight && m >= 0)
-		m = msgs[m].next; /* head belongs to the in-flight send */
-	else
-		c->qhead = -1;
-	while (m >= 0) {
-		int32_t next = msgs[m].next;
-		msg_release(m);
-		m = next;
-	}
-	if (c->qhead >= 0) {
-		msgs[c->qhead].next = -1;
-		c->qtail = c->qhead;
-	} else {
-		c->qtail = -1;
-	}
-}
-
-/* Return every queued buffer that is not owned by an in-flight send. */
+/* Release every queued entry that is not owned by an in-flight send. */
 static void drop_queue(struct conn *c)
 {
-	if (inc) {
-		inc_drop_queue(c);
-		return;
-	}
-	int bid = c->qhead;
-	if (c->send_inflight && bid >= 0)
-		bid = nodes[bid].next; /* head belongs to the in-flight send */
+	int32_t h = c->qhead;
+	if (c->send_inflight && h >= 0)
+		h = q_next(h); /* head belongs to the in-flight send */
 	else
 		c->qhead = -1;
-	while (bid >= 0) {
-		int next = nodes[bid].next;
-		return_buffer(bid);
-		bid = next;
+	while (h >= 0) {
+		int32_t next = q_next(h);
+		q_release(h);
+		h = next;
 	}
 	if (c->qhead >= 0) {
-		nodes[c->qhead].next = -1;
+		q_set_next(c->qhead, -1);
 		c->qtail = c->qhead;
 	} else {
 		c->qtail = -1;
@@ -461,56 +446,15 @@ static void on_recv(struct io_uring_cqe *cqe)
 	}
 }
 
-static void inc_on_send(struct io_uring_cqe *cqe)
-{
-	int fd = ud_fd(cqe->user_data);
-	struct conn *c = &conns[fd];
-	int32_t m = c->qhead;
-	c->send_inflight = 0;
-
-	if (c->dead) {
-		drop_queue(c); /* now also releases the head node */
-		maybe_close(fd);
-		return;
-	}
-	if (cqe->res < 0) {
-		if (cqe->res == -EINTR || cqe->res == -EAGAIN) {
-			submit_send(fd);
-			return;
-		}
-		kill_conn(fd);
-		return;
-	}
-	struct msgnode *n = &msgs[m];
-	n->off += (uint32_t)cqe->res;
-	if (n->off < n->len) {
-		stats.short_sends++;
-		submit_send(fd); /* short send: send the rest */
-		return;
-	}
-	c->qhead = n->next;
-	if (c->qhead < 0)
-		c->qtail = -1;
-	msg_release(m);
-	if (c->qhead >= 0)
-		submit_send(fd);
-	else
-		maybe_close(fd);
-}
-
 static void on_send(struct io_uring_cqe *cqe)
 {
-	if (inc) {
-		inc_on_send(cqe);
-		return;
-	}
 	int fd = ud_fd(cqe->user_data);
 	struct conn *c = &conns[fd];
-	int bid = c->qhead;
+	int32_t h = c->qhead;
 	c->send_inflight = 0;
 
 	if (c->dead) {
-		drop_queue(c); /* now also returns the head buffer */
+		drop_queue(c); /* now also releases the head entry */
 		maybe_close(fd);
 		return;
 	}
@@ -522,17 +466,16 @@ static void on_send(struct io_uring_cqe *cqe)
 		kill_conn(fd);
 		return;
 	}
-	struct bufnode *n = &nodes[bid];
-	n->off += (uint32_t)cqe->res;
-	if (n->off < n->len) {
+	*q_off(h) += (uint32_t)cqe->res;
+	if (*q_off(h) < q_len(h)) {
 		stats.short_sends++;
 		submit_send(fd); /* short send: send the rest */
 		return;
 	}
-	c->qhead = n->next;
+	c->qhead = q_next(h);
 	if (c->qhead < 0)
 		c->qtail = -1;
-	return_buffer(bid);
+	q_release(h);
 	if (c->qhead >= 0)
 		submit_send(fd);
 	else
