@@ -21,8 +21,7 @@ public struct HTTPHeaderFields: Sendable, Sequence {
 
     /// Appends a field. Names and values containing CR or LF are dropped (they would split the head).
     public mutating func add(_ name: String, _ value: String) {
-        guard !name.utf8.contains(where: { $0 == 13 || $0 == 10 }),
-              !value.utf8.contains(where: { $0 == 13 || $0 == 10 }) else { return }
+        guard !containsLineBreak(name), !containsLineBreak(value) else { return }
         let start = Int32(bytes.count)
         bytes.append(contentsOf: name.utf8)
         let mid = Int32(bytes.count)

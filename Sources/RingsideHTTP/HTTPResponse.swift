@@ -157,6 +157,13 @@ public struct HTTPResponse: ~Copyable {
     return hasLineBreak(p.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self))
 }
 
+/// Whether the UTF-8 bytes of `s` hold a CR or LF (read in place when `s` is native or small).
+func containsLineBreak(_ s: String) -> Bool {
+    var found = false
+    withUTF8Bytes(s) { found = containsLineBreak($0) }
+    return found
+}
+
 /// Reason phrases for the statuses the engine and typical handlers send.
 func reasonPhrase(_ status: Int) -> StaticString {
     switch status {

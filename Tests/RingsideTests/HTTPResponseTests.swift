@@ -46,4 +46,18 @@ import Testing
         let text = String(decoding: buffer.bytes, as: UTF8.self)
         #expect(text == "X-Long-Header-Name: a value of more than eight bytes\r\nContent-Type: text/plain\r\n")
     }
+
+    @Test func asyncHeaderFieldsDropLinesWithALineBreak() {
+        // Small (up to 15 UTF-8 bytes) and large strings are stored differently; both are read in place.
+        let long = "X-Long-Header-Name: a value with a line\r\nbreak"
+        let sliced = String(long.dropFirst(20).prefix(19))  // "a value with a line"
+        var fields = HTTPHeaderFields([("X-A", "ok"), ("X-Bad", "a\r\nSet-Cookie: evil=1"), ("X\nY", "v"),
+                                       ("X-Long-Header-Name", "more than eight bytes\r")])
+        fields.add("X-Sliced", sliced)
+        fields.add("X-Sliced-Break", String(long.dropFirst(20)))
+        #expect(fields.count == 2)
+        #expect(fields["X-A"] == "ok")
+        #expect(fields["X-Sliced"] == "a value with a line")
+        #expect(!fields.contains("X-Bad") && !fields.contains("X-Long-Header-Name") && !fields.contains("X-Sliced-Break"))
+    }
 }
