@@ -7,7 +7,7 @@
  * one send is in flight; further received buffers are queued in order and
  * a buffer goes back to the buffer ring once its send has fully completed.
  *
- * Usage: ref_echo_server [--port N] [--buffers N] [--buf-size BYTES] [--inc]
+ * Usage: ref_echo_server [--port N] [--buffers N] [--buf-size BYTES] [--inc | --http]
  *   --port 0 (default) picks a free port.  Binds 127.0.0.1 only.
  *   Defaults: --buffers 1024 (power of two) --buf-size 4096 (4 MiB in all).
  *   --inc registers the buffer ring with IOU_PBUF_RING_INC (Linux 6.12+;
@@ -45,6 +45,19 @@
  * "held" counts buffers the kernel is done with and that are not back in
  * the ring yet, in both modes, which keeps the -ENOBUFS re-arm budget right.
  *
+ * --http: the floor for HTTP/1.1 keep-alive /plaintext on this kernel, not
+ * an HTTP server.  Each request head is counted by its "\r\n\r\n" (a four-
+ * state scan carried across receives; no parsing, no routing, bodies not
+ * understood), its buffer goes straight back to the ring, and each request
+ * is answered with the 133 bytes Ringside's /plaintext answers with (Date
+ * included, "Server: ref-http"), sent from a static pattern of 32 copies
+ * (pipelined requests: up to 32 answers per send; one send in flight per
+ * connection, short sends continue).  The Date is rewritten in the pattern
+ * when the second changes (checked once per loop iteration); a send still
+ * in flight across that rewrite may carry a mix of two dates.  Measures what
+ * the kernel work of the same request/response traffic costs with next to
+ * no user space: ringload compare and bench/http-wrk.sh take it as a peer.
+ *
  * REF_ECHO_STATS=1 in the environment prints counters to stderr on exit
  * (accepted, enobufs, rearms, short_sends, recycled = buffers given back to
  * the ring; with --inc also buf_more = recv CQEs that left their buffer to
@@ -70,6 +83,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Incremental buffer consumption (Linux 6.12), missing from liburing 2.3.
@@ -127,6 +141,11 @@ struct conn {
 	uint8_t eof;           /* peer closed its write side (recv returned 0) */
 	uint8_t dead;          /* error: drop queued data, close asap */
 	int32_t qhead, qtail;  /* queue to echo: bids, with --inc msgnode ids */
+	/* --http: terminator bytes matched so far (0-3), answers owed and not yet
+	 * in a send, and the bytes of the send in flight (its pattern offset). */
+	uint8_t crlf;
+	uint32_t owed;
+	uint32_t out_pos, out_left;
 };
 
 static struct io_uring ring;
@@ -136,6 +155,14 @@ static struct bufnode *nodes;
 static unsigned nbufs = 1024, buf_size = 4096, br_mask;
 static unsigned held;          /* buffers currently owned by userspace */
 static int inc;                /* --inc: IOU_PBUF_RING_INC buffer ring */
+static int http;               /* --http: answer request heads (see top) */
+#define HTTP_REPEAT 32
+static const char http_head[] = "HTTP/1.1 200 OK\r\nServer: ref-http\r\nDate: ";
+static const char http_tail[] = "\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
+#define HTTP_DATE_LEN 29
+#define HTTP_RESP_LEN (sizeof(http_head) - 1 + HTTP_DATE_LEN + sizeof(http_tail) - 1)
+static char http_pattern[HTTP_RESP_LEN * HTTP_REPEAT];
+static time_t http_second = -1;
 static struct incbuf *incbufs; /* --inc: [nbufs] */
 static struct msgnode *msgs;   /* --inc: node pool, linked by index */
 static unsigned nmsgs;
@@ -307,7 +334,7 @@ static void maybe_close(int fd)
 	struct conn *c = &conns[fd];
 	if (!c->open || c->recv_armed || c->starved || c->send_inflight)
 		return;
-	if (c->dead || (c->eof && c->qhead < 0)) {
+	if (c->dead || (c->eof && c->qhead < 0 && c->owed == 0)) {
 		if (c->qhead >= 0)
 			drop_queue(c);
 		close(fd);
@@ -319,6 +346,7 @@ static void kill_conn(int fd)
 {
 	struct conn *c = &conns[fd];
 	c->dead = 1; /* if starved, popping it off the starved queue closes it */
+	c->owed = 0;
 	drop_queue(c);
 	if (c->recv_armed) {
 		struct io_uring_sqe *sqe = get_sqe();
@@ -398,6 +426,63 @@ static void inc_recv_buffer(int fd, int bid, int res, int buf_more)
 		submit_send(fd);
 }
 
+/* --http: (re)writes the Date of every copy in the pattern when the second
+ * changed since the last call. */
+static void http_date_refresh(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	if (ts.tv_sec == http_second)
+		return;
+	http_second = ts.tv_sec;
+	struct tm tmv;
+	gmtime_r(&ts.tv_sec, &tmv);
+	char date[HTTP_DATE_LEN + 1];
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tmv);
+	for (int i = 0; i < HTTP_REPEAT; i++) {
+		char *r = http_pattern + (size_t)i * HTTP_RESP_LEN;
+		memcpy(r, http_head, sizeof(http_head) - 1);
+		memcpy(r + sizeof(http_head) - 1, date, HTTP_DATE_LEN);
+		memcpy(r + sizeof(http_head) - 1 + HTTP_DATE_LEN, http_tail, sizeof(http_tail) - 1);
+	}
+}
+
+/* --http: sends the rest of the send in flight, or up to HTTP_REPEAT owed answers. */
+static void http_send(int fd)
+{
+	struct conn *c = &conns[fd];
+	if (c->out_left == 0) {
+		uint32_t k = c->owed < HTTP_REPEAT ? c->owed : HTTP_REPEAT;
+		c->owed -= k;
+		c->out_pos = 0;
+		c->out_left = k * (uint32_t)HTTP_RESP_LEN;
+	}
+	struct io_uring_sqe *sqe = get_sqe();
+	io_uring_prep_send(sqe, fd, http_pattern + c->out_pos, c->out_left, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, fd));
+	c->send_inflight = 1;
+}
+
+/* --http: counts the request heads ending in data[0..len) (state in c->crlf). */
+static uint32_t http_count(struct conn *c, const unsigned char *data, uint32_t len)
+{
+	uint32_t n = 0;
+	uint8_t st = c->crlf;
+	for (uint32_t i = 0; i < len; i++) {
+		unsigned char b = data[i];
+		if (b == (st & 1 ? '\n' : '\r'))
+			st++;
+		else
+			st = b == '\r';
+		if (st == 4) {
+			n++;
+			st = 0;
+		}
+	}
+	c->crlf = st;
+	return n;
+}
+
 static void on_recv(struct io_uring_cqe *cqe)
 {
 	int fd = ud_fd(cqe->user_data);
@@ -405,7 +490,16 @@ static void on_recv(struct io_uring_cqe *cqe)
 	int res = cqe->res;
 	int more = cqe->flags & IORING_CQE_F_MORE;
 
-	if ((cqe->flags & IORING_CQE_F_BUFFER) && inc) {
+	if ((cqe->flags & IORING_CQE_F_BUFFER) && http) {
+		int bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		held++;
+		if (res > 0 && !c->dead && !c->eof) {
+			c->owed += http_count(c, buf_base + (size_t)bid * buf_size, (uint32_t)res);
+			if (c->owed && !c->send_inflight)
+				http_send(fd);
+		}
+		return_buffer(bid);
+	} else if ((cqe->flags & IORING_CQE_F_BUFFER) && inc) {
 		inc_recv_buffer(fd, (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT), res,
 				cqe->flags & IORING_CQE_F_BUF_MORE);
 	} else if (cqe->flags & IORING_CQE_F_BUFFER) {
@@ -460,10 +554,24 @@ static void on_send(struct io_uring_cqe *cqe)
 	}
 	if (cqe->res < 0) {
 		if (cqe->res == -EINTR || cqe->res == -EAGAIN) {
-			submit_send(fd);
+			if (http)
+				http_send(fd);
+			else
+				submit_send(fd);
 			return;
 		}
 		kill_conn(fd);
+		return;
+	}
+	if (http) {
+		c->out_pos += (uint32_t)cqe->res;
+		c->out_left -= (uint32_t)cqe->res;
+		if (c->out_left)
+			stats.short_sends++;
+		if (c->out_left || c->owed)
+			http_send(fd);
+		else
+			maybe_close(fd);
 		return;
 	}
 	*q_off(h) += (uint32_t)cqe->res;
@@ -503,7 +611,7 @@ static int setup_listener(int port)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: ref_echo_server [--port N] [--buffers N(power of 2)] [--buf-size BYTES] [--inc]\n");
+	fprintf(stderr, "usage: ref_echo_server [--port N] [--buffers N(power of 2)] [--buf-size BYTES] [--inc | --http]\n");
 	exit(2);
 }
 
@@ -519,12 +627,16 @@ int main(int argc, char **argv)
 			buf_size = (unsigned)strtoul(argv[++i], NULL, 0);
 		else if (!strcmp(argv[i], "--inc"))
 			inc = 1;
+		else if (!strcmp(argv[i], "--http"))
+			http = 1;
 		else
 			usage();
 	}
 	if (port < 0 || port > 65535 || nbufs == 0 || nbufs > 32768 ||
-	    (nbufs & (nbufs - 1)) || buf_size == 0)
+	    (nbufs & (nbufs - 1)) || buf_size == 0 || (inc && http))
 		usage();
+	if (http)
+		http_date_refresh();
 
 	signal(SIGPIPE, SIG_IGN);
 
@@ -648,7 +760,7 @@ int main(int argc, char **argv)
 		printf("listening on 127.0.0.1:%d backend=c-liburing inc=1 buffers=%u buf_size=%u\n",
 		       ntohs(sa.sin_port), nbufs, buf_size);
 	else
-		printf("listening on 127.0.0.1:%d backend=c-liburing\n", ntohs(sa.sin_port));
+		printf("listening on 127.0.0.1:%d backend=c-liburing%s\n", ntohs(sa.sin_port), http ? " http=1" : "");
 	fflush(stdout);
 
 	while (running) {
@@ -670,6 +782,8 @@ int main(int argc, char **argv)
 			}
 		}
 		io_uring_cq_advance(&ring, seen);
+		if (http)
+			http_date_refresh();
 
 		if (returned_batch) {
 			io_uring_buf_ring_advance(br, (int)returned_batch);
