@@ -57,6 +57,7 @@
  * in flight across that rewrite may carry a mix of two dates.  Measures what
  * the kernel work of the same request/response traffic costs with next to
  * no user space: ringload compare and bench/http-wrk.sh take it as a peer.
+ * Checked by bench/c/check_http_floor.py.
  *
  * REF_ECHO_STATS=1 in the environment prints counters to stderr on exit
  * (accepted, enobufs, rearms, short_sends, recycled = buffers given back to
