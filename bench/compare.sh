@@ -3,7 +3,7 @@
 #   echo 64 B with 1, 50 and 500 connections, echo 4 KiB with 50, pipelined echo (depth 16),
 #   10,000 idle connections (server RSS per connection), HTTP/1.1 plaintext keep-alive,
 # each against Ringside io_uring, Ringside epoll, the SwiftNIO peers (bench/) and the C liburing
-# reference (bench/c/). Servers on CPU 0, ringload on CPU 1, repetitions interleaved.
+# reference (bench/c/; for HTTP its --http mode, the floor: CRLFCRLF counted, a fixed answer, no parsing). Servers on CPU 0, ringload on CPU 1, repetitions interleaved.
 # Results (JSON + self-contained HTML report) land in bench/results/compare-DATE/.
 #
 # Usage: bench/compare.sh [--quick] [extra ringload compare options]
@@ -17,7 +17,8 @@ swift build -c release --product ringside >/dev/null
 swift build -c release --product ringload >/dev/null
 make -s -C bench/c >/dev/null
 bin=$(swift build -c release --show-bin-path)
-peers=(--peer "c-ref=$PWD/bench/c/build/ref_echo_server --port 0")
+peers=(--peer "c-ref=$PWD/bench/c/build/ref_echo_server --port 0"
+       --peer "http:c-http=$PWD/bench/c/build/ref_echo_server --http --port 0")
 if (cd bench && swift build -c release --product nio-echo >/dev/null && swift build -c release --product nio-http >/dev/null); then
     nio=$(cd bench && swift build -c release --show-bin-path)
     peers+=(--peer "echo:swiftnio=$nio/nio-echo --port 0" --peer "http:swiftnio=$nio/nio-http --port 0")
