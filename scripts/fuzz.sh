@@ -4,6 +4,7 @@
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 600) shared evenly between them
 #   scripts/fuzz.sh --ci            every target for FUZZ_CI_SECONDS (default 15) each
 #   scripts/fuzz.sh --merge         after the run, merge new coverage into the committed seed corpora
+#   scripts/fuzz.sh --build-only    build the targets, run nothing (CI builds them ahead, see .ci/run)
 #   FUZZ_TARGETS="http-parser"      a subset (names: http-parser framing proxy-protocol connection-state inflate)
 #
 # New corpus entries go to Fuzz/.corpus/<target>/ (git-ignored); the committed seeds in
@@ -15,11 +16,13 @@ cd "$(dirname "$0")/.."
 root=$PWD
 mode=full
 merge=0
+build_only=0
 for a in "$@"; do
     case "$a" in
         --ci) mode=ci ;;
         --merge) merge=1 ;;
-        *) echo "usage: $0 [--ci] [--merge]" >&2; exit 2 ;;
+        --build-only) build_only=1 ;;
+        *) echo "usage: $0 [--ci] [--merge] [--build-only]" >&2; exit 2 ;;
     esac
 done
 targets=(${FUZZ_TARGETS:-http-parser framing proxy-protocol connection-state static-path inflate})
@@ -44,6 +47,7 @@ for t in "${targets[@]}"; do
     # Never fuzz a stale binary: a failed build stops here.
     if ((rc != 0)); then echo "fuzz: building fuzz-$t failed (exit $rc); see Fuzz/.logs/build-$t.log"; exit 1; fi
 done
+((build_only)) && exit 0
 bin="$("${build[@]}" --show-bin-path)"
 
 export SWIFT_BACKTRACE=enable=no   # let libFuzzer/ASan handle the crash (the Swift backtracer would hold it)

@@ -6,6 +6,7 @@
 #   scripts/sanitize.sh                  both
 #   scripts/sanitize.sh address          one of: address thread
 #   SANITIZE_SKIP='regex'                tests to skip (default: the two randomized parser tests, see below)
+#   SANITIZE_BUILD_ONLY=1                build, run nothing
 #
 # Prints the build and test time of each. Logs: .build-asan/sanitize.log, .build-tsan/sanitize.log.
 set -euo pipefail
@@ -52,6 +53,8 @@ for s in "${sanitizers[@]}"; do
     grep -v "ld.gold: warning: Cannot export local symbol" "$scratch/build.log" | grep -E "error|warning:|Build" || true
     # Never test a stale build: a failed build stops here.
     if ((rc != 0)); then echo "sanitize: $s: build failed (exit $rc); see $scratch/build.log"; exit 1; fi
+    # SANITIZE_BUILD_ONLY=1: build, no tests (CI builds the next step's binaries ahead, see .ci/run).
+    if [[ ${SANITIZE_BUILD_ONLY:-0} == 1 ]]; then echo "sanitize: $s: built in $((SECONDS - t0)) s (build only)"; continue; fi
     t1=$SECONDS
     args=(swift test --skip-build --disable-xctest --no-parallel --sanitize="$s" --scratch-path "$scratch")
     [ -n "$skip" ] && args+=(--skip "$skip")
