@@ -3,7 +3,8 @@
 #   echo 64 B with 1, 50 and 500 connections, echo 4 KiB with 50, pipelined echo (depth 16),
 #   10,000 idle connections (server RSS per connection), HTTP/1.1 plaintext keep-alive,
 # each against Ringside io_uring, Ringside epoll, the SwiftNIO peers (bench/) and the C liburing
-# reference (bench/c/; for HTTP its --http mode, the floor: CRLFCRLF counted, a fixed answer, no parsing). Servers on CPU 0, ringload on CPU 1, repetitions interleaved.
+# reference (bench/c/; for HTTP its --http mode, the floor: CRLFCRLF counted, a fixed answer, no
+# parsing). Servers on CPU 0, ringload on CPU 1, repetitions interleaved.
 # Results (JSON + self-contained HTML report) land in bench/results/compare-DATE/.
 #
 # Usage: bench/compare.sh [--quick] [extra ringload compare options]
