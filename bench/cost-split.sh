@@ -12,21 +12,25 @@
 # Example (issue 15's question: what is left once the loop is no longer the difference):
 #   bench/cost-split.sh --reps 5 --scenario echo,50 --server "ringside=.build/release/ringside serve --port 0" \
 #       --server "c-ref=bench/c/build/ref_echo_server --port 0"
+# --symbols N: also print, for each server after the first, the N kernel functions (self time, the
+# sampled leaf) whose µs per message differ most from the first server's, averaged over the reps: the
+# kernel cost that remains per message between two servers (issue 15 asked for it from perf).
 # Needs perf (linux-perf) and root or perf_event_paranoid <= 1. Perf's own sampling cost is in every
 # figure alike: compare servers within one run, not with `ringload compare`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-reps=3; duration=3; scenario=""; names=(); cmds=()
+reps=3; duration=3; scenario=""; symbols=0; names=(); cmds=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) reps=$2; shift 2;;
         --duration) duration=$2; shift 2;;
         --scenario) scenario=$2; shift 2;;
+        --symbols) symbols=$2; shift 2;;
         --server) names+=("${2%%=*}"); cmds+=("${2#*=}"); shift 2;;
         *) echo "unknown option $1" >&2; exit 2;;
     esac
 done
-[[ -n $scenario && ${#names[@]} -gt 0 ]] || { sed -n 2,17p "$0" >&2; exit 2; }
+[[ -n $scenario && ${#names[@]} -gt 0 ]] || { sed -n 2,20p "$0" >&2; exit 2; }
 kind=${scenario%%,*}; conns=${scenario#*,}
 command -v perf >/dev/null || { echo "cost-split: perf not found (apt-get install linux-perf)" >&2; exit 1; }
 ringload=.build/release/ringload
@@ -68,11 +72,14 @@ measure() {
         echo|http) msgs=$(python3 -c "import json,sys; d=json.load(open('$tmp/load.json')); print(float(d['messagesPerSecond'])*$window)");;
         wrk) msgs=$(awk -v d="$window" '/Requests\/sec/{print $2*d}' "$tmp/load.txt");;
     esac
-    shares=$(perf script -i "$tmp/perf.data" -F ip,sym 2>/dev/null | python3 bench/cost_split.py)
-    python3 - "$name" "$((u1 - u0 + s1 - s0))" "$msgs" "$shares" "$(getconf CLK_TCK)" "$((seg1 - seg0))" <<'PY'
+    shares=$(perf script -i "$tmp/perf.data" -F ip,sym 2>/dev/null | COST_SPLIT_LEAVES=$tmp/leaves.json python3 bench/cost_split.py)
+    python3 - "$name" "$((u1 - u0 + s1 - s0))" "$msgs" "$shares" "$(getconf CLK_TCK)" "$((seg1 - seg0))" "$tmp" <<'PY'
 import json, sys
 name, ticks, msgs, shares, hz, segs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 us = ticks / hz * 1e6 / msgs
+# This rep's ns per message by leaf function, for --symbols.
+with open(sys.argv[7] + "/leaves.json") as f, open(sys.argv[7] + "/leaves", "a") as out:
+    out.write(json.dumps([name, {k: v * us * 1000 for k, v in json.load(f).items()}]) + "\n")
 parts = [us * shares[k] for k in ("user", "network", "sleepwake", "lockspin", "loop")]
 print(name, f"{us:.2f}", *(f"{p:.2f}" for p in parts), f"{segs / msgs:.2f}", shares["samples"])
 PY
@@ -107,4 +114,26 @@ for name, rs in rows.items():
     first = first or med[0]
     print(f"{name:<12} {med[0]:7.2f} {med[1]:6.2f} {med[2]:8.2f} {med[3]:10.2f} {med[4]:9.2f} {med[5]:6.2f} {med[6]:8.2f} {med[0] / first:7.2f}x")
 PY
+if ((symbols > 0)); then
+    python3 - "$tmp/leaves" "$symbols" <<'PY'
+import json, sys
+sums, reps = {}, {}
+for line in open(sys.argv[1]):
+    name, ns = json.loads(line)
+    reps[name] = reps.get(name, 0) + 1
+    acc = sums.setdefault(name, {})
+    for sym, v in ns.items():
+        acc[sym] = acc.get(sym, 0.0) + v
+means = {n: {k: v / reps[n] for k, v in acc.items()} for n, acc in sums.items()}
+names = list(means)
+a = means[names[0]]
+for other in names[1:]:
+    b = means[other]
+    keys = sorted(set(a) | set(b), key=lambda k: -abs(a.get(k, 0) - b.get(k, 0)))
+    print(f"\nns per message by function (self time, mean of reps): {names[0]} vs {other}")
+    print(f"{names[0]:>12} {other:>12} {'difference':>10}  function")
+    for k in keys[:int(sys.argv[2])]:
+        print(f"{a.get(k, 0):12.1f} {b.get(k, 0):12.1f} {a.get(k, 0) - b.get(k, 0):+10.1f}  {k}")
+PY
+fi
 echo "$st0 $st1" | awk '{printf "host CPU steal during the run: %.1f%%\n", 100*($3-$1)/($4-$2)}'

@@ -49,6 +49,10 @@ def main():
     # inclusive share of all samples: which functions make up that class.
     detail = os.environ.get("COST_SPLIT_DETAIL")
     inclusive = collections.Counter()
+    # COST_SPLIT_LEAVES=FILE: also write each leaf function's share of all samples (self time, user
+    # space as one "[user]" entry) to FILE as JSON: bench/cost-split.sh --symbols compares servers by it.
+    leaves_path = os.environ.get("COST_SPLIT_LEAVES")
+    leaves = collections.Counter()
     frames = []
     for line in sys.stdin:
         line = line.strip()
@@ -56,6 +60,7 @@ def main():
             if frames:
                 c = classify(frames)
                 counts[c] += 1
+                leaves["[user]" if c == "user" else frames[0][1]] += 1
                 if c == detail:
                     inclusive.update(set(sym for _, sym in frames))
             frames = []
@@ -66,8 +71,13 @@ def main():
         ip, sym = parts[0], parts[1].split("+0x")[0]
         frames.append((ip, sym))
     if frames:
-        counts[classify(frames)] += 1
+        c = classify(frames)
+        counts[c] += 1
+        leaves["[user]" if c == "user" else frames[0][1]] += 1
     total = sum(counts.values())
+    if leaves_path and total:
+        with open(leaves_path, "w") as f:
+            json.dump({sym: n / total for sym, n in leaves.items()}, f)
     if detail and total:
         for sym, n in inclusive.most_common(40):
             print(f"{100 * n / total:6.2f}%  {sym}", file=sys.stderr)
