@@ -322,6 +322,8 @@ struct PausesThenEchoes: ConnectionHandler {
                 // Without the limit the kernel keeps filling buffers after the pause; this documents
                 // the hazard the limit exists for (not an assertion of good behaviour).
                 print("burst limit off: \(s.receivesHeld) receives held (\(heldBytes / 1024) KiB), peak buffers \(s.peakBuffersInUse)")
+                // Bundles need the limit: unbounded, one completion could take the whole ring.
+                #expect(s.bundledReceives == 0, "\(s)")
             } else {
                 #expect(s.receiveBurstLimitEnds > 0, "multishot receives must end at the limit: \(s)")
                 #expect(heldBytes <= 64 * 1024 + 16 * 1024, "held \(s.receivesHeld) receive chunks past the pause: \(s)")

@@ -97,6 +97,8 @@ public struct ServerConfiguration: Sendable {
     /// one buffer of input (IORING_RECVSEND_BUNDLE, Linux 6.10+; ignored where unsupported, and masked by
     /// `RINGSIDE_DISABLE=bundles`). A connection asks once a receive of its has filled a whole buffer
     /// (message-sized input never does: a bundle costs it). Handlers still see one call per buffer, in order.
+    /// Used only with the per-arming receive limit (``receiveBurstLimit`` above zero, Linux 6.16+): without
+    /// it one bundle can take the whole receive ring for a client that then stops reading.
     public var receiveBundles: Bool = true
     /// Accept PROXY protocol headers (v1 and v2) from trusted proxies, so handlers, logs and
     /// ``maxConnectionsPerAddress`` see the client's address rather than the proxy's (nil: off). See

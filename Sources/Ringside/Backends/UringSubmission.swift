@@ -58,9 +58,9 @@ extension UringBackend {
             // Bundles once a receive has filled a whole buffer: a bundle receive peeks the buffer ring
             // for every pick (io_buffers_peek), which costs a message-sized receive a quarter of the
             // ring's kernel work per message (echo 64 B, 500 connections) and buys it nothing. The
-            // switch happens at the next arming, which the per-arming byte limit brings soon; without
-            // the limit (kernels before it) a multishot runs until it fails, so bundles are asked at once.
-            if receiveBundles && (receiveLimit == 0 || core.states[slot].traits.contains(.bulkInput)) {
+            // switch happens at the next arming, which the per-arming byte limit brings soon. Bundles
+            // are on only with that limit (see `UringProbe`): unbounded, one can take the whole ring.
+            if receiveBundles && core.states[slot].traits.contains(.bulkInput) {
                 s.pointee.ioprio |= UInt16(RS_IORING_RECVSEND_BUNDLE)
             }
             if receiveLimit > 0 { rs_sqe_set_recv_total_limit(s, UInt32(clamping: receiveLimit)) }
