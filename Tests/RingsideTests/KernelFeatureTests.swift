@@ -55,9 +55,9 @@ import RingsideProtocols
             #expect(s.buffersInUse == 0, "every bundled buffer went back to the ring: \(s.buffersInUse) out")
             if mask.contains(.receiveBundles) || mask.contains(.receiveLimit) {
                 #expect(s.bundledReceives == 0, "\(s)")
-            } else if kernelOffersBundles && s.receiveBurstLimitEnds > 0 {
-                // The limit is in effect (1 MiB uploads end armings at 256 KiB): each upload is first
-                // seen as bulk, then bundled.
+            } else if kernelOffersBundles && (s.receiveBurstLimitEnds > 0 || s.bulkInputConnections > 0) {
+                // The limit is in effect (an arming ended at it, or a connection was marked bulk, which
+                // only happens with the limit): each upload is first seen as bulk, then bundled.
                 #expect(s.bundledReceives > 0, "1 MiB uploads should arrive in bundles: \(s)")
                 #expect(s.bulkInputConnections > 0, "\(s)")
                 #expect(s.bundledBuffers >= 2 * s.bundledReceives)
