@@ -53,16 +53,20 @@ def main():
     # space as one "[user]" entry) to FILE as JSON: bench/cost-split.sh --symbols compares servers by it.
     leaves_path = os.environ.get("COST_SPLIT_LEAVES")
     leaves = collections.Counter()
+
+    def record(frames):
+        c = classify(frames)
+        counts[c] += 1
+        leaves["[user]" if c == "user" else frames[0][1]] += 1
+        if c == detail:
+            inclusive.update(set(sym for _, sym in frames))
+
     frames = []
     for line in sys.stdin:
         line = line.strip()
         if not line:
             if frames:
-                c = classify(frames)
-                counts[c] += 1
-                leaves["[user]" if c == "user" else frames[0][1]] += 1
-                if c == detail:
-                    inclusive.update(set(sym for _, sym in frames))
+                record(frames)
             frames = []
             continue
         parts = line.split(None, 1)
@@ -71,9 +75,7 @@ def main():
         ip, sym = parts[0], parts[1].split("+0x")[0]
         frames.append((ip, sym))
     if frames:
-        c = classify(frames)
-        counts[c] += 1
-        leaves["[user]" if c == "user" else frames[0][1]] += 1
+        record(frames)
     total = sum(counts.values())
     if leaves_path and total:
         with open(leaves_path, "w") as f:
