@@ -71,9 +71,10 @@ extension UringBackend {
             core.noteReceived(slot)
             precondition(hasBuffer, "multishot recv completed with data but no buffer")
             if buffers > 1 { core.counters.bundledReceives += 1; core.counters.bundledBuffers += buffers }
-            else if _slowPath(Int(res) == size) && receiveBundles && receiveLimit > 0 && !core.states[i].traits.contains(.bulkInput) {
-                // A full buffer: bulk input. Its receive asks for bundles from its next arming (the
-                // per-arming byte limit ends a multishot after `receiveLimit` bytes, so that comes soon).
+            else if _slowPath(Int(res) == size) && receiveBundles && !core.states[i].traits.contains(.bulkInput) {
+                // A full buffer: bulk input. Its receive asks for bundles from its next arming (bundles
+                // run only with the per-arming byte limit, `UringProbe`, which ends a multishot after
+                // `receiveLimit` bytes, so that comes soon).
                 core.states[i].traits.insert(.bulkInput)
                 core.counters.bulkInputConnections += 1
             }
